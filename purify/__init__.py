@@ -1,0 +1,22 @@
+"""purify: theory simulations of adversarial robustness in sparse-coding models.
+
+    import purify
+    cfg = purify.Config().set(d=64, k=4, width=256, steps=3000, adv_start=1500)
+    res = purify.sweep(cfg, grid={"tau": [0.0, 0.1, 0.2, 0.3]}, seeds=16)
+    res.sel(tau=0.2).mean("seed")["purity_nw"]
+"""
+
+from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelConfig, TrainConfig
+from .data import SparseCoding, Task, make_task, sample
+from .network import TwoLayer
+from .results import Results
+from .sweep import SweepInterrupted, sweep
+from .train import Run, make_run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "HParams", "ModelConfig", "TrainConfig",
+    "SparseCoding", "Task", "make_task", "sample", "TwoLayer", "Results", "SweepInterrupted",
+    "sweep", "Run", "make_run",
+]

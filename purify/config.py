@@ -1,0 +1,310 @@
+"""Static configuration and sweepable hyper-parameters, validated before anything compiles.
+
+A training run is fixed by a :class:`Config` (everything that fixes shapes or program
+structure: dimensions, modes, step counts) and by :class:`HParams` (float scalars that may vary
+across a vmapped sweep without recompiling). Every field is checked up front and a bad value
+raises :class:`ConfigError` naming the parameter, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed. The message names parameter, value and rule."""
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        _fail(name, value, "must be an integer")
+    if lo is not None and value < lo:
+        _fail(name, value, f"must be an integer >= {lo}")
+    if hi is not None and value > hi:
+        _fail(name, value, f"must be an integer <= {hi}")
+
+
+def _float(name: str, value: Any, lo: float | None = None, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        _fail(name, value, "must be a finite real number")
+    if lo is not None and (value <= lo if strict else value < lo):
+        _fail(name, value, f"must be {'>' if strict else '>='} {lo}")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        _fail(name, value, f"must be one of {', '.join(repr(o) for o in options)}")
+
+
+DICTIONARIES = ("identity", "haar", "hadamard")
+SPARSITIES = ("exact_k", "iid")
+MAGNITUDES = ("uniform", "sign")
+LABELS = ("rademacher", "gaussian")
+ACTIVATIONS = ("soft_threshold", "relu")
+BIAS_MODES = ("relative", "fixed", "trainable")
+HEADS = ("fixed", "trained")
+ATTACKS = ("none", "fgm", "pgd", "surrogate")
+NORMS = ("l2", "linf")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Sparse-coding data x = M z + xi (SCIENCE.md section 2).
+
+    d: ambient dimension (M is d x d orthonormal). k: active features per sample (exact_k) or
+    expected number (iid). magnitude 'uniform': non-zero z_j = +-U[1,2]/sqrt(k); 'sign': +-1
+    (needs odd k, so margins <w*, z> are odd integers). n_tasks: number of independent label
+    vectors w*. n_train: None samples fresh data every step (online); an integer draws one fixed
+    training set of that size per run. task_seed fixes M and w*, shared by all runs of a sweep.
+    """
+
+    d: int = 64
+    k: int = 4
+    dictionary: str = "identity"
+    sparsity: str = "exact_k"
+    magnitude: str = "uniform"
+    label: str = "rademacher"
+    n_tasks: int = 1
+    n_train: int | None = None
+    task_seed: int = 0
+
+    def validate(self) -> None:
+        _int("data.d", self.d, lo=1)
+        _int("data.k", self.k, lo=1)
+        if self.k > self.d:
+            _fail("data.k", self.k, f"must be <= data.d = {self.d}")
+        _choice("data.dictionary", self.dictionary, DICTIONARIES)
+        if self.dictionary == "hadamard" and (self.d & (self.d - 1)) != 0:
+            _fail("data.d", self.d, "must be a power of two for dictionary='hadamard'")
+        _choice("data.sparsity", self.sparsity, SPARSITIES)
+        _choice("data.magnitude", self.magnitude, MAGNITUDES)
+        if self.magnitude == "sign" and self.k % 2 == 0:
+            _fail("data.k", self.k, "must be odd when data.magnitude='sign' (margins must not tie)")
+        _choice("data.label", self.label, LABELS)
+        _int("data.n_tasks", self.n_tasks, lo=1)
+        if self.n_train is not None:
+            _int("data.n_train", self.n_train, lo=1)
+        _int("data.task_seed", self.task_seed, lo=0)
+
+    @property
+    def min_magnitude(self) -> float:
+        """Smallest non-zero |z_j|: the scale thresholds and radii are measured in."""
+        return 1.0 / math.sqrt(self.k) if self.magnitude == "uniform" else 1.0
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The l2 radius window of SCIENCE section 4, (1/sqrt(d), 1/sqrt(k)) in z's scale."""
+        s = self.min_magnitude * math.sqrt(self.k)
+        return s / math.sqrt(self.d), s / math.sqrt(self.k)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Two-layer network f(x) = sum_i a_i phi_{b_i}(<w_i, x>).
+
+    activation 'soft_threshold': phi_b(u) = ReLU(u - b) - ReLU(-u - b) (the papers' unit);
+    'relu': ReLU(u - b) (ablation). bias 'relative': b_i = beta |w_i| z_min, stop-gradient;
+    'fixed': b_i = beta z_min; 'trainable': initialised at beta z_min, clipped at >= 0.
+    z_min is the smallest non-zero feature magnitude, so beta is the threshold as a fraction of
+    it. head 'fixed': a_i = 1 (soft threshold) or alternating +-1 (relu), one output;
+    'trained': a learned (width x n_tasks) head.
+    """
+
+    width: int = 256
+    activation: str = "soft_threshold"
+    bias: str = "relative"
+    head: str = "fixed"
+
+    def validate(self, data: DataConfig) -> None:
+        _int("model.width", self.width, lo=1)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.bias", self.bias, BIAS_MODES)
+        _choice("model.head", self.head, HEADS)
+        if self.head == "fixed" and data.n_tasks != 1:
+            _fail("model.head", self.head, f"a fixed head has one output; use 'trained' for data.n_tasks={data.n_tasks}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD on the logistic loss softplus(-y f), adversarial from step `adv_start` on.
+
+    steps: total SGD steps. adv_start: first adversarial step (0: adversarial from scratch;
+    == steps: clean throughout). attack: 'none', 'fgm', 'pgd' (pgd_steps steps, random start)
+    or 'surrogate' (loss + tau * ||grad_x loss||_*). The radius tau is a hyper-parameter, so a
+    sweep over tau (tau = 0 is clean training) shares one compiled program.
+    n_log: number of log-spaced evaluation points. snapshot_at: steps at which the full first
+    layer W is stored (the weight trajectory is kept only where asked).
+    """
+
+    steps: int = 4000
+    adv_start: int = 2000
+    batch: int = 256
+    attack: str = "fgm"
+    norm: str = "l2"
+    pgd_steps: int = 5
+    momentum: float = 0.0
+    n_log: int = 24
+    snapshot_at: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        _int("train.steps", self.steps, lo=1)
+        _int("train.adv_start", self.adv_start, lo=0, hi=self.steps)
+        _int("train.batch", self.batch, lo=1)
+        _choice("train.attack", self.attack, ATTACKS)
+        _choice("train.norm", self.norm, NORMS)
+        _int("train.pgd_steps", self.pgd_steps, lo=1)
+        _float("train.momentum", self.momentum, lo=0.0)
+        if self.momentum >= 1:
+            _fail("train.momentum", self.momentum, "must be in [0, 1)")
+        _int("train.n_log", self.n_log, lo=2)
+        for s in self.snapshot_at:
+            _int("train.snapshot_at[]", s, lo=0, hi=self.steps)
+
+    @property
+    def log_steps(self) -> np.ndarray:
+        """Sorted unique evaluation steps: 0, log-spaced up to `steps`, and `adv_start`."""
+        grid = np.geomspace(1, self.steps, self.n_log - 1).round().astype(int)
+        pts = np.unique(np.concatenate([[0, self.adv_start, self.steps], grid]))
+        return pts[(pts >= 0) & (pts <= self.steps)]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Robust accuracy on a fixed held-out batch (one per run), at radii `taus`.
+
+    The robust prediction is correct only if it is correct clean and under every attack: FGM,
+    PGD (pgd_steps steps, step 2.5 tau / pgd_steps, `restarts` random starts) and the
+    dense-direction attack -y tau M w*/|w*| (l2) or -y tau sign(M w*) (linf).
+    """
+
+    n_eval: int = 1024
+    taus: tuple[float, ...] = (0.25,)
+    norm: str = "l2"
+    pgd_steps: int = 10
+    restarts: int = 1
+
+    def validate(self) -> None:
+        _int("eval.n_eval", self.n_eval, lo=1)
+        if len(self.taus) == 0:
+            _fail("eval.taus", self.taus, "must name at least one radius")
+        for t in self.taus:
+            _float("eval.taus[]", t, lo=0.0)
+        _choice("eval.norm", self.norm, NORMS)
+        _int("eval.pgd_steps", self.pgd_steps, lo=1)
+        _int("eval.restarts", self.restarts, lo=1)
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Float hyper-parameters; any of them may vary across a sweep without recompiling.
+
+    lr: SGD learning rate. tau: training attack radius (0 = clean). noise: sigma, xi ~
+    N(0, sigma^2/d I). beta: threshold as a fraction of the smallest feature magnitude.
+    init_scale: std of each first-layer row's norm at init (small: feature-learning regime).
+    """
+
+    lr: float = 0.1
+    tau: float = 0.25
+    noise: float = 0.0
+    beta: float = 0.6
+    init_scale: float = 0.01
+
+    def validate(self, prefix: str = "hp") -> None:
+        _float(f"{prefix}.lr", self.lr, lo=0.0, strict=True)
+        _float(f"{prefix}.tau", self.tau, lo=0.0)
+        _float(f"{prefix}.noise", self.noise, lo=0.0)
+        _float(f"{prefix}.beta", self.beta, lo=0.0)
+        _float(f"{prefix}.init_scale", self.init_scale, lo=0.0, strict=True)
+
+
+HPARAM_NAMES = tuple(f.name for f in dataclasses.fields(HParams))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything static about a run, plus the default hyper-parameters of a sweep."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    hp: HParams = field(default_factory=HParams)
+
+    def validate(self) -> "Config":
+        self.data.validate()
+        self.model.validate(self.data)
+        self.train.validate()
+        self.eval.validate()
+        self.hp.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        def build(kind, values):
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                _fail(kind.__name__, sorted(unknown), f"unknown fields; known: {sorted(names)}")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            return kind(**values)
+
+        parts = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "hp": HParams}
+        unknown = set(d) - set(parts)
+        if unknown:
+            _fail("config", sorted(unknown), f"unknown sections; known: {sorted(parts)}")
+        return cls(**{name: build(kind, d.get(name, {})) for name, kind in parts.items()})
+
+    def set(self, **dotted: Any) -> "Config":
+        """Return a copy with dotted fields replaced, e.g. ``cfg.set(**{"data.d": 128})``.
+
+        A bare field name is accepted when it is unique across sections (``d=128``).
+        """
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in dotted.items():
+            if "." in key:
+                sec, name = key.split(".", 1)
+            else:
+                owners = [s for s, obj in sections.items() if name_in(obj, key)]
+                if len(owners) != 1:
+                    _fail(key, value, "unknown setting" if not owners else f"ambiguous; write one of {[o + '.' + key for o in owners]}")
+                sec, name = owners[0], key
+            if sec not in sections or not name_in(sections[sec], name):
+                _fail(key, value, "unknown setting; see `purify list --settings`")
+            if isinstance(getattr(sections[sec], name), tuple) and not isinstance(value, tuple):
+                value = (value,)
+            sections[sec] = dataclasses.replace(sections[sec], **{name: value})
+        return Config(**sections)
+
+
+def name_in(obj: Any, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(obj)}
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: int, float, None, bool, comma tuple, else string."""
+    if "," in text:
+        return tuple(parse_value(t) for t in text.split(",") if t != "")
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,71 @@
+"""Plotting helpers shared by the experiments: seed bands over training time or radius."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LABELS = {
+    "purity_nw": "norm-weighted purity  max_j c_ij² / ‖w_i‖²",
+    "features_nw": "features per neuron (γ = 0.5, norm-weighted)",
+    "participation_nw": "participation ratio (norm-weighted)",
+    "rho_nw": "dense-mixture coherence ρ (norm-weighted)",
+    "alignment": "mixture alignment (mean pairwise cos)",
+    "dead_fraction": "fraction of dead neurons",
+    "loss": "clean logistic loss (held-out)",
+    "clean_acc": "clean accuracy",
+    "robust_acc": "robust accuracy",
+}
+
+
+def band(ax, x, runs, label=None, color=None, kind="minmax", **kw):
+    """Draw the mean of `runs` (seeds, len(x)) and a band: 'minmax' over seeds or 'std'.
+
+    Runs containing NaN (failed) are left out of the line and the band, and counted in the label.
+    """
+    runs = np.asarray(runs, dtype=float)
+    ok = np.all(np.isfinite(runs), axis=-1)
+    n_bad = int((~ok).sum())
+    if n_bad:
+        label = f"{label} ({n_bad} failed run(s) omitted)"
+    good = runs[ok]
+    if len(good) == 0:
+        return None
+    mean = good.mean(0)
+    (line,) = ax.plot(x, mean, label=label, color=color, **kw)
+    if kind == "std":
+        lo, hi = mean - good.std(0), mean + good.std(0)
+    else:
+        lo, hi = good.min(0), good.max(0)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def plot_metric(res, metric: str, ax=None, label_by: str | None = None, radius: float | None = None, **kw):
+    """Mean over seeds with a min-max band over training steps, one line per hyper-parameter row."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    r = res
+    if "radius" in res.dims[metric] and "radius" in res.coords:
+        r = res.sel(radius=radius) if radius is not None else res.isel(radius=0)
+    dims = r.dims[metric]
+    arr = r[metric]
+    extra = [d for d in dims if d not in ("hparam", "seed", "time")]
+    if extra:
+        raise ValueError(f"{metric} has axes {extra}; select them first, e.g. res.sel({extra[0]}=...)")
+    if "hparam" not in dims:
+        arr = arr[None]
+    if "seed" not in dims:
+        arr = arr[:, None]
+    names = [label_by] if label_by else (res.meta.get("swept") or [])
+    for h in range(arr.shape[0]):
+        vals = {n: np.atleast_1d(r.hp[n])[h] for n in names}
+        label = ", ".join(f"{n}={v:g}" for n, v in vals.items()) or None
+        band(ax, r.steps, arr[h], label=label, **kw)
+    ax.set_xscale("symlog", linthresh=max(1, int(r.steps[1]) if len(r.steps) > 1 else 1))
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel(LABELS.get(metric, metric))
+    if any(n for n in names):
+        ax.legend(fontsize=8)
+    return ax

@@ -1,0 +1,199 @@
+"""Results of a sweep: NumPy arrays with named axes, selection, reduction, save and load.
+
+Axes: 'hparam' (rows of the hyper-parameter grid), 'seed', 'time' (log steps), 'neuron',
+'radius' (evaluation taus), 'attack', 'task' (only when there are several), 'snapshot',
+'input'. `res.hp` holds the hyper-parameter values of each 'hparam' row.
+
+    res.sel(tau=0.2)           # one grid row (axis dropped) or several (axis kept)
+    res.sel(seed=3)            # one run's trajectory
+    res.mean("seed")           # NaN propagates: a failed run is never averaged away
+    res["purity_nw"], res.dims["purity_nw"]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+class Results:
+    """Arrays with named axes plus the config, seeds and provenance that produced them."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]], coords: dict[str, np.ndarray], hp: dict[str, np.ndarray], meta: dict):
+        self.arrays = arrays
+        self.dims = dims
+        self.coords = coords  # dim -> labels along it (hparam rows are 0..H-1)
+        self.hp = hp  # name -> (H,) values, or scalars once 'hparam' is dropped
+        self.meta = meta  # config, swept names, provenance, ...
+
+    # -- access -------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            raise KeyError(f"no metric {name!r}; available: {sorted(self.arrays)}")
+        return self.arrays[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays
+
+    @property
+    def config(self) -> dict:
+        return self.meta["config"]
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.coords["time"]
+
+    def __repr__(self) -> str:
+        shape = {d: len(v) for d, v in self.coords.items()}
+        swept = {n: np.unique(np.asarray(self.hp[n])).tolist() for n in self.meta.get("swept", [])}
+        return f"Results(axes={shape}, swept={swept}, metrics={sorted(self.arrays)})"
+
+    def failed(self) -> np.ndarray:
+        """Boolean mask over the remaining (hparam, seed) axes: runs that saw a non-finite value."""
+        return self["nonfinite_step"] >= 0
+
+    # -- selection and reduction --------------------------------------------------------------
+    def _take(self, dim: str, index, drop: bool) -> "Results":
+        arrays, dims = {}, {}
+        for name, arr in self.arrays.items():
+            ds = self.dims[name]
+            if dim in ds:
+                ax = ds.index(dim)
+                arr = np.take(arr, index, axis=ax)
+                ds = ds[:ax] + ds[ax + 1 :] if drop else ds
+            arrays[name], dims[name] = arr, ds
+        coords = dict(self.coords)
+        if drop:
+            coords.pop(dim)
+        else:
+            coords[dim] = np.asarray(coords[dim])[index]
+        hp = {n: np.asarray(v)[index] for n, v in self.hp.items()} if dim == "hparam" else self.hp
+        return Results(arrays, dims, coords, hp, self.meta)
+
+    def isel(self, **indices: int) -> "Results":
+        """Select by position along named axes; an integer drops the axis, a list keeps it."""
+        out = self
+        for dim, index in indices.items():
+            out._need(dim)
+            out = out._take(dim, index, drop=np.ndim(index) == 0)
+        return out
+
+    def sel(self, **labels: Any) -> "Results":
+        """Select by label: seed=, time= (a step), radius=, attack=, task=, or a hyper-parameter
+        value (tau=0.2). An exact single match drops the axis."""
+        out = self
+        hp_query = {k: v for k, v in labels.items() if k in self.hp}
+        for dim, value in labels.items():
+            if dim in hp_query:
+                continue
+            out._need(dim)
+            where = np.flatnonzero(np.asarray(out.coords[dim]) == value) if not isinstance(value, float) else np.flatnonzero(np.isclose(np.asarray(out.coords[dim], dtype=float), value))
+            if len(where) != 1:
+                raise KeyError(f"{dim}={value!r} not found; available: {list(np.asarray(out.coords[dim]).tolist())}")
+            out = out._take(dim, int(where[0]), drop=True)
+        if hp_query:
+            out._need("hparam")
+            mask = np.ones(len(out.coords["hparam"]), bool)
+            for name, value in hp_query.items():
+                mask &= np.isclose(np.asarray(out.hp[name], dtype=float), float(value))
+            rows = np.flatnonzero(mask)
+            if len(rows) == 0:
+                avail = {n: np.unique(np.asarray(out.hp[n])).tolist() for n in hp_query}
+                raise KeyError(f"no hyper-parameter row matches {hp_query}; available values: {avail}")
+            out = out._take("hparam", int(rows[0]), drop=True) if len(rows) == 1 else out._take("hparam", rows, drop=False)
+        return out
+
+    def _need(self, dim: str) -> None:
+        if dim not in self.coords:
+            raise KeyError(f"no axis {dim!r}; axes are {list(self.coords)}")
+
+    def reduce(self, dim: str, fn=np.mean) -> "Results":
+        """Apply fn(array, axis=...) along `dim` in every metric that has it, dropping the axis."""
+        self._need(dim)
+        arrays, dims = {}, {}
+        for name, arr in self.arrays.items():
+            ds = self.dims[name]
+            if dim in ds:
+                arr, ds = fn(arr, axis=ds.index(dim)), tuple(d for d in ds if d != dim)
+            arrays[name], dims[name] = arr, ds
+        coords = {d: v for d, v in self.coords.items() if d != dim}
+        return Results(arrays, dims, coords, self.hp, self.meta)
+
+    def mean(self, dim: str = "seed") -> "Results":
+        return self.reduce(dim, np.mean)
+
+    def std(self, dim: str = "seed") -> "Results":
+        return self.reduce(dim, np.std)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """One .npz holding the arrays and, as JSON, axes, coordinates, config and provenance."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        header = {"dims": self.dims, "coords": {d: np.asarray(v).tolist() for d, v in self.coords.items()}, "hp": {n: np.asarray(v).tolist() for n, v in self.hp.items()}, "meta": self.meta}
+        buf = io.BytesIO()
+        np.savez_compressed(buf, __header__=np.frombuffer(json.dumps(header, default=_jsonable).encode(), dtype=np.uint8), **{f"a/{k}": v for k, v in self.arrays.items()})
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Results":
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(z["__header__"].tobytes().decode())
+            arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+        dims = {k: tuple(v) for k, v in header["dims"].items()}
+        coords = {d: np.asarray(v) for d, v in header["coords"].items()}
+        hp = {n: np.asarray(v) for n, v in header["hp"].items()}
+        return cls(arrays, dims, coords, hp, header["meta"])
+
+    # -- plotting -----------------------------------------------------------------------------
+    def plot(self, metric: str, ax=None, label_by: str | None = None, **kw):
+        """Mean over seeds with a band (see purify.plotting.band), one line per grid row."""
+        from .plotting import plot_metric
+
+        return plot_metric(self, metric, ax=ax, label_by=label_by, **kw)
+
+
+def warn_failed(res: Results) -> None:
+    bad = np.argwhere(res.failed())
+    if len(bad):
+        warnings.warn(f"{len(bad)} run(s) saw NaN/inf and are marked failed (indices hparam, seed): {bad.tolist()}", stacklevel=2)

@@ -1,0 +1,236 @@
+"""One training run as a pure function of (key, hyper-parameters, task), built from a static Config.
+
+`make_run(cfg)` returns a `Run` whose `init`, `advance` and `finalize` are pure and vmappable
+over runs: `advance(state, task, t0)` performs the SGD steps t0 .. t0 + chunk - 1 (steps past
+`cfg.train.steps` are no-ops), so a long run is a Python loop over one compiled chunk, which
+is where a progress bar and Ctrl-C handling live. The step index is shared by all runs (never
+batched), so the clean/adversarial switch and the log-point test stay real branches under vmap.
+
+Random streams: the run key is split into independent keys for init, training data, training
+attacks, evaluation data and evaluation attacks; the data of step t is fold_in(data_key, t), so
+chunking never changes the numbers.
+
+Metrics are recorded at `cfg.train.log_steps` into fixed buffers (n_log, ...), so memory does
+not grow with the number of steps; full weights only at `cfg.train.snapshot_at`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from . import attacks, metrics, network
+from .config import HPARAM_NAMES, Config
+from .data import Task, sample
+
+N_STREAMS = 5  # init, train data, train attack, eval data, eval attack
+
+
+@struct.dataclass
+class RunState:
+    """Everything one run carries between chunks. `hp` maps HPARAM_NAMES to scalars."""
+
+    params: Any
+    opt_state: Any
+    keys: jax.Array  # (N_STREAMS,) typed keys
+    hp: dict
+    trace: dict  # name -> (n_log, ...) buffers, NaN until written
+    snapshots: jax.Array  # (n_snapshots, m, d)
+    nonfinite_step: jax.Array  # int32, first log step at which a non-finite value was seen, -1 if none
+    train_set: Any = None  # (x, y) when cfg.data.n_train is set
+
+
+def logistic_loss(f: jax.Array, y: jax.Array) -> jax.Array:
+    """softplus(-y f), elementwise."""
+    return jax.nn.softplus(-y * f)
+
+
+class Run:
+    """The pure pieces of one run for a static config (see module docstring)."""
+
+    def __init__(self, cfg: Config, chunk: int | None = None):
+        self.cfg = cfg.validate()
+        self.net = network.build(cfg)
+        tc = cfg.train
+        self.chunk = int(chunk) if chunk else tc.steps
+        self.log_steps = tc.log_steps
+        self.snapshot_at = np.asarray(sorted(set(tc.snapshot_at)), dtype=np.int32)
+        momentum = tc.momentum if tc.momentum > 0 else None
+        self.opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=momentum)
+
+    # -- data ---------------------------------------------------------------------------------
+    def _batch(self, state: RunState, task: Task, t: jax.Array):
+        cfg = self.cfg
+        key = jax.random.fold_in(state.keys[1], t)
+        if state.train_set is None:
+            x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp["noise"])
+            return x, y
+        idx = jax.random.randint(key, (cfg.train.batch,), 0, cfg.data.n_train)
+        return state.train_set[0][idx], state.train_set[1][idx]
+
+    def eval_batch(self, state: RunState, task: Task):
+        x, _, y = sample(state.keys[3], self.cfg.data, task, self.cfg.eval.n_eval, state.hp["noise"])
+        return x, y
+
+    # -- model pieces -------------------------------------------------------------------------
+    def logits(self, params, x, beta):
+        return network.apply(self.net, params, x, beta)
+
+    def example_loss(self, params, x, y, beta):
+        """(n,) per-example logistic loss summed over tasks."""
+        return logistic_loss(self.logits(params, x, beta), y).sum(-1)
+
+    def perturb(self, params, x, y, hp, key):
+        """The training attack's delta at radius hp['tau'] (no gradient flows through it)."""
+        tc = self.cfg.train
+        objective = lambda v: self.example_loss(params, v, y, hp["beta"])  # noqa: E731
+        if tc.attack == "fgm":
+            delta = attacks.fgm(objective, x, hp["tau"], tc.norm)
+        else:
+            delta = attacks.pgd(objective, x, hp["tau"], tc.norm, tc.pgd_steps, key=key)
+        return jax.lax.stop_gradient(delta)
+
+    def train_loss(self, params, x, y, hp, adversarial: jax.Array):
+        """Mean loss; with attack='surrogate' and `adversarial`, plus tau ||grad_x loss||_*."""
+        ell = self.example_loss(params, x, y, hp["beta"])
+        if self.cfg.train.attack != "surrogate":
+            return ell.mean()
+        g = attacks.input_grad(lambda v: self.example_loss(params, v, y, hp["beta"]), x)
+        dual = jnp.linalg.norm(g, axis=-1) if self.cfg.train.norm == "l2" else jnp.abs(g).sum(-1)
+        return (ell + jnp.where(adversarial, hp["tau"], 0.0) * dual).mean()
+
+    # -- the run ------------------------------------------------------------------------------
+    def init(self, key: jax.Array, hp: dict, task: Task) -> RunState:
+        """key: a typed PRNG key; hp: dict of HPARAM_NAMES -> scalar."""
+        cfg = self.cfg
+        hp = {n: jnp.asarray(hp[n], jnp.float32) for n in HPARAM_NAMES}
+        keys = jax.random.split(key, N_STREAMS)
+        params = network.init_params(self.net, keys[0], hp["init_scale"], hp["beta"])
+        # inject_hyperparams keeps the learning rate in the optimizer state: set it per run.
+        opt_state = self.opt.init(params)
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": hp["lr"]})
+        train_set = None
+        if cfg.data.n_train is not None:
+            x, _, y = sample(jax.random.fold_in(keys[1], -1), cfg.data, task, cfg.data.n_train, hp["noise"])
+            train_set = (x, y)
+        n_log, m, T, R = len(self.log_steps), cfg.model.width, cfg.data.n_tasks, len(cfg.eval.taus)
+        nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)  # noqa: E731
+        trace = {name: nan(m) for name in ("norm", "purity", "features", "participation", "rho")}
+        trace.update({name: nan() for name in ("purity_nw", "features_nw", "participation_nw", "rho_nw", "alignment", "dead_fraction", "loss")})
+        trace.update({"clean_acc": nan(T), "positive_rate": nan(T), "robust_acc": nan(T, R), "attack_acc": nan(T, R, len(attacks.ATTACK_NAMES))})
+        snaps = jnp.zeros((len(self.snapshot_at), m, cfg.data.d), jnp.float32)
+        return RunState(params, opt_state, keys, hp, trace, snaps, jnp.int32(-1), train_set)
+
+    def measure(self, state: RunState, task: Task, t: jax.Array) -> dict:
+        """All metrics of the current weights (one row of the trace)."""
+        cfg, params, beta = self.cfg, state.params, state.hp["beta"]
+        W = params["W"]
+        per = metrics.neuron_metrics(W, task.M, task.w_star[0])
+        head = network.head_of(self.net, params)
+        row = dict(per)
+        for name in ("purity", "features", "participation", "rho"):
+            row[name + "_nw"] = metrics.weighted_mean(per[name], per["norm"])
+        row["alignment"] = metrics.mixture_alignment(metrics.feature_coefficients(W, task.M), jnp.sign(head[:, 0]))
+        x, y = self.eval_batch(state, task)
+        hidden = network.TwoLayer.features
+        act = self.net.apply({"params": params}, x, beta, method=hidden)
+        row["dead_fraction"] = (jnp.abs(act).max(0) == 0).mean()
+        f = act @ head
+        row["loss"] = logistic_loss(f, y).sum(-1).mean()
+        row["positive_rate"] = (f > 0).mean(0)
+        ec = cfg.eval
+        key = jax.random.fold_in(state.keys[4], t)
+        clean_acc, robust, by_attack = [], [], []
+        for j in range(cfg.data.n_tasks):  # each task attacked separately
+            margin = lambda v, j=j: y[:, j] * self.logits(params, v, beta)[:, j]  # noqa: E731
+            u = task.label_directions[j]
+            r_row, a_row = [], []
+            for i, tau in enumerate(ec.taus):
+                clean, hit = attacks.attacked_correct(margin, x, y[:, j], tau, u, jax.random.fold_in(key, i), ec.norm, ec.pgd_steps, ec.restarts)
+                r_row.append((clean & hit.all(0)).mean())
+                a_row.append(hit.mean(-1))
+            clean_acc.append(clean.mean())
+            robust.append(jnp.stack(r_row))
+            by_attack.append(jnp.stack(a_row))
+        row["clean_acc"], row["robust_acc"], row["attack_acc"] = jnp.stack(clean_acc), jnp.stack(robust), jnp.stack(by_attack)
+        return row
+
+    def record(self, state: RunState, task: Task, t: jax.Array) -> RunState:
+        """Write the metrics at step t into its trace slot (t must be a log step)."""
+        idx = jnp.searchsorted(jnp.asarray(self.log_steps), t)
+        row = self.measure(state, task, t)
+        trace = {k: state.trace[k].at[idx].set(row[k].astype(jnp.float32)) for k in state.trace}
+        finite = jnp.all(jnp.isfinite(state.params["W"])) & jnp.isfinite(row["loss"])
+        bad = jnp.where((state.nonfinite_step < 0) & ~finite, t.astype(jnp.int32), state.nonfinite_step)
+        return state.replace(trace=trace, nonfinite_step=bad)
+
+    def snapshot(self, state: RunState, t: jax.Array) -> RunState:
+        idx = jnp.searchsorted(jnp.asarray(self.snapshot_at), t)
+        return state.replace(snapshots=state.snapshots.at[idx].set(state.params["W"]))
+
+    def _observe(self, state: RunState, task: Task, t: jax.Array) -> RunState:
+        is_log = jnp.any(jnp.asarray(self.log_steps) == t)
+        state = jax.lax.cond(is_log, lambda s: self.record(s, task, t), lambda s: s, state)
+        if len(self.snapshot_at):
+            is_snap = jnp.any(jnp.asarray(self.snapshot_at) == t)
+            state = jax.lax.cond(is_snap, lambda s: self.snapshot(s, t), lambda s: s, state)
+        return state
+
+    def sgd_step(self, state: RunState, task: Task, t: jax.Array) -> RunState:
+        tc, hp = self.cfg.train, state.hp
+        x, y = self._batch(state, task, t)
+        adversarial = jnp.asarray(t >= tc.adv_start) & (tc.attack != "none")
+        if tc.attack in ("fgm", "pgd"):
+            key = jax.random.fold_in(state.keys[2], t)
+            x = jax.lax.cond(adversarial, lambda: x + self.perturb(state.params, x, y, hp, key), lambda: x)
+        grads = jax.grad(self.train_loss)(state.params, x, y, hp, adversarial)
+        updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if "b" in params:  # a trainable threshold stays non-negative
+            params = {**params, "b": jnp.maximum(params["b"], 0.0)}
+        return state.replace(params=params, opt_state=opt_state)
+
+    def advance(self, state: RunState, task: Task, t0: jax.Array) -> RunState:
+        """SGD steps t0 .. t0 + self.chunk - 1, observing before each; steps >= total are no-ops."""
+        total = self.cfg.train.steps
+
+        def body(s, t):
+            def live(s):
+                return self.sgd_step(self._observe(s, task, t), task, t)
+
+            return jax.lax.cond(t < total, live, lambda s: s, s), None
+
+        ts = jnp.asarray(t0, jnp.int32) + jnp.arange(self.chunk, dtype=jnp.int32)
+        return jax.lax.scan(body, state, ts)[0]
+
+    def finalize(self, state: RunState, task: Task) -> RunState:
+        """Observe the final weights (log step `steps`)."""
+        return self._observe(state, task, jnp.int32(self.cfg.train.steps))
+
+    def __call__(self, key: jax.Array, hp: dict, task: Task) -> RunState:
+        """The whole run, unbatched: init, every chunk, finalize."""
+        state = self.init(key, hp, task)
+        for t0 in range(0, self.cfg.train.steps, self.chunk):
+            state = self.advance(state, task, t0)
+        return self.finalize(state, task)
+
+
+def make_run(cfg: Config, chunk: int | None = None) -> Run:
+    return Run(cfg, chunk)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(cfg: Config, chunk: int):
+    """jit(vmap(...)) of init/advance/finalize over a leading run axis, cached per static config
+    so that a repeated call with the same config (a REPL session) never recompiles."""
+    run = Run(cfg, chunk)
+    init = jax.jit(jax.vmap(run.init, in_axes=(0, 0, None)))
+    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None)), donate_argnums=0)
+    finalize = jax.jit(jax.vmap(run.finalize, in_axes=(0, None)), donate_argnums=0)
+    return run, init, advance, finalize
