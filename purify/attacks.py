@@ -127,3 +127,28 @@ def attacked_correct(
     )
     clean = margin(x) > 0
     return clean, jnp.stack([margin(x + d) > 0 for d in deltas])
+
+
+def robust_accuracy(
+    margin: Objective,
+    x: jax.Array,
+    y: jax.Array,
+    taus,
+    u: jax.Array,
+    key: jax.Array,
+    norm: str,
+    pgd_steps: int,
+    restarts: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Clean accuracy (), robust accuracy (n_tau,) and accuracy under each attack (n_tau, 3).
+
+    Robust accuracy at tau is the fraction of examples correct clean and under every attack of
+    ATTACK_NAMES: the minimum over attacks, taken per example. `taus` is a static sequence.
+    """
+    robust, by_attack = [], []
+    clean = margin(x) > 0
+    for i, tau in enumerate(taus):
+        _, hit = attacked_correct(margin, x, y, tau, u, jax.random.fold_in(key, i), norm, pgd_steps, restarts)
+        robust.append((clean & hit.all(0)).mean())
+        by_attack.append(hit.mean(-1))
+    return clean.mean(), jnp.stack(robust), jnp.stack(by_attack)

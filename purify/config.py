@@ -172,10 +172,19 @@ class TrainConfig:
 
     @property
     def log_steps(self) -> np.ndarray:
-        """Sorted unique evaluation steps: 0, log-spaced up to `steps`, and `adv_start`."""
-        grid = np.geomspace(1, self.steps, self.n_log - 1).round().astype(int)
-        pts = np.unique(np.concatenate([[0, self.adv_start, self.steps], grid]))
-        return pts[(pts >= 0) & (pts <= self.steps)]
+        """Sorted unique evaluation steps: 0, `adv_start`, `steps`, and log-spaced points.
+
+        When adversarial training starts mid-run, the log spacing restarts at `adv_start` (half
+        the points on each phase), so the adversarial phase is resolved as finely as the clean one.
+        """
+        a, n = self.adv_start, self.steps
+        if 0 < a < n:
+            half = max(2, (self.n_log - 3) // 2)
+            grid = np.concatenate([np.geomspace(1, a, half), a + np.geomspace(1, n - a, self.n_log - 3 - half if self.n_log - 3 - half >= 2 else 2)])
+        else:
+            grid = np.geomspace(1, n, max(2, self.n_log - 2))
+        pts = np.unique(np.concatenate([[0, a, n], grid.round().astype(int)]))
+        return pts[(pts >= 0) & (pts <= n)]
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,9 @@ def sweep(
     grid: {hyper-parameter name: values}, e.g. {"tau": [0, 0.1, 0.2]}; unset names take cfg.hp.
     seeds: a count (0..n-1) or a list. chunk_size: networks per compiled call (default: all).
     step_chunk: SGD steps per compiled call (default steps/20; progress is reported per call).
-    out_dir: where finished run chunks are written atomically and found again on resume.
+    out_dir: finished run chunks are written atomically to out_dir/<fingerprint>/ and found
+    again on resume; the fingerprint hashes config, grid, seeds and chunk size, so sweeps
+    that differ never share files and identical sweeps (from any experiment) do.
     """
     from .train import compiled
 
@@ -172,7 +174,7 @@ def sweep(
     try:
         for c in range(n_chunks):
             lo, hi = c * chunk_size, min((c + 1) * chunk_size, R)
-            path = out_dir / "chunks" / f"runs_{lo:07d}-{hi:07d}.npz" if out_dir else None
+            path = out_dir / tag / f"runs_{lo:07d}-{hi:07d}.npz" if out_dir else None
             piece = _load_chunk(path, tag) if path is not None and path.exists() else None
             if piece is None:
                 idx = np.minimum(np.arange(lo, lo + chunk_size), R - 1)  # pad with the last run

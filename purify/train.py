@@ -149,15 +149,10 @@ class Run:
         clean_acc, robust, by_attack = [], [], []
         for j in range(cfg.data.n_tasks):  # each task attacked separately
             margin = lambda v, j=j: y[:, j] * self.logits(params, v, beta)[:, j]  # noqa: E731
-            u = task.label_directions[j]
-            r_row, a_row = [], []
-            for i, tau in enumerate(ec.taus):
-                clean, hit = attacks.attacked_correct(margin, x, y[:, j], tau, u, jax.random.fold_in(key, i), ec.norm, ec.pgd_steps, ec.restarts)
-                r_row.append((clean & hit.all(0)).mean())
-                a_row.append(hit.mean(-1))
-            clean_acc.append(clean.mean())
-            robust.append(jnp.stack(r_row))
-            by_attack.append(jnp.stack(a_row))
+            c, r, a = attacks.robust_accuracy(margin, x, y[:, j], ec.taus, task.label_directions[j], key, ec.norm, ec.pgd_steps, ec.restarts)
+            clean_acc.append(c)
+            robust.append(r)
+            by_attack.append(a)
         row["clean_acc"], row["robust_acc"], row["attack_acc"] = jnp.stack(clean_acc), jnp.stack(robust), jnp.stack(by_attack)
         return row
 

@@ -1,0 +1,83 @@
+"""Analytic landmarks (SCIENCE.md section 4): the best linear classifier and the oracle pure net.
+
+The best linear classifier is f(x) = <u, x> with u = M w*/|w*|. Its l2 robust radius on an
+example is y <u, x> (its margin, which FGM, PGD and the dense attack all reach exactly), so
+its robust accuracy at tau is P(y <u, x> > tau). Without noise, with Rademacher w* and exact-k
+supports, <w*, z> = sum of k terms eps_j m_j (eps Rademacher, m the magnitudes), and |w*| =
+sqrt(d): the population value has a closed form for both magnitude modes (below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from .config import DataConfig
+from .data import Task
+
+
+def linear_margin(task: Task, x, y, t: int = 0):
+    """Per-example y <u_t, x> (n,): the linear classifier's l2 robust radius (negative if wrong)."""
+    return y * (x @ task.label_directions[t])
+
+
+def linear_robust_accuracy_empirical(task: Task, x, y, taus, t: int = 0) -> np.ndarray:
+    """Exact robust accuracy of the linear classifier on the given examples, at each tau."""
+    r = np.asarray(linear_margin(task, x, y, t))
+    return np.asarray([(r > tau).mean() for tau in np.atleast_1d(taus)])
+
+
+def _irwin_hall_cdf(x: float, k: int) -> float:
+    """P(U_1 + ... + U_k <= x), U_i ~ U[0, 1]."""
+    if x <= 0:
+        return 0.0
+    if x >= k:
+        return 1.0
+    s = sum((-1) ** j * math.comb(k, j) * (x - j) ** k for j in range(int(math.floor(x)) + 1))
+    return s / math.factorial(k)
+
+
+def linear_robust_accuracy(cfg: DataConfig, tau: float) -> float:
+    """Population robust accuracy of sign <M w*, x> at l2 radius tau, noise 0.
+
+    Needs Rademacher w* and exact_k sparsity. Correct and robust iff |<w*, z>| > tau sqrt(d).
+    'sign': <w*, z> = 2B - k, B ~ Bin(k, 1/2). 'uniform': sqrt(k) <w*, z> = sum eps_j U_j with
+    U_j ~ U[1, 2]; given p positive signs it equals 3p - 2k + IH_k (IH_k the Irwin-Hall sum of
+    k uniforms), so the probability is a binomial mixture of Irwin-Hall tails.
+    """
+    if cfg.label != "rademacher" or cfg.sparsity != "exact_k":
+        raise ValueError(f"closed form needs data.label='rademacher' and data.sparsity='exact_k', got {cfg.label!r}, {cfg.sparsity!r}")
+    k, t = cfg.k, tau * math.sqrt(cfg.d)
+    weights = [math.comb(k, p) / 2**k for p in range(k + 1)]
+    if cfg.magnitude == "sign":
+        return sum(w for p, w in enumerate(weights) if abs(2 * p - k) > t)
+    t = t * math.sqrt(k)
+    total = 0.0
+    for p, w in enumerate(weights):
+        shift = 2 * k - 3 * p  # S sqrt(k) = IH_k - shift
+        total += w * ((1.0 - _irwin_hall_cdf(t + shift, k)) + _irwin_hall_cdf(-t + shift, k))
+    return total
+
+
+def linear_logits(task: Task, t: int = 0):
+    """f(x) = <u_t, x> as a function (n, d) -> (n,)."""
+    u = task.label_directions[t]
+    return lambda x: x @ u
+
+
+def oracle_logits(cfg: DataConfig, task: Task, beta: float, t: int = 0):
+    """The oracle pure network f(x) = sum_j w*_j phi_b(<M_j, x>), b = beta * z_min."""
+    from .network import soft_threshold
+
+    b = beta * cfg.min_magnitude
+    return lambda x: soft_threshold(x @ task.M, b) @ task.w_star[t]
+
+
+def window_lines(cfg: DataConfig) -> tuple[float, float]:
+    return cfg.window
+
+
+__all__ = ["linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "linear_logits", "oracle_logits", "window_lines"]
+_ = jnp  # jnp is used by callers passing jax arrays through these helpers
