@@ -10,7 +10,7 @@ from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelC
 from .data import SparseCoding, Task, make_task, sample
 from .network import TwoLayer
 from .results import Results
-from .sweep import SweepInterrupted, sweep
+from .sweeps import SweepInterrupted, sweep
 from .train import Run, make_run
 
 __version__ = "0.1.0"

@@ -114,7 +114,7 @@ class ModelConfig:
 
     activation 'soft_threshold': phi_b(u) = ReLU(u - b) - ReLU(-u - b) (the papers' unit);
     'relu': ReLU(u - b) (ablation). bias 'relative': b_i = beta |w_i| z_min, stop-gradient;
-    'fixed': b_i = beta z_min; 'trainable': initialised at beta z_min, clipped at >= 0.
+    'fixed': b_i = beta z_min |w_i(0)|, frozen; 'trainable': starts there, clipped at >= 0.
     z_min is the smallest non-zero feature magnitude, so beta is the threshold as a fraction of
     it. head 'fixed': a_i = 1 (soft threshold) or alternating +-1 (relu), one output;
     'trained': a learned (width x n_tasks) head.

@@ -32,7 +32,7 @@ class TwoLayer(nn.Module):
         self.W = self.param("W", nn.initializers.normal(1.0 / jnp.sqrt(self.d)), (self.model.width, self.d))
         if self.model.head == "trained":
             self.a = self.param("a", nn.initializers.normal(1.0 / jnp.sqrt(self.model.width)), (self.model.width, self.n_out))
-        if self.model.bias == "trainable":
+        if self.model.bias in ("fixed", "trainable"):
             self.b = self.param("b", nn.initializers.zeros, (self.model.width,))
 
     def threshold(self, beta: jax.Array) -> jax.Array:
@@ -42,7 +42,7 @@ class TwoLayer(nn.Module):
             # stop_gradient: the threshold tracks the neuron's scale but is not trained through.
             return jax.lax.stop_gradient(beta * self.z_min * jnp.linalg.norm(self.W, axis=-1))
         if m.bias == "fixed":
-            return jnp.full((m.width,), beta * self.z_min)
+            return jax.lax.stop_gradient(self.b)
         return jnp.maximum(self.b, 0.0)
 
     def head(self) -> jax.Array:
@@ -71,12 +71,13 @@ def build(cfg: Config) -> TwoLayer:
 
 
 def init_params(net: TwoLayer, key: jax.Array, init_scale: jax.Array, beta: jax.Array) -> dict:
-    """Small Gaussian init: rows of W with norm ~init_scale; a trainable bias starts at beta z_min."""
+    """Small Gaussian init: rows of W with norm ~init_scale; a fixed or trainable threshold
+    starts at beta z_min |w_i(0)|, where the relative threshold would be."""
     params = net.init(key, jnp.zeros((1, net.d)), beta)["params"]
     params = dict(params)
     params["W"] = params["W"] * init_scale
     if "b" in params:
-        params["b"] = jnp.full_like(params["b"], beta * net.z_min)
+        params["b"] = beta * net.z_min * jnp.linalg.norm(params["W"], axis=-1)
     return params
 
 
@@ -99,6 +100,8 @@ def oracle_params(net: TwoLayer, data: DataConfig, M: jax.Array, w_star: jax.Arr
     params = init_params(net, jax.random.key(0), 1.0, beta)
     W = jnp.zeros((net.model.width, data.d)).at[: data.d].set((M * w_star[0][None, :]).T)
     params["W"] = W
+    if "b" in params:
+        params["b"] = beta * net.z_min * jnp.linalg.norm(W, axis=-1)
     if "a" in params:
         params["a"] = jnp.zeros_like(params["a"]).at[: data.d].set(1.0)
     return params

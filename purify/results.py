@@ -87,8 +87,9 @@ class Results:
         return f"Results(axes={shape}, swept={swept}, metrics={sorted(self.arrays)})"
 
     def failed(self) -> np.ndarray:
-        """Boolean mask over the remaining (hparam, seed) axes: runs that saw a non-finite value."""
-        return self["nonfinite_step"] >= 0
+        """Boolean mask over the remaining (hparam, seed) axes: runs that went non-finite or diverged
+        (held-out loss above 100 ln 2 or a weight row norm above 1e6); see `failed_step` for the first log step it was seen."""
+        return self["failed_step"] >= 0
 
     # -- selection and reduction --------------------------------------------------------------
     def _take(self, dim: str, index, drop: bool) -> "Results":
@@ -146,12 +147,21 @@ class Results:
             raise KeyError(f"no axis {dim!r}; axes are {list(self.coords)}")
 
     def reduce(self, dim: str, fn=np.mean) -> "Results":
-        """Apply fn(array, axis=...) along `dim` in every metric that has it, dropping the axis."""
+        """Apply fn(array, axis=...) along `dim` in every metric that has it, dropping the axis.
+
+        Reducing over runs ('seed' or 'hparam'): a failed run (non-finite or diverged) turns the
+        result NaN, so it is never averaged away; the per-run arrays keep its values.
+        """
         self._need(dim)
+        fail, fail_dims = None, ()
+        if dim in ("seed", "hparam") and "failed_step" in self.arrays:
+            fail, fail_dims = self.arrays["failed_step"] >= 0, self.dims["failed_step"]
         arrays, dims = {}, {}
         for name, arr in self.arrays.items():
             ds = self.dims[name]
             if dim in ds:
+                if fail is not None and fail.any() and ds[: len(fail_dims)] == fail_dims and arr.dtype.kind == "f":
+                    arr = np.where(fail.reshape(fail.shape + (1,) * (arr.ndim - fail.ndim)), np.nan, arr)
                 arr, ds = fn(arr, axis=ds.index(dim)), tuple(d for d in ds if d != dim)
             arrays[name], dims[name] = arr, ds
         coords = {d: v for d, v in self.coords.items() if d != dim}
@@ -196,4 +206,4 @@ class Results:
 def warn_failed(res: Results) -> None:
     bad = np.argwhere(res.failed())
     if len(bad):
-        warnings.warn(f"{len(bad)} run(s) saw NaN/inf and are marked failed (indices hparam, seed): {bad.tolist()}", stacklevel=2)
+        warnings.warn(f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}", stacklevel=2)

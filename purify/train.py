@@ -30,6 +30,12 @@ from .config import HPARAM_NAMES, Config
 from .data import Task, sample
 
 N_STREAMS = 5  # init, train data, train attack, eval data, eval attack
+# A run is marked diverged when its held-out logistic loss (summed over tasks, per example)
+# exceeds 100 times that of the zero predictor, ln 2, or a first-layer row norm exceeds 1e6 (the
+# data have norm ~1 and logistic training grows weights only logarithmically; an exploding run
+# with relative thresholds can instead go silent, f = 0, with a harmless-looking loss).
+DIVERGED_LOSS = 100 * 0.6931471805599453
+DIVERGED_NORM = 1e6
 
 
 @struct.dataclass
@@ -42,7 +48,7 @@ class RunState:
     hp: dict
     trace: dict  # name -> (n_log, ...) buffers, NaN until written
     snapshots: jax.Array  # (n_snapshots, m, d)
-    nonfinite_step: jax.Array  # int32, first log step at which a non-finite value was seen, -1 if none
+    failed_step: jax.Array  # int32, first log step at which the run was non-finite or diverged, -1 if none
     train_set: Any = None  # (x, y) when cfg.data.n_train is set
 
 
@@ -102,7 +108,13 @@ class Run:
         if self.cfg.train.attack != "surrogate":
             return ell.mean()
         g = attacks.input_grad(lambda v: self.example_loss(params, v, y, hp["beta"]), x)
-        dual = jnp.linalg.norm(g, axis=-1) if self.cfg.train.norm == "l2" else jnp.abs(g).sum(-1)
+        if self.cfg.train.norm == "l2":
+            # ||g|| has gradient g/||g||: NaN where g = 0 (every unit silent). The double `where`
+            # keeps both the value and its gradient finite there.
+            sq = (g**2).sum(-1)
+            dual = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+        else:
+            dual = jnp.abs(g).sum(-1)
         return (ell + jnp.where(adversarial, hp["tau"], 0.0) * dual).mean()
 
     # -- the run ------------------------------------------------------------------------------
@@ -117,7 +129,8 @@ class Run:
         opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": hp["lr"]})
         train_set = None
         if cfg.data.n_train is not None:
-            x, _, y = sample(jax.random.fold_in(keys[1], -1), cfg.data, task, cfg.data.n_train, hp["noise"])
+            # the fixed training set uses the data stream at a step index training never reaches
+            x, _, y = sample(jax.random.fold_in(keys[1], 2**32 - 1), cfg.data, task, cfg.data.n_train, hp["noise"])
             train_set = (x, y)
         n_log, m, T, R = len(self.log_steps), cfg.model.width, cfg.data.n_tasks, len(cfg.eval.taus)
         nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)  # noqa: E731
@@ -161,9 +174,10 @@ class Run:
         idx = jnp.searchsorted(jnp.asarray(self.log_steps), t)
         row = self.measure(state, task, t)
         trace = {k: state.trace[k].at[idx].set(row[k].astype(jnp.float32)) for k in state.trace}
-        finite = jnp.all(jnp.isfinite(state.params["W"])) & jnp.isfinite(row["loss"])
-        bad = jnp.where((state.nonfinite_step < 0) & ~finite, t.astype(jnp.int32), state.nonfinite_step)
-        return state.replace(trace=trace, nonfinite_step=bad)
+        W = state.params["W"]
+        healthy = jnp.all(jnp.isfinite(W)) & (row["loss"] < DIVERGED_LOSS) & (row["norm"].max() < DIVERGED_NORM)  # False for NaN
+        bad = jnp.where((state.failed_step < 0) & ~healthy, t.astype(jnp.int32), state.failed_step)
+        return state.replace(trace=trace, failed_step=bad)
 
     def snapshot(self, state: RunState, t: jax.Array) -> RunState:
         idx = jnp.searchsorted(jnp.asarray(self.snapshot_at), t)
@@ -187,7 +201,7 @@ class Run:
         grads = jax.grad(self.train_loss)(state.params, x, y, hp, adversarial)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if "b" in params:  # a trainable threshold stays non-negative
+        if self.cfg.model.bias == "trainable":  # a trainable threshold stays non-negative
             params = {**params, "b": jnp.maximum(params["b"], 0.0)}
         return state.replace(params=params, opt_state=opt_state)
 

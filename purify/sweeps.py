@@ -90,11 +90,11 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
     for t0 in range(0, n_steps, step_chunk):
         state = advance(state, task, jnp.int32(t0))
         if bar is not None:
-            jax.block_until_ready(state.nonfinite_step)
+            jax.block_until_ready(state.failed_step)
             bar.update(1)
     state = finalize(state, task)
     out = {k: np.asarray(v) for k, v in state.trace.items()}
-    out["nonfinite_step"] = np.asarray(state.nonfinite_step)
+    out["failed_step"] = np.asarray(state.failed_step)
     out["snapshots"] = np.asarray(state.snapshots)
     for name, value in state.params.items():
         out[f"{name}_final"] = np.asarray(value)
@@ -206,7 +206,7 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
             ds = TRACE_DIMS["per_neuron"]
         elif name in TRACE_DIMS:
             ds = TRACE_DIMS[name]
-        elif name == "nonfinite_step":
+        elif name == "failed_step":
             ds = ()
         elif name == "snapshots":
             ds = ("snapshot", "neuron", "input")

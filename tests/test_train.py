@@ -1,0 +1,173 @@
+"""The compiled training program: vmapped = single run, no recompiles, chunking, resume, NaNs."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purify
+import purify.sweeps as sweep_mod
+from purify.train import Run, compiled
+
+from .conftest import tiny
+
+TRACE = ("purity_nw", "rho_nw", "clean_acc", "robust_acc", "loss", "purity")
+
+
+def test_vmapped_row_equals_single_run():
+    cfg = tiny()
+    res = purify.sweep(cfg, grid={"tau": [0.0, 0.3], "lr": [0.05, 0.2]}, seeds=[3, 7])
+    run = Run(cfg)
+    task = purify.make_task(cfg.data)
+    # row (tau=0.3, lr=0.05), seed 7
+    hp = {**cfg.hp.__dict__, "tau": 0.3, "lr": 0.05}
+    single = jax.jit(run.__call__)(jax.random.key(7), hp, task)
+    row = res.sel(tau=0.3, lr=0.05, seed=7)
+    for name in TRACE:
+        np.testing.assert_allclose(np.asarray(single.trace[name]).squeeze(), row[name].squeeze(), rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.asarray(single.params["W"]), row["W_final"], rtol=1e-4, atol=1e-6)
+
+
+def test_sweeping_hyperparameters_does_not_recompile():
+    cfg = tiny()
+    compiled.cache_clear()
+    purify.sweep(cfg, grid={"tau": [0.0, 0.1]}, seeds=2)
+    purify.sweep(cfg, grid={"tau": [0.2, 0.5], "lr": [0.3]}, seeds=[5, 9])
+    purify.sweep(cfg, grid={"noise": [0.1, 0.2], "beta": [0.3], "init_scale": [0.05]}, seeds=2)
+    _, init, advance, finalize = compiled(cfg, 3)
+    assert compiled.cache_info().misses == 1  # one Run for this static config
+    assert init._cache_size() == 1 and advance._cache_size() == 1 and finalize._cache_size() == 1
+
+
+def test_advance_traces_once_across_hyperparameters_and_chunks():
+    cfg = tiny()
+    run = Run(cfg, chunk=10)
+    task = purify.make_task(cfg.data)
+    advance = jax.jit(jax.vmap(chex.assert_max_traces(run.advance, n=1), in_axes=(0, None, None)))
+    init = jax.jit(jax.vmap(run.init, in_axes=(0, 0, None)))
+    for taus in ([0.0, 0.1], [0.4, 0.9]):
+        hp = {n: jnp.full((2,), getattr(cfg.hp, n)) for n in purify.config.HPARAM_NAMES}
+        hp["tau"] = jnp.asarray(taus)
+        state = init(jax.vmap(jax.random.key)(jnp.arange(2)), hp, task)
+        for t0 in range(0, cfg.train.steps, 10):
+            state = advance(state, task, jnp.int32(t0))
+
+
+def test_chunked_and_unchunked_sweeps_agree():
+    cfg = tiny()
+    a = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3)
+    b = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3, chunk_size=4, step_chunk=7)
+    for name in TRACE + ("W_final",):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_same_config_and_seed_give_the_same_numbers():
+    cfg = tiny()
+    a = purify.sweep(cfg, seeds=2)
+    compiled.cache_clear()
+    b = purify.sweep(cfg, seeds=2)
+    for name in TRACE:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_resume_skips_finished_chunks(tmp_path, monkeypatch):
+    cfg = tiny()
+    full = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=2, chunk_size=1, out_dir=tmp_path)
+    files = sorted(tmp_path.rglob("runs_*.npz"))
+    assert len(files) == 4
+    files[2].unlink()
+    calls = []
+    real = sweep_mod._run_chunk
+    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=2, chunk_size=1, out_dir=tmp_path)
+    assert len(calls) == 1  # only the deleted chunk ran again
+    for name in TRACE:
+        np.testing.assert_array_equal(full[name], again[name])
+
+
+def test_interrupt_keeps_finished_chunks(tmp_path, monkeypatch):
+    cfg = tiny()
+    real = sweep_mod._run_chunk
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep_mod, "_run_chunk", flaky)
+    with pytest.raises(purify.SweepInterrupted) as err:
+        purify.sweep(cfg, seeds=3, chunk_size=1, out_dir=tmp_path)
+    assert err.value.done == 1 and err.value.total == 3 and "resume" in str(err.value)
+    assert len(list(tmp_path.rglob("runs_*.npz"))) == 1
+
+
+def test_a_changed_config_never_reuses_old_chunks(tmp_path):
+    purify.sweep(tiny(), seeds=2, out_dir=tmp_path)
+    b = purify.sweep(tiny(**{"hp.lr": 0.2}), seeds=2, out_dir=tmp_path)
+    c = purify.sweep(tiny(**{"hp.lr": 0.2}), seeds=2)
+    np.testing.assert_array_equal(b["purity_nw"], c["purity_nw"])
+    assert len({p.parent for p in tmp_path.rglob("runs_*.npz")}) == 2
+
+
+def test_nonfinite_runs_are_flagged_per_run():
+    cfg = tiny()
+    res = purify.sweep(cfg, grid={"lr": [0.1, 1e30, 1e38]}, seeds=2)  # 1e30 diverges, 1e38 overflows to inf/NaN
+    bad = res.failed()
+    assert bad.tolist() == [[False, False], [True, True], [True, True]]
+    assert (res["failed_step"][1:] > 0).all()
+    assert res["constant_predictor"][1:, :, -1].all()  # the exploded runs went silent: f = 0
+    assert np.isfinite(res.sel(lr=0.1)["purity_nw"]).all()
+    mean = res.mean("seed")
+    assert np.isnan(mean["loss"][1:]).all() and np.isfinite(mean["loss"][0]).all()  # never averaged away
+    assert np.isfinite(res["loss"][1]).all()  # the per-run values are kept
+
+
+def test_tau_zero_fgm_is_exactly_clean_training():
+    """fp-dynamics' clean mode is FGM at tau = 0; it must be clean training, bit for bit."""
+    a = purify.sweep(tiny(**{"hp.tau": 0.0}), seeds=2)
+    b = purify.sweep(tiny(**{"train.attack": "none"}), seeds=2)
+    np.testing.assert_array_equal(a["W_final"], b["W_final"])
+
+
+@pytest.mark.parametrize("attack", ["pgd", "surrogate"])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_other_training_attacks_run_and_change_training(attack, norm):
+    cfg = tiny(**{"train.attack": attack, "train.norm": norm, "eval.norm": norm, "train.pgd_steps": 2, "hp.tau": 0.2 if norm == "l2" else 0.05})
+    res = purify.sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=2)
+    assert not res.failed().any()
+    assert not np.allclose(res["W_final"][0], res["W_final"][1])
+
+
+def test_snapshots_store_weights_where_asked():
+    cfg = tiny(**{"train.snapshot_at": (0, 30, 60)})
+    res = purify.sweep(cfg, seeds=2)
+    snaps = res["snapshots"]
+    assert snaps.shape == (1, 2, 3, 32, 16)
+    np.testing.assert_allclose(snaps[:, :, 2], res["W_final"], atol=1e-7)
+    norms = np.linalg.norm(snaps[0, 0, 0], axis=-1)
+    assert abs(norms.mean() - cfg.hp.init_scale) < 0.3 * cfg.hp.init_scale  # small Gaussian init
+
+
+def test_finite_training_set_and_multi_task():
+    cfg = tiny(**{"data.n_train": 50, "data.n_tasks": 3, "model.head": "trained"})
+    res = purify.sweep(cfg, seeds=2)
+    assert res.dims["robust_acc"] == ("hparam", "seed", "time", "task", "radius")
+    assert res["robust_acc"].shape[-2:] == (3, 1)
+    assert not res.failed().any()
+    # every training batch is drawn from the fixed set of 50 examples
+    run = Run(cfg)
+    task = purify.make_task(cfg.data)
+    state = run.init(jax.random.key(0), cfg.hp.__dict__, task)
+    x, _ = run._batch(state, task, jnp.int32(3))
+    dists = jnp.min(jnp.linalg.norm(x[:, None] - state.train_set[0][None], axis=-1), axis=1)
+    assert float(dists.max()) == 0.0
+
+
+@pytest.mark.parametrize("variant", [{"model.bias": "fixed"}, {"model.bias": "trainable"}, {"model.activation": "relu"}, {"model.head": "trained"}, {"train.momentum": 0.9}])
+def test_model_variants_train(variant):
+    res = purify.sweep(tiny(**variant), seeds=2)
+    assert not res.failed().any()
+    assert (res["clean_acc"][..., -1] > 0.55).all(), res["clean_acc"][..., -1]
