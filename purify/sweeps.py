@@ -236,7 +236,7 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
         "input": np.arange(cfg.data.d),
         "feature": np.arange(cfg.data.d),
     }
-    meta = {"config": cfg.to_dict(), "swept": swept, "provenance": provenance(), "seed_rule": "run key = jax.random.key(seed), same on every grid row"}
+    meta = {"config": json.loads(json.dumps(cfg.to_dict())), "swept": swept, "provenance": provenance(), "seed_rule": "run key = jax.random.key(seed), same on every grid row"}
     res = Results(arrays, dims, coords, table, meta)
     if cfg.data.n_tasks == 1:
         res = res.isel(task=0)

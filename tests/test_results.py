@@ -1,0 +1,71 @@
+"""Results: named axes, selection, reduction, save/load with provenance, plotting."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import purify  # noqa: E402
+
+from .conftest import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def res():
+    return purify.sweep(tiny(**{"eval.taus": (0.1, 0.3)}), grid={"tau": [0.0, 0.2, 0.4]}, seeds=[0, 4])
+
+
+def test_named_axes(res):
+    assert res.dims["purity"] == ("hparam", "seed", "time", "neuron")
+    assert res.dims["robust_acc"] == ("hparam", "seed", "time", "radius")
+    assert res["purity"].shape == (3, 2, len(res.steps), 32)
+    assert res.steps[0] == 0 and res.steps[-1] == 60 and 30 in res.steps
+
+
+def test_selection_by_label_and_position(res):
+    one = res.sel(tau=0.2, seed=4)
+    assert one.dims["purity_nw"] == ("time",)
+    np.testing.assert_array_equal(one["purity_nw"], res["purity_nw"][1, 1])
+    assert float(one.hp["tau"]) == pytest.approx(0.2)
+    np.testing.assert_array_equal(res.sel(radius=0.3)["robust_acc"], res["robust_acc"][..., 1])
+    np.testing.assert_array_equal(res.sel(time=30)["rho_nw"], res["rho_nw"][:, :, list(res.steps).index(30)])
+    np.testing.assert_array_equal(res.isel(hparam=[0, 2])["loss"], res["loss"][[0, 2]])
+    with pytest.raises(KeyError, match="available values"):
+        res.sel(tau=0.3)
+    with pytest.raises(KeyError, match="seed=1 not found"):
+        res.sel(seed=1)
+
+
+def test_reduction(res):
+    m = res.mean("seed")
+    assert m.dims["purity"] == ("hparam", "time", "neuron")
+    np.testing.assert_allclose(m["purity_nw"], res["purity_nw"].mean(1))
+    np.testing.assert_allclose(res.std("seed")["loss"], res["loss"].std(1))
+
+
+def test_save_and_load_round_trip(res, tmp_path):
+    path = res.save(tmp_path / "sweep")
+    assert path.suffix == ".npz"
+    back = purify.Results.load(path)
+    assert back.dims == res.dims and back.meta["config"] == res.meta["config"]
+    for name in res.arrays:
+        np.testing.assert_array_equal(back[name], res[name])
+    np.testing.assert_array_equal(back.sel(tau=0.4, seed=0)["purity_nw"], res.sel(tau=0.4, seed=0)["purity_nw"])
+    prov = back.meta["provenance"]
+    assert {"jax", "flax", "optax", "numpy", "python"} <= set(prov["versions"])
+    assert prov["device"]["platform"] == "cpu"
+    assert purify.Config.from_dict(back.config) == tiny(**{"eval.taus": (0.1, 0.3)})
+    json.dumps(back.meta)  # the metadata is plain JSON
+
+
+def test_plot_draws_one_band_per_row(res):
+    ax = res.plot("purity_nw")
+    assert len(ax.get_lines()) == 3 and ax.get_xlabel() == "SGD step"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["tau=0", "tau=0.2", "tau=0.4"]
+    ax = res.sel(tau=0.2).plot("robust_acc", radius=0.3)
+    assert len(ax.get_lines()) == 1
+    with pytest.raises(ValueError, match="select"):
+        res.plot("purity")  # per-neuron: choose a neuron first
