@@ -23,11 +23,18 @@ from purify.results import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 @dataclass
 class Context:
-    """Where an experiment writes and how it reports progress."""
+    """Where an experiment keeps its runs, how it reports progress, how it splits the work."""
 
     runs_dir: Path | None = Path("runs")
     progress: bool = True
     options: dict = field(default_factory=dict)
+    chunk_size: int | None = None
+    run_slice: tuple[int, int] | None = None
+
+    def sweep(self, cfg: Config, **kwargs):
+        from purify import sweep
+
+        return sweep(cfg, out_dir=self.runs_dir, progress=self.progress, chunk_size=self.chunk_size, run_slice=self.run_slice, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,22 @@ def all_experiments() -> dict[str, Experiment]:
 
 
 def run_experiment(exp_id: str, preset: str = "cpu", seeds: int | None = None, out: str | Path = "figures",
-                   runs_dir: str | Path | None = "runs", overrides: dict | None = None, progress: bool = True) -> dict:
-    """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict."""
+                   runs_dir: str | Path | None = "runs", overrides: dict | None = None, progress: bool = True,
+                   chunk_size: int | None = None, run_slice: tuple[int, int] | None = None) -> dict:
+    """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
+
+    Under jax.distributed every process runs this; the sweeps split the runs among them and
+    gather the results, and only process 0 writes files.
+    """
+    import jax
+
     exp = get(exp_id)
     cfg, default_seeds, options = exp.config(preset, overrides)
     seeds = default_seeds if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
         raise ConfigError(f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)")
-    ctx = Context(runs_dir=Path(runs_dir) if runs_dir else None, progress=progress, options=options)
+    ctx = Context(runs_dir=Path(runs_dir) if runs_dir else None, progress=progress and jax.process_index() == 0, options=options,
+                  chunk_size=chunk_size, run_slice=run_slice)
     t0 = time.time()
     body = exp.run(cfg, seeds, ctx)
     record = {
@@ -92,9 +107,10 @@ def run_experiment(exp_id: str, preset: str = "cpu", seeds: int | None = None, o
         "config": cfg.to_dict(), "provenance": provenance(), "wall_seconds": round(time.time() - t0, 2),
         **body,
     }
-    out = Path(out)
-    atomic_write_json(out / f"{exp.id}.json", record)
-    save_figure(exp, record, out / f"{exp.id}.png")
+    if jax.process_index() == 0:
+        out = Path(out)
+        atomic_write_json(out / f"{exp.id}.json", record)
+        save_figure(exp, record, out / f"{exp.id}.png")
     return record
 
 

@@ -8,9 +8,9 @@ per neuron, dense-mixture coherence rho, clean accuracy and robust accuracy at e
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from purify import sweep
 from purify.config import Config
 from purify.stats import verdict
 
@@ -28,8 +28,8 @@ METRICS = [
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     tau = cfg.hp.tau
-    res = sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, out_dir=ctx.runs_dir, progress=ctx.progress)
-    if ctx.runs_dir is not None:
+    res = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
+    if ctx.runs_dir is not None and jax.process_index() == 0:
         res.save(ctx.runs_dir / "fp-dynamics.npz")
     steps = res.steps
     curves = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purify import make_task, sweep
+from purify import make_task
 from purify.config import Config, ConfigError
 from purify.evaluate import landmark_curves, network_curves
 from purify.landmarks import linear_robust_accuracy
@@ -32,7 +32,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         raise ConfigError(f"eval.norm={cfg.eval.norm!r} is not allowed for fp-robustness: it compares against l2 closed forms (fp-linf covers l-inf)")
     task = make_task(cfg.data)
     taus = radius_grid(cfg, ctx.options)
-    res = sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=seeds, task=task, out_dir=ctx.runs_dir, progress=ctx.progress)
+    res = ctx.sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=seeds, task=task)
     nets = network_curves(cfg, res, task, taus)
     lm = landmark_curves(cfg, task, res.coords["seed"], taus, noise=cfg.hp.noise, beta=cfg.hp.beta)
     closed = None

@@ -10,7 +10,7 @@ from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelC
 from .data import SparseCoding, Task, make_task, sample
 from .network import TwoLayer
 from .results import Results
-from .sweeps import SweepInterrupted, sweep
+from .sweeps import SliceFinished, SweepInterrupted, auto_chunk_size, merge_runs, sweep
 from .train import Run, make_run
 
 __version__ = "0.1.0"
@@ -18,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvalConfig", "HParams", "ModelConfig", "TrainConfig",
     "SparseCoding", "Task", "make_task", "sample", "TwoLayer", "Results", "SweepInterrupted",
-    "sweep", "Run", "make_run",
+    "SliceFinished", "auto_chunk_size", "merge_runs", "sweep", "Run", "make_run",
 ]

@@ -52,17 +52,88 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _parse_slice(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--slice {text!r} is not allowed: write i/n with 0 <= i < n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--slice {text!r} is not allowed: write i/n with 0 <= i < n, e.g. 0/4")
+    return i, n
+
+
+def init_distributed() -> None:
+    """jax.distributed.initialize(): from PURIFY_COORDINATOR (host:port), PURIFY_NUM_PROCESSES and
+    PURIFY_PROCESS_ID when set, otherwise from the cluster's own environment (SLURM, Open MPI, ...)."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk through gloo
+    coordinator = os.environ.get("PURIFY_COORDINATOR")
+    if coordinator:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(os.environ["PURIFY_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["PURIFY_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+
+
 def cmd_run(args) -> int:
     from experiments import print_verdicts, run_experiment
 
+    from .sweeps import SliceFinished
+
     overrides = _parse_sets(args.set or [])
-    record = run_experiment(args.experiment, preset=args.preset, seeds=args.seeds, out=args.out,
-                            runs_dir=None if args.no_resume else args.runs, overrides=overrides, progress=not args.quiet)
+    run_slice = _parse_slice(args.slice)
+    if run_slice and args.no_resume:
+        raise ConfigError("--slice is not allowed with --no-resume: a slice's chunks must be saved to be merged")
+    if args.distributed:
+        init_distributed()
+    try:
+        record = run_experiment(args.experiment, preset=args.preset, seeds=args.seeds, out=args.out,
+                                runs_dir=None if args.no_resume else args.runs, overrides=overrides, progress=not args.quiet,
+                                chunk_size=args.chunk_size, run_slice=run_slice)
+    except SliceFinished as done:
+        print(f"purify: {done}")
+        return 0
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(f"{record['experiment']}: {record['title']} ({record['wall_seconds']} s)")
     print_verdicts(record)
     if record.get("failed_runs"):
         print(f"  warning: {len(record['failed_runs'])} run(s) saw NaN/inf (hparam, seed): {record['failed_runs']}")
     print(f"wrote {Path(args.out) / (record['experiment'] + '.json')} and {Path(args.out) / (record['experiment'] + '.png')}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import CONFIGS, format_table, run_bench
+    from .results import atomic_write_json
+
+    sizes = [c for c in args.configs.split(",") if c]
+    for c in sizes:
+        if c not in CONFIGS:
+            raise ConfigError(f"--configs {c!r} is not allowed: must be among {sorted(CONFIGS)}")
+    networks = None
+    if args.networks:
+        networks = {c: args.networks for c in sizes}
+    result = run_bench(sizes, networks=networks, steps=args.steps, torch=not args.no_torch)
+    print(format_table(result))
+    import jax
+
+    path = Path(args.out) / f"bench-{jax.devices()[0].platform}.json"
+    atomic_write_json(path, result)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .sweeps import merge_runs
+
+    n = merge_runs(args.sources, args.into)
+    print(f"merged {n} chunk file(s) into {args.into}; now run the same `purify run` without --slice and with --runs {args.into}")
     return 0
 
 
@@ -81,14 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-resume", action="store_true", help="keep nothing on disk between runs")
     pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. data.d=128 or hp.tau=0.3 or exp.n_taus=9")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--chunk-size", type=int, default=None, help="networks per compiled call (default: as many as fit half the memory)")
+    pr.add_argument("--slice", default=None, metavar="I/N", help="job-array mode: compute only block I of N of the run chunks, then stop")
+    pr.add_argument("--distributed", action="store_true", help="one process of several under jax.distributed.initialize()")
     pr.set_defaults(func=cmd_run)
+    pb = sub.add_parser("bench", help="throughput of the vmapped sweep against sequential JAX and eager PyTorch")
+    pb.add_argument("--configs", default="small,medium", help="comma-separated: small (d=64, m=128), medium (d=256, m=512)")
+    pb.add_argument("--networks", type=int, default=None, help="networks per config (default: 64/16 on CPU, 1024/4096 on GPU)")
+    pb.add_argument("--steps", type=int, default=20, help="SGD steps per timed call")
+    pb.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
+    pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json")
+    pb.set_defaults(func=cmd_bench)
+    pm = sub.add_parser("merge", help="gather the run chunks of several --slice jobs into one folder")
+    pm.add_argument("sources", nargs="+", help="the --runs folders of the slice jobs")
+    pm.add_argument("--into", default="runs", help="the folder to gather into (default: runs)")
+    pm.set_defaults(func=cmd_merge)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "bench"):
             _enable_compilation_cache()
         return args.func(args)
     except ConfigError as exc:
