@@ -149,9 +149,13 @@ def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int) ->
 
 def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
     run, init, advance, finalize = fns
-    state = init(keys, hp, task)
+    # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
+    # equivalent on one device but a different cache key: pin them all to the keys' sharding so
+    # every call of `advance` sees the same input and traces once.
+    on_runs = keys.sharding
+    state = jax.device_put(init(keys, hp, task), on_runs)
     for t0 in range(0, n_steps, step_chunk):
-        state = advance(state, task, jnp.int32(t0))
+        state = jax.device_put(advance(state, task, jnp.int32(t0)), on_runs)
         if bar is not None:
             jax.block_until_ready(state.failed_step)
             bar.update(1)
@@ -254,7 +258,7 @@ def sweep(
     n_chunks = math.ceil(R / chunk_size)
     tag = fingerprint(cfg, table, seeds, chunk_size)
     out_dir = Path(out_dir) if out_dir is not None else None
-    fns = compiled(cfg, int(step_chunk))
+    fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)))
     n_step_calls = math.ceil(steps / step_chunk)
     padded = math.ceil(chunk_size / len(devices)) * len(devices)
     mesh = Mesh(np.asarray(devices), ("runs",))

@@ -60,8 +60,10 @@ def logistic_loss(f: jax.Array, y: jax.Array) -> jax.Array:
 class Run:
     """The pure pieces of one run for a static config (see module docstring)."""
 
-    def __init__(self, cfg: Config, chunk: int | None = None):
+    def __init__(self, cfg: Config, chunk: int | None = None, noise_free: bool = False):
+        """noise_free: every run this program serves has hp noise = 0, so no noise is drawn."""
         self.cfg = cfg.validate()
+        self.noise_free = bool(noise_free)
         self.net = network.build(cfg)
         tc = cfg.train
         self.chunk = int(chunk) if chunk else tc.steps
@@ -75,13 +77,13 @@ class Run:
         cfg = self.cfg
         key = jax.random.fold_in(state.keys[1], t)
         if state.train_set is None:
-            x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp["noise"])
+            x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp["noise"], self.noise_free)
             return x, y
         idx = jax.random.randint(key, (cfg.train.batch,), 0, cfg.data.n_train)
         return state.train_set[0][idx], state.train_set[1][idx]
 
     def eval_batch(self, state: RunState, task: Task):
-        x, _, y = sample(state.keys[3], self.cfg.data, task, self.cfg.eval.n_eval, state.hp["noise"])
+        x, _, y = sample(state.keys[3], self.cfg.data, task, self.cfg.eval.n_eval, state.hp["noise"], self.noise_free)
         return x, y
 
     # -- model pieces -------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class Run:
         train_set = None
         if cfg.data.n_train is not None:
             # the fixed training set uses the data stream at a step index training never reaches
-            x, _, y = sample(jax.random.fold_in(keys[1], 2**32 - 1), cfg.data, task, cfg.data.n_train, hp["noise"])
+            x, _, y = sample(jax.random.fold_in(keys[1], 2**32 - 1), cfg.data, task, cfg.data.n_train, hp["noise"], self.noise_free)
             train_set = (x, y)
         n_log, m, T, R = len(self.log_steps), cfg.model.width, cfg.data.n_tasks, len(cfg.eval.taus)
         nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)  # noqa: E731
@@ -230,15 +232,15 @@ class Run:
         return self.finalize(state, task)
 
 
-def make_run(cfg: Config, chunk: int | None = None) -> Run:
-    return Run(cfg, chunk)
+def make_run(cfg: Config, chunk: int | None = None, noise_free: bool = False) -> Run:
+    return Run(cfg, chunk, noise_free)
 
 
 @functools.lru_cache(maxsize=32)
-def compiled(cfg: Config, chunk: int):
+def compiled(cfg: Config, chunk: int, noise_free: bool = False):
     """jit(vmap(...)) of init/advance/finalize over a leading run axis, cached per static config
     so that a repeated call with the same config (a REPL session) never recompiles."""
-    run = Run(cfg, chunk)
+    run = Run(cfg, chunk, noise_free)
     init = jax.jit(jax.vmap(run.init, in_axes=(0, 0, None)))
     advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None)), donate_argnums=0)
     finalize = jax.jit(jax.vmap(run.finalize, in_axes=(0, None)), donate_argnums=0)

@@ -30,14 +30,30 @@ def test_vmapped_row_equals_single_run():
 
 
 def test_sweeping_hyperparameters_does_not_recompile():
+    """One program per static config for noise-free sweeps and one for noisy ones (which skip
+    drawing noise that would be multiplied by 0); at a fixed number of networks per chunk (a
+    shape), every change of hyper-parameter values or seeds is a new input, not a trace."""
     cfg = tiny()
     compiled.cache_clear()
     purify.sweep(cfg, grid={"tau": [0.0, 0.1]}, seeds=2)
     purify.sweep(cfg, grid={"tau": [0.2, 0.5], "lr": [0.3]}, seeds=[5, 9])
-    purify.sweep(cfg, grid={"noise": [0.1, 0.2], "beta": [0.3], "init_scale": [0.05]}, seeds=2)
-    _, init, advance, finalize = compiled(cfg, 3)
-    assert compiled.cache_info().misses == 1  # one Run for this static config
+    purify.sweep(cfg, grid={"beta": [0.3], "init_scale": [0.05]}, seeds=4)
+    assert compiled.cache_info().misses == 1
+    _, init, advance, finalize = compiled(cfg, 3, True)
     assert init._cache_size() == 1 and advance._cache_size() == 1 and finalize._cache_size() == 1
+    purify.sweep(cfg, grid={"noise": [0.1, 0.2]}, seeds=2)
+    purify.sweep(cfg, grid={"noise": [0.0, 0.3], "tau": [0.1]}, seeds=[3, 4])
+    assert compiled.cache_info().misses == 2
+    _, init, advance, finalize = compiled(cfg, 3, False)
+    assert init._cache_size() == 1 and advance._cache_size() == 1 and finalize._cache_size() == 1
+
+
+def test_noise_free_program_gives_the_same_numbers():
+    cfg = tiny()
+    a = purify.sweep(cfg, grid={"noise": [0.0]}, seeds=2)  # noise-free program
+    b = purify.sweep(cfg, grid={"noise": [0.0, 0.2]}, seeds=2).sel(noise=0.0)  # noisy program, sigma = 0
+    for name in ("W_final", "purity_nw", "robust_acc"):
+        np.testing.assert_array_equal(a.sel(noise=0.0)[name], b[name])
 
 
 def test_advance_traces_once_across_hyperparameters_and_chunks():
