@@ -76,7 +76,7 @@ def measure_vmapped(cfg: Config, n: int, steps: int) -> dict:
     mem = compiled.memory_analysis()
     mem_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     jax.block_until_ready(compiled(state, task, jnp.int32(2)))
-    seconds = _best_of(lambda: compiled(state, task, jnp.int32(2)))
+    seconds = _best_of(lambda: compiled(state, task, jnp.int32(2)), 5)
     return {"seconds": seconds, "compile_seconds": compile_s, "bytes_per_network": mem_bytes / n}
 
 
@@ -92,7 +92,7 @@ def measure_sequential(cfg: Config, n: int, steps: int) -> float:
     def loop():
         return [advance(s, task, jnp.int32(2)) for s in states]
 
-    return _best_of(loop, 2)
+    return _best_of(loop, 3)
 
 
 def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
@@ -138,7 +138,7 @@ def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
     return time.perf_counter() - t
 
 
-def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: int = 20, torch: bool = True) -> dict:
+def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: int = 50, torch: bool = True) -> dict:
     """Measure every size; returns a JSON-ready dict with one row per size."""
     on_cpu = jax.devices()[0].platform == "cpu"
     networks = networks or ({"small": 64, "medium": 16} if on_cpu else {"small": 1024, "medium": 4096})
