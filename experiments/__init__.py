@@ -8,17 +8,17 @@ and can redraw its figure from the JSON alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from purify.config import Config, ConfigError  # noqa: E402
-from purify.provenance import provenance  # noqa: E402
-from purify.results import atomic_write_bytes, atomic_write_json  # noqa: E402
+from purify.config import Config, ConfigError
+from purify.provenance import provenance
+from purify.results import atomic_write_bytes, atomic_write_json
 
 
 @dataclass

@@ -38,7 +38,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         curves[name] = {"clean": arr[0], "adversarial": arr[1]}
     final = {name: {m: c[:, -1] for m, c in d.items()} for name, d in curves.items()}
     switch = int(np.flatnonzero(steps == cfg.train.adv_start)[0])
-    diff = lambda n: final[n]["adversarial"] - final[n]["clean"]  # noqa: E731 (paired by seed)
+    diff = lambda n: final[n]["adversarial"] - final[n]["clean"]
     eval_tau = cfg.eval.taus[0]
     verdicts = [
         verdict(diff("purity_nw"), ">", 0.0, "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by seed)"),

@@ -16,7 +16,24 @@ from .train import Run, make_run
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "EvalConfig", "HParams", "ModelConfig", "TrainConfig",
-    "SparseCoding", "Task", "make_task", "sample", "TwoLayer", "Results", "SweepInterrupted",
-    "SliceFinished", "auto_chunk_size", "merge_runs", "sweep", "Run", "make_run",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "HParams",
+    "ModelConfig",
+    "Results",
+    "Run",
+    "SliceFinished",
+    "SparseCoding",
+    "SweepInterrupted",
+    "Task",
+    "TrainConfig",
+    "TwoLayer",
+    "auto_chunk_size",
+    "make_run",
+    "make_task",
+    "merge_runs",
+    "sample",
+    "sweep",
 ]

@@ -8,7 +8,7 @@ because examples do not interact. Every returned delta satisfies ||delta|| <= ta
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +119,7 @@ def attacked_correct(
     `margin(x)` is y f(x) for one task's labels y (n,). The robust prediction of example i is
     correct iff clean[i] and all(attacked[:, i]): robust accuracy is the minimum over attacks.
     """
-    adversary = lambda v: -margin(v)  # noqa: E731
+    adversary = lambda v: -margin(v)
     deltas = (
         fgm(adversary, x, tau, norm),
         pgd(adversary, x, tau, norm, pgd_steps, key=key, restarts=restarts),

@@ -180,7 +180,7 @@ class TrainConfig:
         a, n = self.adv_start, self.steps
         if 0 < a < n:
             half = max(2, (self.n_log - 3) // 2)
-            grid = np.concatenate([np.geomspace(1, a, half), a + np.geomspace(1, n - a, self.n_log - 3 - half if self.n_log - 3 - half >= 2 else 2)])
+            grid = np.concatenate([np.geomspace(1, a, half), a + np.geomspace(1, n - a, max(self.n_log - 3 - half, 2))])
         else:
             grid = np.geomspace(1, n, max(2, self.n_log - 2))
         pts = np.unique(np.concatenate([[0, a, n], grid.round().astype(int)]))
@@ -249,7 +249,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     hp: HParams = field(default_factory=HParams)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.data.validate()
         self.model.validate(self.data)
         self.train.validate()
@@ -261,7 +261,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         def build(kind, values):
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
@@ -276,7 +276,7 @@ class Config:
             _fail("config", sorted(unknown), f"unknown sections; known: {sorted(parts)}")
         return cls(**{name: build(kind, d.get(name, {})) for name, kind in parts.items()})
 
-    def set(self, **dotted: Any) -> "Config":
+    def set(self, **dotted: Any) -> Config:
         """Return a copy with dotted fields replaced, e.g. ``cfg.set(**{"data.d": 128})``.
 
         A bare field name is accepted when it is unique across sections (``d=128``).

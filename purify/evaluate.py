@@ -34,7 +34,7 @@ def network_curves(cfg: Config, res: Results, task: Task, taus, t: int = 0) -> d
 
     def one(params, seed_key_data, seed_key_attack, noise, beta):
         x, _, y = sample(seed_key_data, cfg.data, task, ec.n_eval, noise)
-        margin = lambda v: y[:, t] * run.logits(params, v, beta)[:, t]  # noqa: E731
+        margin = lambda v: y[:, t] * run.logits(params, v, beta)[:, t]
         return attacks.robust_accuracy(margin, x, y[:, t], taus, task.label_directions[t], seed_key_attack, ec.norm, ec.pgd_steps, ec.restarts)
 
     params = final_params(res)
@@ -57,7 +57,7 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
         x, _, y = sample(kd, cfg.data, task, ec.n_eval, noise)
         out = {}
         for name, f in (("linear_attacked", landmarks.linear_logits(task)), ("oracle", landmarks.oracle_logits(cfg.data, task, beta))):
-            margin = lambda v, f=f: y[:, 0] * f(v)  # noqa: E731
+            margin = lambda v, f=f: y[:, 0] * f(v)
             clean, robust, _ = attacks.robust_accuracy(margin, x, y[:, 0], taus, task.label_directions[0], ka, ec.norm, ec.pgd_steps, ec.restarts)
             out[name] = robust
             out[name + "_clean"] = clean

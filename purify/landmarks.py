@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
 from .config import DataConfig
@@ -35,7 +34,7 @@ def _irwin_hall_cdf(x: float, k: int) -> float:
         return 0.0
     if x >= k:
         return 1.0
-    s = sum((-1) ** j * math.comb(k, j) * (x - j) ** k for j in range(int(math.floor(x)) + 1))
+    s = sum((-1) ** j * math.comb(k, j) * (x - j) ** k for j in range(math.floor(x) + 1))
     return s / math.factorial(k)
 
 
@@ -75,9 +74,4 @@ def oracle_logits(cfg: DataConfig, task: Task, beta: float, t: int = 0):
     return lambda x: soft_threshold(x @ task.M, b) @ task.w_star[t]
 
 
-def window_lines(cfg: DataConfig) -> tuple[float, float]:
-    return cfg.window
-
-
-__all__ = ["linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "linear_logits", "oracle_logits", "window_lines"]
-_ = jnp  # jnp is used by callers passing jax arrays through these helpers
+__all__ = ["linear_logits", "linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits"]

@@ -92,7 +92,7 @@ class Results:
         return self["failed_step"] >= 0
 
     # -- selection and reduction --------------------------------------------------------------
-    def _take(self, dim: str, index, drop: bool) -> "Results":
+    def _take(self, dim: str, index, drop: bool) -> Results:
         arrays, dims = {}, {}
         for name, arr in self.arrays.items():
             ds = self.dims[name]
@@ -109,7 +109,7 @@ class Results:
         hp = {n: np.asarray(v)[index] for n, v in self.hp.items()} if dim == "hparam" else self.hp
         return Results(arrays, dims, coords, hp, self.meta)
 
-    def isel(self, **indices: int) -> "Results":
+    def isel(self, **indices: int) -> Results:
         """Select by position along named axes; an integer drops the axis, a list keeps it."""
         out = self
         for dim, index in indices.items():
@@ -117,7 +117,7 @@ class Results:
             out = out._take(dim, index, drop=np.ndim(index) == 0)
         return out
 
-    def sel(self, **labels: Any) -> "Results":
+    def sel(self, **labels: Any) -> Results:
         """Select by label: seed=, time= (a step), radius=, attack=, task=, or a hyper-parameter
         value (tau=0.2). An exact single match drops the axis."""
         out = self
@@ -146,7 +146,7 @@ class Results:
         if dim not in self.coords:
             raise KeyError(f"no axis {dim!r}; axes are {list(self.coords)}")
 
-    def reduce(self, dim: str, fn=np.mean) -> "Results":
+    def reduce(self, dim: str, fn=np.mean) -> Results:
         """Apply fn(array, axis=...) along `dim` in every metric that has it, dropping the axis.
 
         Reducing over runs ('seed' or 'hparam'): a failed run (non-finite or diverged) turns the
@@ -167,10 +167,10 @@ class Results:
         coords = {d: v for d, v in self.coords.items() if d != dim}
         return Results(arrays, dims, coords, self.hp, self.meta)
 
-    def mean(self, dim: str = "seed") -> "Results":
+    def mean(self, dim: str = "seed") -> Results:
         return self.reduce(dim, np.mean)
 
-    def std(self, dim: str = "seed") -> "Results":
+    def std(self, dim: str = "seed") -> Results:
         return self.reduce(dim, np.std)
 
     # -- persistence --------------------------------------------------------------------------
@@ -186,7 +186,7 @@ class Results:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Results":
+    def load(cls, path: str | os.PathLike) -> Results:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(z["__header__"].tobytes().decode())
             arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ def t_quantile(df: int) -> float:
     if df in _T975:
         return _T975[df]
     keys = sorted(_T975)
-    for lo, hi in zip(keys, keys[1:]):
+    for lo, hi in itertools.pairwise(keys):
         if lo < df < hi:
             return _T975[hi] + (_T975[lo] - _T975[hi]) * (1 / df - 1 / hi) / (1 / lo - 1 / hi)
     return 1.96

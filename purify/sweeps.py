@@ -14,13 +14,12 @@ import itertools
 import json
 import math
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -148,7 +147,7 @@ def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int) ->
 
 
 def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
-    run, init, advance, finalize = fns
+    _, init, advance, finalize = fns
     # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
     # equivalent on one device but a different cache key: pin them all to the keys' sharding so
     # every call of `advance` sees the same input and traces once.

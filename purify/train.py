@@ -97,7 +97,7 @@ class Run:
     def perturb(self, params, x, y, hp, key):
         """The training attack's delta at radius hp['tau'] (no gradient flows through it)."""
         tc = self.cfg.train
-        objective = lambda v: self.example_loss(params, v, y, hp["beta"])  # noqa: E731
+        objective = lambda v: self.example_loss(params, v, y, hp["beta"])
         if tc.attack == "fgm":
             delta = attacks.fgm(objective, x, hp["tau"], tc.norm)
         else:
@@ -135,7 +135,7 @@ class Run:
             x, _, y = sample(jax.random.fold_in(keys[1], 2**32 - 1), cfg.data, task, cfg.data.n_train, hp["noise"], self.noise_free)
             train_set = (x, y)
         n_log, m, T, R = len(self.log_steps), cfg.model.width, cfg.data.n_tasks, len(cfg.eval.taus)
-        nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)  # noqa: E731
+        nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)
         trace = {name: nan(m) for name in ("norm", "purity", "features", "participation", "rho")}
         trace.update({name: nan() for name in ("purity_nw", "features_nw", "participation_nw", "rho_nw", "alignment", "dead_fraction", "loss")})
         trace.update({"clean_acc": nan(T), "positive_rate": nan(T), "robust_acc": nan(T, R), "attack_acc": nan(T, R, len(attacks.ATTACK_NAMES))})
@@ -163,7 +163,7 @@ class Run:
         key = jax.random.fold_in(state.keys[4], t)
         clean_acc, robust, by_attack = [], [], []
         for j in range(cfg.data.n_tasks):  # each task attacked separately
-            margin = lambda v, j=j: y[:, j] * self.logits(params, v, beta)[:, j]  # noqa: E731
+            margin = lambda v, j=j: y[:, j] * self.logits(params, v, beta)[:, j]
             c, r, a = attacks.robust_accuracy(margin, x, y[:, j], ec.taus, task.label_directions[j], key, ec.norm, ec.pgd_steps, ec.restarts)
             clean_acc.append(c)
             robust.append(r)

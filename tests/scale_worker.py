@@ -14,8 +14,8 @@ if len(sys.argv) > 2:
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n, process_id=pid, initialization_timeout=120)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import purify  # noqa: E402
-from tests.conftest import tiny  # noqa: E402
+import purify
+from tests.conftest import tiny
 
 res = purify.sweep(tiny(), grid={"tau": [0.0, 0.3]}, seeds=3, chunk_size=6 if jax.process_count() == 1 else None)
 res.meta["devices"] = len(jax.local_devices())

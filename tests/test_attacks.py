@@ -21,7 +21,7 @@ def random_net(norm_cfg=None):
     params = network.init_params(net, jax.random.key(0), 1.0, 0.3)
     task = purify.make_task(cfg.data)
     x, _, y = sample(jax.random.key(1), cfg.data, task, 128, 0.1)
-    margin = lambda v: y[:, 0] * network.apply(net, params, v, 0.3)[:, 0]  # noqa: E731
+    margin = lambda v: y[:, 0] * network.apply(net, params, v, 0.3)[:, 0]
     return margin, x, y[:, 0], task
 
 
@@ -29,7 +29,7 @@ def random_net(norm_cfg=None):
 @pytest.mark.parametrize("tau", [0.0, 0.05, 0.7])
 def test_every_delta_is_inside_the_ball(norm, tau):
     margin, x, y, task = random_net()
-    adv = lambda v: -margin(v)  # noqa: E731
+    adv = lambda v: -margin(v)
     deltas = [
         attacks.fgm(adv, x, tau, norm),
         attacks.pgd(adv, x, tau, norm, 7, key=jax.random.key(2), restarts=3),
@@ -45,14 +45,14 @@ def test_every_delta_is_inside_the_ball(norm, tau):
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_fgm_equals_one_pgd_step_without_random_start(norm):
     margin, x, _, _ = random_net()
-    adv = lambda v: -margin(v)  # noqa: E731
+    adv = lambda v: -margin(v)
     tau = 0.4
     np.testing.assert_allclose(attacks.fgm(adv, x, tau, norm), attacks.pgd(adv, x, tau, norm, 1, step_size=tau), atol=1e-6)
 
 
 def test_pgd_is_at_least_as_strong_as_fgm_on_a_network():
-    margin, x, y, _ = random_net()
-    adv = lambda v: -margin(v)  # noqa: E731
+    margin, x, _, _ = random_net()
+    adv = lambda v: -margin(v)
     m_fgm = margin(x + attacks.fgm(adv, x, 0.5, "l2"))
     m_pgd = margin(x + attacks.pgd(adv, x, 0.5, "l2", 20, key=jax.random.key(0), restarts=2))
     assert float(m_pgd.mean()) <= float(m_fgm.mean()) + 1e-6
@@ -60,7 +60,7 @@ def test_pgd_is_at_least_as_strong_as_fgm_on_a_network():
 
 def test_restarts_keep_the_best_per_example():
     margin, x, _, _ = random_net()
-    adv = lambda v: -margin(v)  # noqa: E731
+    adv = lambda v: -margin(v)
     key = jax.random.key(5)
     multi = margin(x + attacks.pgd(adv, x, 0.5, "l2", 3, key=key, restarts=4))
     singles = jnp.stack([margin(x + _pgd_from(adv, x, key, r)) for r in range(4)])
@@ -92,8 +92,8 @@ def test_attacks_reproduce_the_linear_classifier_closed_form(fields, noise):
     x, _, y = sample(jax.random.key(7), cfg, task, 20000, noise)
     y = y[:, 0]
     f = landmarks.linear_logits(task)
-    margin = lambda v: y * f(v)  # noqa: E731
-    adv = lambda v: -margin(v)  # noqa: E731
+    margin = lambda v: y * f(v)
+    adv = lambda v: -margin(v)
     r = np.asarray(margin(x))
     taus = [0.05, 0.11, 0.2, 0.35] if fields["magnitude"] == "uniform" else [0.1, 0.2, 0.3, 0.5, 0.7]
     for tau in taus:
@@ -112,7 +112,7 @@ def test_attacks_reproduce_the_linear_classifier_closed_form(fields, noise):
         # measured 1.6% on this data. Never stronger than exact; the minimum over attacks is exact.
         got = np.asarray(margin(x + attacks.pgd(adv, x, tau, "l2", 10, key=jax.random.key(1))) > 0).mean()
         assert exact - 1e-4 <= got < exact + 0.03
-        clean, robust, _ = attacks.robust_accuracy(margin, x, y, (tau,), task.label_directions[0], jax.random.key(2), "l2", 10, 1)
+        _, robust, _ = attacks.robust_accuracy(margin, x, y, (tau,), task.label_directions[0], jax.random.key(2), "l2", 10, 1)
         assert abs(float(robust[0]) - exact) <= 1e-4 + near.mean()
 
 
@@ -144,6 +144,6 @@ class FgmVariants(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_fgm_same_with_and_without_jit(self):
         margin, x, _, _ = random_net()
-        adv = lambda v: -margin(v)  # noqa: E731
+        adv = lambda v: -margin(v)
         fn = self.variant(lambda v, tau: attacks.fgm(adv, v, tau, "l2"))
         np.testing.assert_allclose(fn(x, 0.3), attacks.fgm(adv, x, 0.3, "l2"), atol=1e-6)

@@ -11,10 +11,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (running the documented example is the test)
     res, one, avg, back = scope["res"], scope["one"], scope["avg"], scope["back"]
     assert res["purity"].shape[:2] == (4, 16)  # 64 networks
     assert one.dims["purity"] == ("time", "neuron")

@@ -5,12 +5,12 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import purify  # noqa: E402
+import purify
 
-from .conftest import tiny  # noqa: E402
+from .conftest import tiny
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_sharded_over_four_fake_devices_equals_one_device(reference, tmp_path):
     """6 runs on 4 devices: the chunk is padded to 8, the padding dropped."""
     out = tmp_path / "sharded.npz"
     proc = subprocess.run([sys.executable, str(WORKER), str(out)], env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = purify.Results.load(out)
     assert sharded.meta["devices"] == 4

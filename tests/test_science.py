@@ -75,7 +75,7 @@ def test_oracle_beats_linear_inside_the_window():
     x, _, y = sample(jax.random.key(0), cfg, task, 4000, 0.0)
     y = y[:, 0]
     f = landmarks.oracle_logits(cfg, task, beta=0.6)
-    margin = lambda v: y * f(v)  # noqa: E731
+    margin = lambda v: y * f(v)
     for tau in (0.2, 0.3, 0.4):
         _, oracle, _ = attacks.robust_accuracy(margin, x, y, (tau,), task.label_directions[0], jax.random.key(1), "l2", 20, 2)
         linear = landmarks.linear_robust_accuracy(cfg, tau)
