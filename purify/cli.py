@@ -129,6 +129,67 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _selected(only: str | None):
+    from experiments import all_experiments, get
+
+    if not only:
+        return list(all_experiments().values())
+    return [get(x) for x in only.split(",") if x]
+
+
+def cmd_figures(args) -> int:
+    """Redraw every figure from its saved JSON (no training); --rerun runs the experiments anew."""
+    import json
+
+    from experiments import run_experiment, save_figure
+
+    missing = []
+    for exp in _selected(args.only):
+        path = Path(args.out) / f"{exp.id}.json"
+        if args.rerun:
+            run_experiment(exp.id, preset=args.preset, out=args.out, runs_dir=args.runs, progress=False)
+            print(f"reran {exp.id} -> {path.with_suffix('.png')}")
+        elif path.exists():
+            save_figure(exp, json.loads(path.read_text()), path.with_suffix(".png"))
+            print(f"redrew {path.with_suffix('.png')} from {path}")
+        else:
+            missing.append(exp.id)
+    if missing:
+        print(f"purify: error: no saved JSON for {', '.join(missing)} in {args.out}; run them first or use --rerun", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args) -> int:
+    """Run every experiment's preset and print one table of verdicts. A claim that fails is a
+    scientific result (exit 0); an experiment that raises is a broken toolkit (exit 1)."""
+    import traceback
+
+    from experiments import run_experiment
+
+    rows, broken = [], []
+    overrides = _parse_sets(args.set or [])
+    for exp in _selected(args.only):
+        try:
+            record = run_experiment(exp.id, preset=args.preset, seeds=args.seeds, out=args.out, runs_dir=args.runs,
+                                    overrides=overrides, progress=False)
+        except Exception:  # noqa: BLE001 (any failure here is the toolkit's, reported per experiment)
+            broken.append(exp.id)
+            print(f"purify: {exp.id} broke:\n{traceback.format_exc()}", file=sys.stderr)
+            rows.append((exp.id, exp.claim, "ERROR", "the experiment raised; see above", "", ""))
+            continue
+        for v in record["verdicts"]:
+            lo, hi = v["ci95"]
+            rows.append((exp.id, exp.claim, v["verdict"], v["claim"], f"{v['mean']:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]"))
+    width = max(len(r[3]) for r in rows)
+    print(f"{'experiment':16s} {'claim':5s} {'verdict':12s} {'statement':{width}s} {'mean':>9s} {'95% CI':>20s}")
+    for r in rows:
+        print(f"{r[0]:16s} {r[1]:5s} {r[2]:12s} {r[3]:{width}s} {r[4]:>9s} {r[5]:>20s}")
+    counts = {k: sum(r[2] == k for r in rows) for k in ("holds", "fails", "inconclusive")}
+    print(f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive" + (f"; BROKEN: {', '.join(broken)}" if broken else ""))
+    return 1 if broken else 0
+
+
 def cmd_merge(args) -> int:
     from .sweeps import merge_runs
 
@@ -163,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
     pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json")
     pb.set_defaults(func=cmd_bench)
+    pf = sub.add_parser("figures", help="redraw every figure from its saved JSON (or --rerun the experiments)")
+    pf.add_argument("--out", default="figures")
+    pf.add_argument("--rerun", action="store_true", help="run every experiment anew instead of redrawing")
+    pf.add_argument("--preset", default="cpu")
+    pf.add_argument("--runs", default="runs")
+    pf.add_argument("--only", default=None, help="comma-separated experiment ids")
+    pf.set_defaults(func=cmd_figures)
+    pc = sub.add_parser("check", help="run every experiment's preset and print a table of verdicts")
+    pc.add_argument("--preset", default="cpu")
+    pc.add_argument("--out", default="figures")
+    pc.add_argument("--runs", default="runs")
+    pc.add_argument("--only", default=None, help="comma-separated experiment ids")
+    pc.add_argument("--seeds", type=int, default=None)
+    pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting in every experiment")
+    pc.set_defaults(func=cmd_check)
     pm = sub.add_parser("merge", help="gather the run chunks of several --slice jobs into one folder")
     pm.add_argument("sources", nargs="+", help="the --runs folders of the slice jobs")
     pm.add_argument("--into", default="runs", help="the folder to gather into (default: runs)")
@@ -173,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":  # bench measures compile time: no disk cache there
+        if args.command in ("run", "check", "figures"):  # bench measures compile time: no disk cache there
             _enable_compilation_cache()
         return args.func(args)
     except ConfigError as exc:

@@ -51,3 +51,32 @@ def test_module_entry_point_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fp-dynamics.png").exists()
+
+
+def test_figures_are_redrawn_from_json_alone(tmp_path, capsys):
+    out = tmp_path / "fig"
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *TINY]) == 0
+    png = out / "fp-dynamics.png"
+    png.unlink()
+    assert main(["figures", "--out", str(out), "--only", "fp-dynamics"]) == 0
+    assert png.exists() and "redrew" in capsys.readouterr().out
+    assert main(["figures", "--out", str(out), "--only", "fp-robustness"]) == 1  # no JSON saved for it
+    assert "no saved JSON for fp-robustness" in capsys.readouterr().err
+
+
+def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, capsys, monkeypatch):
+    args = ["check", "--only", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "r"), *TINY[:-1]]
+    assert main(args) == 0  # whatever the verdicts say
+    out = capsys.readouterr().out
+    assert "fp-dynamics" in out and "95% CI" in out and " hold" in out
+    import dataclasses
+
+    import experiments.fp_dynamics as fpd
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(fpd, "EXPERIMENT", dataclasses.replace(fpd.EXPERIMENT, run=broken))
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "ERROR" in captured.out and "simulated bug" in captured.err
