@@ -66,9 +66,9 @@ class Experiment:
 
 
 def _registry() -> dict[str, Experiment]:
-    from . import fp_dynamics, fp_principle, fp_robustness
+    from . import fp_dynamics, fp_linf, fp_phase, fp_principle, fp_robustness
 
-    return {e.id: e for e in (fp_dynamics.EXPERIMENT, fp_robustness.EXPERIMENT, fp_principle.EXPERIMENT)}
+    return {e.id: e for e in (fp_dynamics.EXPERIMENT, fp_robustness.EXPERIMENT, fp_principle.EXPERIMENT, fp_phase.EXPERIMENT, fp_linf.EXPERIMENT)}
 
 
 def get(exp_id: str) -> Experiment:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from purify.config import Config
+from purify.landmarks import window
 from purify.stats import verdict
 
 from . import Context, Experiment, main_for
@@ -22,7 +23,7 @@ METRICS = [
     ("rho_nw", "dense-mixture coherence ρ", "|⟨w_i, M w*⟩| / (‖w*‖ max_j |c_ij|)"),
     ("alignment", "mixture alignment", "mean pairwise cos of mixtures"),
     ("clean_acc", "clean accuracy", "fraction correct, held-out"),
-    ("robust_acc", "robust accuracy", "ℓ2, min over FGM/PGD/dense"),
+    ("robust_acc", "robust accuracy", "min over FGM/PGD/dense attacks"),
 ]
 
 
@@ -43,7 +44,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     verdicts = [
         verdict(diff("purity_nw"), ">", 0.0, "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by seed)"),
         verdict(diff("rho_nw"), "<", 0.0, "FGM training lowers the dense-mixture coherence rho (final, adversarial - clean)"),
-        verdict(diff("robust_acc"), ">", 0.0, f"FGM training raises l2 robust accuracy at tau={eval_tau:g} (final, adversarial - clean)"),
+        verdict(diff("robust_acc"), ">", 0.0, f"FGM training raises {cfg.eval.norm} robust accuracy at tau={eval_tau:g} (final, adversarial - clean)"),
         verdict(final["clean_acc"]["adversarial"] - 0.9, ">", 0.0, "the adversarially trained network stays accurate: clean accuracy - 0.9 > 0"),
     ]
     failed = np.argwhere(res.failed()).tolist()
@@ -53,8 +54,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "adv_start": cfg.train.adv_start,
         "train_tau": tau,
         "eval_tau": eval_tau,
-        "window": list(cfg.data.window),
-        "modes": {"clean": "clean throughout (tau = 0)", "adversarial": f"clean, then FGM l2 tau = {tau:g} from step {cfg.train.adv_start}"},
+        "window": list(window(cfg.data, cfg.eval.norm)),
+        "norm": cfg.eval.norm,
+        "modes": {"clean": "clean throughout (tau = 0)", "adversarial": f"clean, then FGM {cfg.train.norm} tau = {tau:g} from step {cfg.train.adv_start}"},
         "curves": {n: {m: v.tolist() for m, v in d.items()} for n, d in curves.items()},
         "at_switch": {n: {m: v[:, switch].tolist() for m, v in d.items()} for n, d in curves.items()},
         "final": {n: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v.tolist()} for m, v in d.items()} for n, d in final.items()},
@@ -76,7 +78,8 @@ def plot(record: dict):
         for mode, label in record["modes"].items():
             band(ax, steps, np.asarray(record["curves"][name][mode], dtype=float), label=label, color=colors[mode])
         ax.axvline(record["adv_start"], color="k", lw=0.8, ls=":")
-        ax.set_title(f"{title}" + (f" at τ = {record['eval_tau']:g}" if name == "robust_acc" else ""), fontsize=10)
+        norm = {"l2": "ℓ2", "linf": "ℓ∞"}[record.get("norm", "l2")]
+        ax.set_title(f"{title}" + (f" ({norm}) at τ = {record['eval_tau']:g}" if name == "robust_acc" else ""), fontsize=10)
         ax.set_ylabel(formula, fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[1]:

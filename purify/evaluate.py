@@ -61,7 +61,7 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
             clean, robust, _ = attacks.robust_accuracy(margin, x, y[:, 0], taus, task.label_directions[0], ka, ec.norm, ec.pgd_steps, ec.restarts)
             out[name] = robust
             out[name + "_clean"] = clean
-        r = landmarks.linear_margin(task, x, y[:, 0])
+        r = landmarks.linear_margin(task, x, y[:, 0], norm=ec.norm)
         out["linear_exact"] = jnp.stack([(r > tau).mean() for tau in taus])
         return out
 

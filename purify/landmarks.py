@@ -11,15 +11,29 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 from .config import DataConfig
 from .data import Task
 
 
-def linear_margin(task: Task, x, y, t: int = 0):
-    """Per-example y <u_t, x> (n,): the linear classifier's l2 robust radius (negative if wrong)."""
-    return y * (x @ task.label_directions[t])
+def linear_margin(task: Task, x, y, t: int = 0, norm: str = "l2"):
+    """Per-example robust radius of the linear classifier (n,), negative if wrong: y <u_t, x> in
+    l2 (|u| = 1), y <u_t, x> / |u_t|_1 in l-inf (the dual norm)."""
+    u = task.label_directions[t]
+    r = y * (x @ u)
+    return r if norm == "l2" else r / jnp.abs(u).sum()
+
+
+def window(cfg: DataConfig, norm: str = "l2") -> tuple[float, float]:
+    """The radius window 1/sqrt(d) .. 1/sqrt(k) of SCIENCE section 4 in the attack's norm: an
+    l-inf radius t moves a dense unit direction as far as an l2 radius t sqrt(2d/pi) does."""
+    lo, hi = cfg.window
+    if norm == "l2":
+        return lo, hi
+    s = math.sqrt(2 * cfg.d / math.pi)
+    return lo / s, hi / s
 
 
 def linear_robust_accuracy_empirical(task: Task, x, y, taus, t: int = 0) -> np.ndarray:
@@ -74,4 +88,4 @@ def oracle_logits(cfg: DataConfig, task: Task, beta: float, t: int = 0):
     return lambda x: soft_threshold(x @ task.M, b) @ task.w_star[t]
 
 
-__all__ = ["linear_logits", "linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits"]
+__all__ = ["linear_logits", "linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits", "window"]

@@ -147,3 +147,21 @@ class FgmVariants(chex.TestCase):
         adv = lambda v: -margin(v)
         fn = self.variant(lambda v, tau: attacks.fgm(adv, v, tau, "l2"))
         np.testing.assert_allclose(fn(x, 0.3), attacks.fgm(adv, x, 0.3, "l2"), atol=1e-6)
+
+
+def test_linf_attacks_reproduce_the_linear_classifier_exactly():
+    """In l-inf the linear classifier's radius is y<u, x>/|u|_1; FGM (tau sign g) and the dense
+    attack (tau sign u) both reach it, with a dense (Haar) dictionary."""
+    cfg = purify.DataConfig(d=64, k=4, dictionary="haar")
+    task = purify.make_task(cfg)
+    x, _, y = sample(jax.random.key(3), cfg, task, 20000, 0.0)
+    y = y[:, 0]
+    f = landmarks.linear_logits(task)
+    margin = lambda v: y * f(v)
+    r = np.asarray(landmarks.linear_margin(task, x, y, norm="linf"))
+    lo, hi = landmarks.window(cfg, "linf")
+    for tau in (lo, (lo + hi) / 2, hi):
+        near = np.abs(r - tau) < 1e-5
+        for delta in (attacks.fgm(lambda v: -margin(v), x, tau, "linf"), attacks.dense_direction(y, tau, task.label_directions[0], "linf")):
+            got = np.asarray(margin(x + delta) > 0)
+            assert ((got != (r > tau)) & ~near).sum() == 0

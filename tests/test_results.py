@@ -69,3 +69,18 @@ def test_plot_draws_one_band_per_row(res):
     assert len(ax.get_lines()) == 1
     with pytest.raises(ValueError, match="select"):
         res.plot("purity")  # per-neuron: choose a neuron first
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from purify.results import atomic_write_json
+
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,127 @@
+"""fp-phase [FP]: where adversarial training helps, over sparsity k (and dimension d) and radius tau.
+
+For each (d, k), one sweep trains clean (tau = 0) and FGM networks at every tau of the grid (the
+fp-dynamics protocol) and evaluates each at every tau. The gap at (k, tau) is the robust
+accuracy of the network FGM-trained at tau minus that of the clean network, both at tau, paired
+by seed. Beside it, rho * sqrt(k) of the clean network: its dense mixture along the label
+direction, on the scale where a pure network would have sqrt(k/d). The theory's window is
+1/sqrt(d) << tau <~ 1/sqrt(k): the lines are drawn on the maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purify.config import Config
+from purify.stats import mean_ci, verdict
+
+from . import Context, Experiment, main_for
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    ks, taus = tuple(ctx.options["ks"]), tuple(ctx.options["taus"])
+    ds = tuple(ctx.options["ds"] or (cfg.data.d,))  # None: the config's d
+    gap = np.full((len(ds), len(ks), len(taus), seeds), np.nan)
+    clean_acc = np.full_like(gap, np.nan)
+    rho_sqrt_k = np.full((len(ds), len(ks), seeds), np.nan)
+    failed = []
+    for a, d in enumerate(ds):
+        for b, k in enumerate(ks):
+            c = cfg.set(**{"data.d": d, "data.k": k, "model.width": cfg.model.width // cfg.data.d * d, "eval.taus": taus})
+            res = ctx.sweep(c, grid={"tau": (0.0, *taus)}, seeds=seeds)
+            final = res["robust_acc"][:, :, -1, :]  # (1 + n_tau rows, seeds, n_tau eval radii)
+            for j in range(len(taus)):
+                gap[a, b, j] = final[1 + j, :, j] - final[0, :, j]
+                clean_acc[a, b, j] = final[0, :, j]
+            rho_sqrt_k[a, b] = res["rho_nw"][0, :, -1] * np.sqrt(k)
+            failed += [[d, k, *map(int, ij)] for ij in np.argwhere(res.failed())]
+    verdicts = []
+    for a, d in enumerate(ds):
+        for b, k in enumerate(ks):
+            mid = np.sqrt((1 / np.sqrt(d)) * (1 / np.sqrt(k)))  # geometric middle of the window
+            j = int(np.argmin(np.abs(np.log(np.asarray(taus) / mid))))
+            verdicts.append(verdict(gap[a, b, j], ">", 0.0, f"d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={taus[j]:g} (mid-window)"))
+    mean = np.nanmean(gap, axis=-1)
+    ci = np.asarray([[[mean_ci(gap[a, b, j])[1:] for j in range(len(taus))] for b in range(len(ks))] for a in range(len(ds))])
+    significant = ci[..., 0] > 0
+    boundary = {f"d={d}, k={k}": [float(t) for t, s in zip(taus, significant[a, b]) if s] for a, d in enumerate(ds) for b, k in enumerate(ks)}
+    return {
+        "ks": list(ks), "ds": list(ds), "taus": list(taus),
+        "gap_mean": mean.tolist(), "gap_ci95": ci.tolist(), "gap_per_seed": gap.tolist(),
+        "clean_robust_acc_mean": np.nanmean(clean_acc, axis=-1).tolist(),
+        "rho_sqrt_k_mean": np.nanmean(rho_sqrt_k, axis=-1).tolist(), "rho_sqrt_k_per_seed": rho_sqrt_k.tolist(),
+        "radii_where_gap_is_significant": boundary,
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    ks, ds, taus = record["ks"], record["ds"], np.asarray(record["taus"])
+    gap, ci = np.asarray(record["gap_mean"]), np.asarray(record["gap_ci95"])
+    fig, axes = plt.subplots(1, len(ds) + 1, figsize=(5.5 * len(ds) + 5, 4.4), squeeze=False)
+    vmax = max(0.05, float(np.nanmax(np.abs(gap))))
+
+    def at(tau):  # position of a radius on the equal-width cell axis (log-interpolated)
+        return float(np.interp(np.log(tau), np.log(taus), np.arange(len(taus)) + 0.5, left=0.0, right=len(taus)))
+
+    for a, d in enumerate(ds):
+        ax = axes[0, a]
+        im = ax.pcolormesh(np.arange(len(taus) + 1), np.arange(len(ks) + 1), gap[a], cmap="RdBu", vmin=-vmax, vmax=vmax)
+        for b, k in enumerate(ks):
+            for j in range(len(taus)):
+                mark = "" if ci[a, b, j, 0] > 0 or ci[a, b, j, 1] < 0 else "?"
+                ax.text(j + 0.5, b + 0.5, f"{gap[a, b, j]:+.2f}{mark}", ha="center", va="center", fontsize=8)
+            ax.plot([at(1 / np.sqrt(k))] * 2, [b, b + 1], color="k", lw=2.5)
+        ax.axvline(at(1 / np.sqrt(d)), color="0.3", ls="--", lw=1.5, label="1/√d")
+        ax.plot([], [], color="k", lw=2.5, label="1/√k (per row)")
+        ax.set_xticks(np.arange(len(taus)) + 0.5, [f"{t:g}" for t in taus])
+        ax.set_yticks(np.arange(len(ks)) + 0.5, [str(k) for k in ks])
+        ax.set_ylabel("active features k")
+        ax.set_xlabel("ℓ2 radius τ, training = evaluation (cells equal width)")
+        ax.set_title(f"robust-accuracy gap, FGM − clean (d={d}); ? = 95% CI spans 0", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
+        fig.colorbar(im, ax=ax, label="gap in robust accuracy")
+    ax = axes[0, -1]
+    rho = np.asarray(record["rho_sqrt_k_per_seed"])
+    for a, d in enumerate(ds):
+        m = rho[a].mean(-1)
+        ax.plot(ks, m, "o-", label=f"clean net, d={d}")
+        ax.fill_between(ks, rho[a].min(-1), rho[a].max(-1), alpha=0.2)
+        ax.plot(ks, np.sqrt(np.asarray(ks) / d), ":", color="0.4", label=f"pure neuron √(k/d), d={d}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("active features k")
+    ax.set_ylabel("ρ·√k (norm-weighted, final)")
+    ax.set_title("dense mixture of the clean network", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Phase diagram: where FGM training beats clean training, over k and τ (mean over {len(record['seeds'])} seeds)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+PRESETS = {
+    "cpu": {
+        "config": {"data.d": 64, "model.width": 256, "train.steps": 3000, "train.adv_start": 1500, "train.batch": 256,
+                   "train.attack": "fgm", "hp.lr": 0.1, "hp.beta": 0.6, "eval.n_eval": 512, "train.n_log": 6},
+        "seeds": 4,
+        "options": {"ks": (2, 4, 8), "ds": None, "taus": (0.06, 0.125, 0.2, 0.3, 0.45, 0.6)},
+    },
+    "gpu": {
+        "config": {"data.d": 128, "model.width": 512, "train.steps": 12000, "train.adv_start": 6000, "train.batch": 512,
+                   "train.attack": "fgm", "hp.lr": 0.1, "hp.beta": 0.6, "eval.n_eval": 2048, "train.n_log": 12},
+        "seeds": 16,
+        "options": {"ks": (2, 4, 8, 16), "ds": (64, 128, 256), "taus": (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)},
+    },
+}
+
+EXPERIMENT = Experiment(
+    id="fp-phase", claim="FP", title="Phase diagram of the adversarial-training gap over k, d and tau",
+    summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
+    presets=PRESETS, run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)
