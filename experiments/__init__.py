@@ -66,9 +66,10 @@ class Experiment:
 
 
 def _registry() -> dict[str, Experiment]:
-    from . import fp_dynamics, fp_linf, fp_phase, fp_principle, fp_robustness
+    from . import fp_dynamics, fp_linf, fp_lowcomplexity, fp_lowrank, fp_phase, fp_principle, fp_robustness
 
-    return {e.id: e for e in (fp_dynamics.EXPERIMENT, fp_robustness.EXPERIMENT, fp_principle.EXPERIMENT, fp_phase.EXPERIMENT, fp_linf.EXPERIMENT)}
+    exps = (fp_dynamics, fp_robustness, fp_principle, fp_lowcomplexity, fp_phase, fp_lowrank, fp_linf)
+    return {m.EXPERIMENT.id: m.EXPERIMENT for m in exps}
 
 
 def get(exp_id: str) -> Experiment:

@@ -143,7 +143,9 @@ class TrainConfig:
     or 'surrogate' (loss + tau * ||grad_x loss||_*). The radius tau is a hyper-parameter, so a
     sweep over tau (tau = 0 is clean training) shares one compiled program.
     n_log: number of log-spaced evaluation points. snapshot_at: steps at which the full first
-    layer W is stored (the weight trajectory is kept only where asked).
+    layer W is stored (the weight trajectory is kept only where asked). adv_rank = r > 0
+    restricts the adversarial phase to a rank-r update: W_eff = W + U V with W frozen from
+    `adv_start` on and U (m x r, zero at first), V (r x d) trained only then.
     """
 
     steps: int = 4000
@@ -155,6 +157,7 @@ class TrainConfig:
     momentum: float = 0.0
     n_log: int = 24
     snapshot_at: tuple[int, ...] = ()
+    adv_rank: int = 0
 
     def validate(self) -> None:
         _int("train.steps", self.steps, lo=1)
@@ -169,6 +172,7 @@ class TrainConfig:
         _int("train.n_log", self.n_log, lo=2)
         for s in self.snapshot_at:
             _int("train.snapshot_at[]", s, lo=0, hi=self.steps)
+        _int("train.adv_rank", self.adv_rank, lo=0)
 
     @property
     def log_steps(self) -> np.ndarray:
@@ -253,6 +257,8 @@ class Config:
         self.data.validate()
         self.model.validate(self.data)
         self.train.validate()
+        if self.train.adv_rank > min(self.model.width, self.data.d):
+            _fail("train.adv_rank", self.train.adv_rank, f"must be <= min(model.width, data.d) = {min(self.model.width, self.data.d)}")
         self.eval.validate()
         self.hp.validate()
         return self

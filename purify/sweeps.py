@@ -365,6 +365,10 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
             ds = ("neuron", "task")
         elif name == "b_final":
             ds = ("neuron",)
+        elif name == "U_final":
+            ds = ("neuron", "rank")
+        elif name == "V_final":
+            ds = ("rank", "input")
         else:
             ds = ("time",)
         arrays[name], dims[name] = arr, ("hparam", "seed") + ds
@@ -383,6 +387,7 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
         "task": np.arange(cfg.data.n_tasks),
         "snapshot": run.snapshot_at,
         "input": np.arange(cfg.data.d),
+        "rank": np.arange(cfg.train.adv_rank),
         "feature": np.arange(cfg.data.d),
     }
     meta = {"config": json.loads(json.dumps(cfg.to_dict())), "swept": swept, "provenance": provenance(), "seed_rule": "run key = jax.random.key(seed), same on every grid row"}

@@ -87,8 +87,15 @@ class Run:
         return x, y
 
     # -- model pieces -------------------------------------------------------------------------
+    def effective(self, params: dict) -> dict:
+        """The parameters the network sees: W + U V when the adversarial phase is low-rank."""
+        if "U" not in params:
+            return params
+        rest = {k: v for k, v in params.items() if k not in ("U", "V")}
+        return {**rest, "W": params["W"] + params["U"] @ params["V"]}
+
     def logits(self, params, x, beta):
-        return network.apply(self.net, params, x, beta)
+        return network.apply(self.net, self.effective(params), x, beta)
 
     def example_loss(self, params, x, y, beta):
         """(n,) per-example logistic loss summed over tasks."""
@@ -126,6 +133,10 @@ class Run:
         hp = {n: jnp.asarray(hp[n], jnp.float32) for n in HPARAM_NAMES}
         keys = jax.random.split(key, N_STREAMS)
         params = network.init_params(self.net, keys[0], hp["init_scale"], hp["beta"])
+        r = cfg.train.adv_rank
+        if r:  # U = 0: the update starts at zero and W's clean phase is untouched
+            params["U"] = jnp.zeros((cfg.model.width, r))
+            params["V"] = jax.random.normal(jax.random.fold_in(keys[0], 1), (r, cfg.data.d)) / jnp.sqrt(cfg.data.d)
         # inject_hyperparams keeps the learning rate in the optimizer state: set it per run.
         opt_state = self.opt.init(params)
         opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": hp["lr"]})
@@ -144,7 +155,7 @@ class Run:
 
     def measure(self, state: RunState, task: Task, t: jax.Array) -> dict:
         """All metrics of the current weights (one row of the trace)."""
-        cfg, params, beta = self.cfg, state.params, state.hp["beta"]
+        cfg, params, beta = self.cfg, self.effective(state.params), state.hp["beta"]
         W = params["W"]
         per = metrics.neuron_metrics(W, task.M, task.w_star[0])
         head = network.head_of(self.net, params)
@@ -183,7 +194,7 @@ class Run:
 
     def snapshot(self, state: RunState, t: jax.Array) -> RunState:
         idx = jnp.searchsorted(jnp.asarray(self.snapshot_at), t)
-        return state.replace(snapshots=state.snapshots.at[idx].set(state.params["W"]))
+        return state.replace(snapshots=state.snapshots.at[idx].set(self.effective(state.params)["W"]))
 
     def _observe(self, state: RunState, task: Task, t: jax.Array) -> RunState:
         is_log = jnp.any(jnp.asarray(self.log_steps) == t)
@@ -201,6 +212,9 @@ class Run:
             key = jax.random.fold_in(state.keys[2], t)
             x = jax.lax.cond(adversarial, lambda: x + self.perturb(state.params, x, y, hp, key), lambda: x)
         grads = jax.grad(self.train_loss)(state.params, x, y, hp, adversarial)
+        if tc.adv_rank:  # clean phase trains W only; the adversarial phase trains U and V only
+            on = adversarial.astype(jnp.float32)
+            grads = {k: g * (on if k in ("U", "V") else (1.0 - on) if k == "W" else 1.0) for k, g in grads.items()}
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if self.cfg.model.bias == "trainable":  # a trainable threshold stays non-negative

@@ -42,7 +42,7 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
 def test_presets_are_valid_configs(preset):
     for exp in all_experiments().values():
         cfg, seeds, _ = exp.config(preset)
-        assert seeds >= 8
+        assert seeds >= (8 if exp.id == "fp-dynamics" else 4)  # fp-phase: 4 per cell to stay within minutes
         lo, hi = window(cfg.data, cfg.eval.norm)
         assert lo < cfg.eval.taus[0] < hi  # robust accuracy is tracked inside the window (in the attack's norm)
 

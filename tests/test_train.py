@@ -187,3 +187,17 @@ def test_model_variants_train(variant):
     res = purify.sweep(tiny(**variant), seeds=2)
     assert not res.failed().any()
     assert (res["clean_acc"][..., -1] > 0.55).all(), res["clean_acc"][..., -1]
+
+
+def test_low_rank_adversarial_phase():
+    """adv_rank = r: W frozen after the switch, the update W_eff - W_clean has rank r, and the
+    clean phase is bit-identical to full-rank training."""
+    full = purify.sweep(tiny(**{"train.snapshot_at": (30, 60)}), grid={"tau": [0.3]}, seeds=2)
+    low = purify.sweep(tiny(**{"train.adv_rank": 2, "train.snapshot_at": (30, 60)}), grid={"tau": [0.3]}, seeds=2)
+    np.testing.assert_array_equal(full["snapshots"][:, :, 0], low["snapshots"][:, :, 0])
+    np.testing.assert_array_equal(low["W_final"], low["snapshots"][:, :, 0])
+    update = low["snapshots"][0, :, 1] - low["snapshots"][0, :, 0]
+    assert [np.linalg.matrix_rank(u, tol=1e-6) for u in update] == [2, 2]
+    assert low.dims["U_final"] == ("hparam", "seed", "neuron", "rank")
+    with pytest.raises(purify.ConfigError, match="train.adv_rank=17"):
+        tiny(**{"train.adv_rank": 17})

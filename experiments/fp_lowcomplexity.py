@@ -1,0 +1,124 @@
+"""fp-lowcomplexity [FP]: can low-complexity models be robust in the window, however trained?
+
+At the same data and tau: a linear classifier, random-features polynomials of degree <= 2 and
+<= 3, and the NTK-linearized two-layer network (same width, standard-scale init), each trained
+clean and adversarially on the network's schedule (see purify/baselines.py; Adam, learning
+rate `exp.lr`), next to the clean and FGM-trained ReLU networks (the fp-dynamics sweep) and the
+oracle pure network. "However trained" is taken per seed as the better of the two trainings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purify import attacks, baselines, make_task, sample
+from purify.config import Config
+from purify.evaluate import eval_keys, landmark_curves, network_curves
+from purify.landmarks import window
+from purify.stats import verdict
+
+from . import Context, Experiment, main_for
+from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
+from .fp_robustness import radius_grid
+
+MODELS = {"linear": "linear", "poly2": "polynomial, degree ≤ 2 (random features)", "poly3": "polynomial, degree ≤ 3 (random features)",
+          "ntk": "NTK-linearized network"}
+
+
+def build(name: str, cfg: Config, key: jax.Array):
+    if name == "linear":
+        return baselines.linear(cfg, key)
+    if name.startswith("poly"):
+        return baselines.polynomial(cfg, key, degree=int(name[-1]))
+    return baselines.ntk(cfg, key, cfg.hp.beta)
+
+
+def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: float):
+    """Robust accuracy (2 trainings: clean, adversarial) x (seeds,) x (n_tau,) of one baseline."""
+    ec = cfg.eval
+
+    def one(seed_key, kd, ka, tau):
+        k_init, k_data = jax.random.split(jax.random.fold_in(seed_key, 1000 + index))
+        params, logits = build(name, cfg, k_init)
+        params = baselines.train(cfg, task, logits, params, k_data, tau, lr)
+        x, _, y = sample(kd, cfg.data, task, ec.n_eval, cfg.hp.noise)
+        margin = lambda v: y[:, 0] * logits(params, v)
+        return attacks.robust_accuracy(margin, x, y[:, 0], taus, task.label_directions[0], ka, ec.norm, ec.pgd_steps, ec.restarts)
+
+    seed_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
+    kd, ka = (jnp.stack(k) for k in zip(*(eval_keys(s) for s in seeds)))
+    f = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)), in_axes=(None, None, None, 0)))
+    clean, robust, _ = f(seed_keys, kd, ka, jnp.asarray([0.0, cfg.hp.tau]))
+    return np.asarray(clean), np.asarray(robust)
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    task = make_task(cfg.data)
+    taus = tuple(float(t) for t in radius_grid(cfg, ctx.options))
+    res = ctx.sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=seeds, task=task)
+    nets = network_curves(cfg, res, task, taus)
+    lm = landmark_curves(cfg, task, res.coords["seed"], taus, noise=cfg.hp.noise, beta=cfg.hp.beta)
+    curves = {"ReLU net": {"clean": nets["robust"][0], "adversarial": nets["robust"][1]}}
+    clean_acc = {"ReLU net": {"clean": nets["clean"][0], "adversarial": nets["clean"][1]}}
+    for i, name in enumerate(MODELS):
+        acc, rob = baseline_curves(cfg, task, name, i, res.coords["seed"], taus, float(ctx.options["lr"]))
+        curves[name] = {"clean": rob[0], "adversarial": rob[1]}
+        clean_acc[name] = {"clean": acc[0], "adversarial": acc[1]}
+    lo, hi = window(cfg.data, cfg.eval.norm)
+    mid = np.sqrt(lo * hi)
+    j = int(np.argmin(np.abs(np.asarray(taus) - mid)))
+    relu = curves["ReLU net"]["adversarial"][:, j]
+    verdicts = [verdict(relu - np.maximum(curves[n]["clean"][:, j], curves[n]["adversarial"][:, j]), ">", 0.0,
+                        f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {MODELS[n]}, however trained (the better of clean and adversarial)")
+                for n in MODELS]
+    return {
+        "taus": list(taus), "window": [lo, hi], "norm": cfg.eval.norm, "tau_for_verdicts": taus[j], "train_tau": cfg.hp.tau,
+        "models": MODELS, "optimizer": f"baselines: Adam, learning rate {ctx.options['lr']}; ReLU nets: SGD as configured",
+        "curves": {n: {m: v.tolist() for m, v in d.items()} for n, d in curves.items()},
+        "clean_accuracy": {n: {m: v.tolist() for m, v in d.items()} for n, d in clean_acc.items()},
+        "oracle": lm["oracle"].tolist(),
+        "failed_runs": np.argwhere(res.failed()).tolist(),
+        "verdicts": verdicts,
+    }
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    from purify.plotting import band
+
+    taus = np.asarray(record["taus"])
+    lo, hi = record["window"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    colors = {"ReLU net": "tab:red", "linear": "k", "poly2": "tab:orange", "poly3": "tab:brown", "ntk": "tab:purple"}
+    for ax, mode in zip(axes, ("clean", "adversarial")):
+        ax.axvspan(lo, hi, color="0.9", zorder=0, label=f"window {lo:.3g} .. {hi:.3g}")
+        for name, d in record["curves"].items():
+            label = name if name == "ReLU net" else record["models"][name]
+            acc = np.mean(record["clean_accuracy"][name][mode])
+            band(ax, taus, np.asarray(d[mode], dtype=float), label=f"{label} (clean acc {acc:.2f})", color=colors[name])
+        band(ax, taus, np.asarray(record["oracle"], dtype=float), label="oracle pure net", color="tab:green", ls="--")
+        ax.set_xlabel(f"{'ℓ2' if record['norm'] == 'l2' else 'ℓ∞'} attack radius τ")
+        ax.set_title(f"{'clean' if mode == 'clean' else 'adversarially (FGM, τ = ' + format(record['train_tau'], 'g') + ')'} trained", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("robust accuracy (min over FGM, PGD, dense attack)")
+    c = record["config"]
+    fig.suptitle("Low-complexity models against the ReLU network, trained clean and adversarially\n"
+                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; {record['optimizer']}; bands: min–max over {len(record['seeds'])} seeds",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT = Experiment(
+    id="fp-lowcomplexity", claim="FP", title="Linear, polynomial and NTK models against the ReLU network, clean and adversarial",
+    summary="linear, random-features polynomial (deg 2, 3) and NTK-linearized models, clean and adversarial, vs the ReLU net",
+    presets={name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()},
+    run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)

@@ -1,0 +1,124 @@
+"""fp-lowrank [FP]: is what adversarial training changes low-rank, and along the label direction?
+
+Part 1: the singular values of W_adv - W_clean (FGM phase minus the clean weights at the switch),
+beside those of the same span of clean training, and the alignment of the top right singular
+vectors (in feature space, Delta M) with the label direction w*/|w*| (random: ~1/sqrt(d)).
+Part 2: adversarial training restricted to a rank-r update W + U V (r = 1, 2, 4, 8), from the same
+clean weights and seeds, and the fraction of the full-rank robust-accuracy gain each rank recovers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purify.config import Config
+from purify.stats import verdict
+
+from . import Context, Experiment, main_for
+from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
+
+TOP = 5  # singular directions whose label alignment is reported
+
+
+def spectrum(delta: np.ndarray, M: np.ndarray, w_star: np.ndarray):
+    """Per seed: normalized singular values (S, min(m, d)) and |<v_i, w*/|w*|>| of the top right
+    singular vectors in feature coordinates (S, TOP)."""
+    u = w_star / np.linalg.norm(w_star)
+    svals, align = [], []
+    for D in delta:
+        _, s, vt = np.linalg.svd(D @ M, full_matrices=False)
+        svals.append(s / s[0])
+        align.append(np.abs(vt[:TOP] @ u))
+    return np.stack(svals), np.stack(align)
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    a, n = cfg.train.adv_start, cfg.train.steps
+    ranks = tuple(int(r) for r in ctx.options["ranks"])
+    full_cfg = cfg.set(**{"train.snapshot_at": (a, n)})
+    full = ctx.sweep(full_cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=seeds)
+    snaps = full["snapshots"]  # (hparam, seed, snapshot, neuron, input)
+    M, w_star = full["task_M"], np.atleast_2d(full["task_w_star"])[0]
+    s_adv, a_adv = spectrum(snaps[1, :, 1] - snaps[1, :, 0], M, w_star)
+    s_cln, a_cln = spectrum(snaps[0, :, 1] - snaps[0, :, 0], M, w_star)
+    robust = full["robust_acc"][:, :, -1, 0]  # (2, seeds) at eval.taus[0]
+    clean_rob, full_rob = robust[0], robust[1]
+    per_rank, failed = {}, np.argwhere(full.failed()).tolist()
+    for r in ranks:
+        res = ctx.sweep(cfg.set(**{"train.adv_rank": r}), grid={"tau": [cfg.hp.tau]}, seeds=seeds)
+        rob = res["robust_acc"][0, :, -1, 0]
+        per_rank[r] = {"robust_acc": rob, "recovered": (rob - clean_rob) / (full_rob - clean_rob)}
+        failed += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.failed())]
+    energy1 = s_adv[:, 0] ** 2 / (s_adv**2).sum(-1)
+    verdicts = [
+        verdict(a_adv[:, 0], ">", 0.5, "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ 1/sqrt(d))"),
+        verdict(energy1, ">", 0.5, "W_adv - W_clean is dominated by one direction (top singular value's share of the squared spectrum > 0.5)"),
+    ] + [verdict(per_rank[r]["recovered"], ">", 0.5, f"rank-{r} adversarial training recovers more than half of the full-rank robust-accuracy gain") for r in ranks]
+    return {
+        "adv_start": a, "steps": n, "train_tau": cfg.hp.tau, "eval_tau": cfg.eval.taus[0], "ranks": list(ranks),
+        "random_alignment": float(1 / np.sqrt(cfg.data.d)),
+        "singular_values": {"adversarial": s_adv.tolist(), "clean": s_cln.tolist()},
+        "label_alignment_top": {"adversarial": a_adv.tolist(), "clean": a_cln.tolist()},
+        "top_energy_share": {"adversarial": energy1.tolist(), "clean": (s_cln[:, 0] ** 2 / (s_cln**2).sum(-1)).tolist()},
+        "robust_acc": {"clean": clean_rob.tolist(), "full rank": full_rob.tolist(), **{f"rank {r}": v["robust_acc"].tolist() for r, v in per_rank.items()}},
+        "recovered": {f"rank {r}": v["recovered"].tolist() for r, v in per_rank.items()},
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    from purify.plotting import band
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    ax = axes[0]
+    for mode, color in (("adversarial", "tab:red"), ("clean", "tab:blue")):
+        s = np.asarray(record["singular_values"][mode])[:, :20]
+        label = "W_adv − W_clean (FGM phase)" if mode == "adversarial" else "same span of clean training"
+        band(ax, np.arange(1, s.shape[1] + 1), s, label=label, color=color, marker="o", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("σ_i / σ_1")
+    ax.set_title("spectrum of the weight change", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for off, (mode, color) in zip((-0.2, 0.2), (("adversarial", "tab:red"), ("clean", "tab:blue"))):
+        al = np.asarray(record["label_alignment_top"][mode])
+        idx = np.arange(1, al.shape[1] + 1) + off
+        ax.bar(idx, al.mean(0), width=0.4, color=color, alpha=0.8, label=mode)
+        ax.errorbar(idx, al.mean(0), yerr=[al.mean(0) - al.min(0), al.max(0) - al.mean(0)], fmt="none", color="k", lw=1)
+    ax.axhline(record["random_alignment"], color="0.4", ls=":", label="random direction 1/√d")
+    ax.set_xlabel("right singular vector (feature space)")
+    ax.set_ylabel("|cos(v_i, w*)|")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("alignment with the label direction", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    ranks = record["ranks"]
+    rob = {k: np.asarray(v) for k, v in record["robust_acc"].items()}
+    x = np.arange(len(ranks) + 1)
+    runs = np.stack([rob[f"rank {r}"] for r in ranks] + [rob["full rank"]], axis=1)
+    band(ax, x, runs, label="rank-r FGM phase", color="tab:red", marker="o")
+    ax.axhline(rob["clean"].mean(), color="tab:blue", ls="--", label="clean training")
+    ax.set_xticks(x, [str(r) for r in ranks] + ["full"])
+    ax.set_xlabel("rank of the adversarial update")
+    ax.set_ylabel(f"robust accuracy at τ = {record['eval_tau']:g}")
+    ax.set_title("how much robustness a rank-r update buys", fontsize=10)
+    ax.legend(fontsize=8)
+    c = record["config"]
+    fig.suptitle(f"What adversarial training changes: a low-rank update along the label direction? d={c['data']['d']}, k={c['data']['k']}, "
+                 f"width={c['model']['width']}; bands: min–max over {len(record['seeds'])} seeds", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT = Experiment(
+    id="fp-lowrank", claim="FP", title="Low-rank structure of the adversarial weight change; rank-restricted adversarial training",
+    summary="singular spectrum of W_adv - W_clean and its label alignment; adversarial training restricted to rank r",
+    presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)

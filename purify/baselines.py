@@ -1,0 +1,83 @@
+"""Low-complexity baselines trained like the network: linear, random-features polynomials, and
+the NTK-linearized two-layer network (for the fp-lowcomplexity experiment).
+
+Each is a pure `logits(params, x) -> (n,)` with initial parameters; `train` runs the same
+schedule as the network (clean steps, then FGM at tau from `adv_start`) with Adam, vmapped over
+seeds by the caller.
+
+- linear: f(x) = <v, x> + c.
+- polynomial of degree <= p (random-features approximation): f(x) = sum_{q=1..p} sum_j a_qj
+  (<r_j, x>/s)^q with r_j ~ N(0, I/d) fixed and s the typical size of <r_j, x>; the q = 1 term
+  keeps odd functions (the labels are odd in x) within reach of even p.
+- NTK: f_lin(x; theta) = f(x; theta0) + <grad_theta f(x; theta0), theta - theta0> for the
+  two-layer network of the config at a standard-scale init (|w_i| ~ 1: the NTK regime), theta
+  its first layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import attacks, network
+from .config import Config
+from .data import Task, sample
+
+
+def linear(cfg: Config, key: jax.Array):
+    params = {"v": jnp.zeros((cfg.data.d,)), "c": jnp.zeros(())}
+    return params, lambda p, x: x @ p["v"] + p["c"]
+
+
+def polynomial(cfg: Config, key: jax.Array, degree: int, n_features: int | None = None):
+    d = cfg.data.d
+    m = n_features or cfg.model.width
+    R = jax.random.normal(key, (m, d)) / jnp.sqrt(d)
+    scale = jnp.sqrt(1.5**2 / d)  # |x| ~ 1.5 for uniform magnitudes: <r, x> ~ N(0, |x|^2 / d)
+
+    def features(x):
+        u = (x @ R.T) / scale
+        return jnp.concatenate([u**q for q in range(1, degree + 1)], axis=-1) / jnp.sqrt(m * degree)
+
+    params = {"a": jnp.zeros((degree * m,)), "c": jnp.zeros(())}
+    return params, lambda p, x: features(x) @ p["a"] + p["c"]
+
+
+def ntk(cfg: Config, key: jax.Array, beta: float):
+    net = network.build(cfg)
+    theta0 = network.init_params(net, key, 1.0, beta)  # standard scale: rows of norm ~1
+
+    def f(W, x):
+        return network.apply(net, {**theta0, "W": W}, x, beta)[..., 0]
+
+    def logits(p, x):
+        out, tangent = jax.jvp(lambda W: f(W, x), (theta0["W"],), (p["W"] - theta0["W"],))
+        return out + tangent
+
+    return {"W": theta0["W"]}, logits
+
+
+def train(cfg: Config, task: Task, logits, params, key: jax.Array, tau: float, lr: float):
+    """The network's schedule for a baseline: clean until adv_start, then FGM at `tau`."""
+    tc = cfg.train
+    opt = optax.adam(lr)
+
+    def step(carry, t):
+        p, s = carry
+        x, _, y = sample(jax.random.fold_in(key, t), cfg.data, task, tc.batch, cfg.hp.noise)
+        y = y[:, 0]
+
+        def loss(p, x):
+            return jax.nn.softplus(-y * logits(p, x)).mean()
+
+        def adv(x):
+            return x + jax.lax.stop_gradient(attacks.fgm(lambda v: jax.nn.softplus(-y * logits(p, v)), x, tau, tc.norm))
+
+        x = jax.lax.cond(t >= tc.adv_start, adv, lambda x: x, x)
+        g = jax.grad(loss)(p, x)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(tc.steps))
+    return params
