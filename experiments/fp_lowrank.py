@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from purify import Results, make_task
 from purify.config import Config
+from purify.evaluate import network_curves
 from purify.stats import verdict
 
 from . import Context, Experiment, main_for
@@ -49,6 +51,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         rob = res["robust_acc"][0, :, -1, 0]
         per_rank[r] = {"robust_acc": rob, "recovered": (rob - clean_rob) / (full_rob - clean_rob)}
         failed += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.failed())]
+    # Control, no training: remove the label direction u = M w*/|w*| from every clean neuron,
+    # W (I - u u^T): the rank-1 edit a rank-1 update could learn. Tells expressivity from optimization.
+    u = (M @ w_star) / np.linalg.norm(w_star)
+    W_clean_all = snaps[:, :, 0]
+    projected = W_clean_all - (W_clean_all @ u)[..., None] * u
+    proj_res = Results({**full.arrays, "W_final": projected}, full.dims, full.coords, full.hp, full.meta)
+    proj_rob = network_curves(cfg, proj_res, make_task(cfg.data), cfg.eval.taus)["robust"][1, :, 0]
     energy1 = s_adv[:, 0] ** 2 / (s_adv**2).sum(-1)
     verdicts = [
         verdict(a_adv[:, 0], ">", 0.5, "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ 1/sqrt(d))"),
@@ -62,6 +71,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "top_energy_share": {"adversarial": energy1.tolist(), "clean": (s_cln[:, 0] ** 2 / (s_cln**2).sum(-1)).tolist()},
         "robust_acc": {"clean": clean_rob.tolist(), "full rank": full_rob.tolist(), **{f"rank {r}": v["robust_acc"].tolist() for r, v in per_rank.items()}},
         "recovered": {f"rank {r}": v["recovered"].tolist() for r, v in per_rank.items()},
+        "label_direction_removed": {"robust_acc": proj_rob.tolist(), "recovered": ((proj_rob - clean_rob) / (full_rob - clean_rob)).tolist()},
         "failed_runs": failed,
         "verdicts": verdicts,
     }
@@ -102,6 +112,8 @@ def plot(record: dict):
     runs = np.stack([rob[f"rank {r}"] for r in ranks] + [rob["full rank"]], axis=1)
     band(ax, x, runs, label="rank-r FGM phase", color="tab:red", marker="o")
     ax.axhline(rob["clean"].mean(), color="tab:blue", ls="--", label="clean training")
+    proj = np.asarray(record["label_direction_removed"]["robust_acc"])
+    ax.axhline(proj.mean(), color="tab:green", ls=":", lw=2, label="clean weights with the label direction projected out (no training)")
     ax.set_xticks(x, [str(r) for r in ranks] + ["full"])
     ax.set_xlabel("rank of the adversarial update")
     ax.set_ylabel(f"robust accuracy at τ = {record['eval_tau']:g}")
