@@ -107,10 +107,12 @@ def plot(record: dict):
                  f"{np.mean(pa['abs_cos_adv_init_nw']):.2f} (adv.)", fontsize=10)
     ax.legend(fontsize=8)
     c = record["config"]
+    clean_init, adv_init = (v["verdict"] for v in record["verdicts"][1:3])
+    init_note = {"holds": "both far from init", "fails": "but both stay correlated with init"}.get(
+        clean_init if clean_init == adv_init else "", "correlation with init unclear")
     fig.suptitle(
         "Purification principle: clean weight = β · adversarial weight + a smaller dense part, per neuron; "
-        + {"holds": "both far from init", "fails": "but both stay correlated with init", "inconclusive": "correlation with init unclear"}[
-            record["verdicts"][1]["verdict"] if record["verdicts"][1]["verdict"] == record["verdicts"][2]["verdict"] else "inconclusive"] + "\n"
+        + init_note + "\n"
         f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; FGM τ={record['train_tau']:g} from step {record['adv_start']} "
         f"to {record['steps']}; all neurons of {len(record['seeds'])} seeds",
         fontsize=11,

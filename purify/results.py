@@ -209,4 +209,5 @@ class Results:
 def warn_failed(res: Results) -> None:
     bad = np.argwhere(res.failed())
     if len(bad):
-        warnings.warn(f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}", stacklevel=2)
+        warnings.warn(f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}",
+                      RuntimeWarning, stacklevel=3)

@@ -27,7 +27,7 @@ from . import attacks
 from .config import HPARAM_NAMES, Config, ConfigError, HParams
 from .data import Task, make_task
 from .provenance import provenance
-from .results import Results, atomic_write_bytes
+from .results import Results, atomic_write_bytes, warn_failed
 
 TRACE_DIMS = {
     "per_neuron": ("time", "neuron"),
@@ -304,7 +304,9 @@ def sweep(
     flat = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
     if distributed:
         flat = gather_runs(flat, chunks.start * chunk_size, R)
-    return assemble(cfg, flat, table, swept, seeds, task, fns[0])
+    res = assemble(cfg, flat, table, swept, seeds, task, fns[0])
+    warn_failed(res)
+    return res
 
 
 def gather_runs(mine: dict, first: int, n_runs: int) -> dict:
