@@ -1,0 +1,65 @@
+"""Representation robustness of the two-layer network (SCIENCE.md section 3, [REP]).
+
+The representation is g(x) = phi_b(W x) in R^m (the hidden units; thresholds b depend on W
+only). Its shift at radius eps is Delta_eps(g; x) = sup_{|delta| <= eps} |g(x + delta) - g(x)|_2.
+
+- `shift_attack`: a lower bound, PGD ascent on |g(x + delta) - g(x)|^2 from a random start (its
+  gradient is exactly zero at delta = 0).
+- `certified_shift`: an upper bound, the smaller of an interval bound (unit i's pre-activation
+  moves by at most r_i = eps |w_i|_*, and phi_b is monotone, so |Delta g_i| <= c_i =
+  max(|phi(u_i + r_i) - phi(u_i)|, |phi(u_i - r_i) - phi(u_i)|); |Delta g| <= |c|) and a spectral
+  bound (phi_b is 1-Lipschitz and only the units with c_i > 0 can move: |Delta g| <= |W_A|_2 eps,
+  times sqrt(d) in l-inf).
+- `rep_bounds`: for a binary linear head f = <v, g>, the per-sample loss bound
+  sup_delta l(x + delta) - l(x) <= |v| Delta_eps(g; x) (softplus is 1-Lipschitz) and the
+  criterion: the prediction cannot change if Delta_eps(g; x) < |f(x)| / |v|.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import attacks
+from .network import soft_threshold
+
+
+def representation(W: jax.Array, b: jax.Array, x: jax.Array) -> jax.Array:
+    """g(x) = phi_b(x W^T): (n, m)."""
+    return soft_threshold(x @ W.T, b)
+
+
+def shift_attack(W, b, x, eps, norm: str, key: jax.Array, steps: int = 20, restarts: int = 2) -> jax.Array:
+    """(n,) the largest |g(x + delta) - g(x)| PGD finds (a lower bound on Delta_eps)."""
+    g0 = representation(W, b, x)
+
+    def objective(v):
+        return ((representation(W, b, v) - g0) ** 2).sum(-1)
+
+    delta = attacks.pgd(objective, x, eps, norm, steps, key=key, restarts=restarts)
+    return jnp.sqrt(objective(x + delta))
+
+
+def certified_shift(W, b, x, eps, norm: str) -> jax.Array:
+    """(n,) an upper bound on Delta_eps(g; x): min(interval bound, spectral bound)."""
+    u = x @ W.T
+    r = eps * (jnp.linalg.norm(W, axis=-1) if norm == "l2" else jnp.abs(W).sum(-1))
+    g = soft_threshold(u, b)
+    c = jnp.maximum(jnp.abs(soft_threshold(u + r, b) - g), jnp.abs(soft_threshold(u - r, b) - g))
+    interval = jnp.linalg.norm(c, axis=-1)
+    scale = 1.0 if norm == "l2" else jnp.sqrt(W.shape[1])
+
+    def spectral_one(active):
+        return jnp.linalg.norm(W * active[:, None], ord=2) * eps * scale
+
+    spectral = jax.vmap(spectral_one)((c > 0).astype(W.dtype))
+    return jnp.minimum(interval, spectral)
+
+
+def rep_bounds(shift: jax.Array, f: jax.Array, y: jax.Array, v: jax.Array) -> dict[str, jax.Array]:
+    """Per sample, for a binary head f = <v, g> with labels y in {-1, +1}:
+    'loss_bound' = |v| shift (bounds sup l(x + delta) - l(x)); 'certified' = shift < |f| / |v|
+    (the prediction cannot change); 'correct_and_certified' = that and y f > 0."""
+    vn = jnp.linalg.norm(v)
+    certified = shift < jnp.abs(f) / vn
+    return {"loss_bound": vn * shift, "certified": certified, "correct_and_certified": certified & (y * f > 0)}
