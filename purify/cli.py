@@ -140,15 +140,19 @@ def _selected(only: str | None):
 def cmd_figures(args) -> int:
     """Redraw every figure from its saved JSON (no training); --rerun runs the experiments anew."""
     import json
+    import tempfile
 
     from experiments import run_experiment, save_figure
 
     missing = []
+    # --rerun is from scratch: a fresh runs folder, so nothing finished earlier is reused, while
+    # experiments of this rerun that need the same sweep still train it once
+    scratch = tempfile.TemporaryDirectory(prefix="purify-rerun-") if args.rerun else None
     for exp in _selected(args.only):
         path = Path(args.out) / f"{exp.id}.json"
         if args.rerun:
-            run_experiment(exp.id, preset=args.preset, out=args.out, runs_dir=args.runs, progress=False)
-            print(f"reran {exp.id} -> {path.with_suffix('.png')}")
+            run_experiment(exp.id, preset=args.preset, out=args.out, runs_dir=scratch.name, progress=False)
+            print(f"reran {exp.id} from scratch -> {path.with_suffix('.png')}")
         elif path.exists():
             save_figure(exp, json.loads(path.read_text()), path.with_suffix(".png"))
             print(f"redrew {path.with_suffix('.png')} from {path}")
@@ -228,7 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--out", default="figures")
     pf.add_argument("--rerun", action="store_true", help="run every experiment anew instead of redrawing")
     pf.add_argument("--preset", default="cpu")
-    pf.add_argument("--runs", default="runs")
     pf.add_argument("--only", default=None, help="comma-separated experiment ids")
     pf.set_defaults(func=cmd_figures)
     pc = sub.add_parser("check", help="run every experiment's preset and print a table of verdicts")

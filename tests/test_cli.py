@@ -81,3 +81,27 @@ def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, 
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "ERROR" in captured.out and "simulated bug" in captured.err
+
+
+def test_figures_rerun_starts_from_scratch(tmp_path, monkeypatch, capsys):
+    import purify.sweeps as sweep_mod
+
+    out = tmp_path / "fig"
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--runs", str(tmp_path / "runs"), *TINY]) == 0
+    calls = []
+    real = sweep_mod._run_chunk
+    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.chdir(tmp_path)  # the default runs/ folder would hold the finished chunks
+    import experiments
+
+    real_run = experiments.run_experiment
+    monkeypatch.setattr(experiments, "run_experiment", lambda *a, **k: real_run(*a, **{**k, "seeds": 2, "overrides": _tiny_overrides()}))
+    assert main(["figures", "--rerun", "--out", str(out), "--only", "fp-dynamics"]) == 0
+    assert calls  # trained again
+    assert "from scratch" in capsys.readouterr().out
+
+
+def _tiny_overrides():
+    from purify.cli import _parse_sets
+
+    return _parse_sets([TINY[i + 1] for i in range(0, len(TINY) - 1, 2) if TINY[i] == "--set"])
