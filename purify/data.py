@@ -89,14 +89,6 @@ def _active(key: jax.Array, cfg: DataConfig, n: int):
     return None, jnp.where(jax.random.uniform(k_support, shape) < cfg.k / cfg.d, values, 0.0)
 
 
-def sample_latent(key: jax.Array, cfg: DataConfig, n: int) -> jax.Array:
-    """z (n, d): sparse, each non-zero entry a random sign times a magnitude."""
-    idx, values = _active(key, cfg, n)
-    if idx is None:
-        return values
-    return jnp.zeros((n, cfg.d)).at[jnp.arange(n)[:, None], idx].set(values)
-
-
 def labels(key: jax.Array, z: jax.Array, w_star: jax.Array) -> jax.Array:
     """y (n, T) = sign <w*_t, z>; an exact tie (possible only with iid sparsity) gets a fair coin."""
     return _sign_with_coin(key, z @ w_star.T)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .config import Config, DataConfig, ModelConfig
+from .config import Config, ModelConfig
 
 
 def soft_threshold(u: jax.Array, b: jax.Array) -> jax.Array:
@@ -87,21 +87,3 @@ def apply(net: TwoLayer, params: dict, x: jax.Array, beta: jax.Array) -> jax.Arr
 
 def head_of(net: TwoLayer, params: dict) -> jax.Array:
     return net.apply({"params": params}, method=TwoLayer.head)
-
-
-def oracle_params(net: TwoLayer, data: DataConfig, M: jax.Array, w_star: jax.Array, beta: float = 0.0) -> dict:
-    """The oracle pure network: neuron j is feature M_j with sign w*_j (needs width >= d).
-
-    With a fixed head a_i = 1, the sign of w*_j goes into the neuron (phi is odd); the extra
-    neurons are zero. Only defined for the soft-threshold unit and one task.
-    """
-    if net.model.activation != "soft_threshold" or net.n_out != 1 or net.model.width < data.d:
-        raise ValueError("the oracle pure network needs activation='soft_threshold', one task and width >= d")
-    params = init_params(net, jax.random.key(0), 1.0, beta)
-    W = jnp.zeros((net.model.width, data.d)).at[: data.d].set((M * w_star[0][None, :]).T)
-    params["W"] = W
-    if "b" in params:
-        params["b"] = beta * net.z_min * jnp.linalg.norm(W, axis=-1)
-    if "a" in params:
-        params["a"] = jnp.zeros_like(params["a"]).at[: data.d].set(1.0)
-    return params
