@@ -27,6 +27,8 @@ from .data import make_task
 from .provenance import provenance
 from .train import Run
 
+LOOP_NETWORKS = 1024  # the sequential JAX loop times at most this many networks
+TORCH_NETWORKS = 256  # the eager PyTorch loop likewise
 CONFIGS = {"small": {"data.d": 64, "data.k": 4, "model.width": 128}, "medium": {"data.d": 256, "data.k": 8, "model.width": 512}}
 
 
@@ -96,11 +98,17 @@ def measure_sequential(cfg: Config, n: int, steps: int) -> float:
 
 
 def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
-    """Seconds for an eager PyTorch loop over n networks, or None without PyTorch."""
+    """Seconds for an eager PyTorch loop over n networks, or None without PyTorch.
+
+    Runs on CUDA when JAX runs on a GPU and PyTorch sees one, so both sides use the same chip.
+    """
     try:
         import torch
     except ImportError:
         return None
+    dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    torch.set_default_device(dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     d, k, m, B = cfg.data.d, cfg.data.k, cfg.model.width, cfg.train.batch
     tau, lr, beta = cfg.hp.tau, cfg.hp.lr, cfg.hp.beta
     torch.manual_seed(0)
@@ -133,9 +141,13 @@ def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
                     W.grad = None
 
     train_all()  # warm-up
+    sync()
     t = time.perf_counter()
     train_all()
-    return time.perf_counter() - t
+    sync()
+    seconds = time.perf_counter() - t
+    torch.set_default_device("cpu")
+    return seconds
 
 
 def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: int = 50, torch: bool = True) -> dict:
@@ -148,14 +160,19 @@ def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: in
         cfg = bench_config(size, steps)
         n = int(networks[size])
         vm = measure_vmapped(cfg, n, steps)
-        seq = measure_sequential(cfg, n, steps) if n <= 4096 else None
-        tt = measure_torch(cfg, n, steps) if torch else None
+        # One network after another costs n times one network, so the loops time a prefix of
+        # at most LOOP_NETWORKS networks and scale linearly; the JSON records how many were timed.
+        n_seq, n_torch = min(n, LOOP_NETWORKS), min(n, TORCH_NETWORKS)
+        seq = measure_sequential(cfg, n_seq, steps) * n / n_seq
+        tt = measure_torch(cfg, n_torch, steps) if torch else None
+        tt = None if tt is None else tt * n / n_torch
         flops = flops_per_network_step(cfg) * n * steps / vm["seconds"]
         rows.append({
             "config": size, "d": cfg.data.d, "k": cfg.data.k, "width": cfg.model.width, "batch": cfg.train.batch, "networks": n, "steps": steps,
             "network_steps_per_s": n * steps / vm["seconds"], "achieved_flops": flops, "matmul_flops": peak, "fraction_of_matmul": flops / peak,
             "speedup_vs_sequential_jax": None if seq is None else seq / vm["seconds"],
             "speedup_vs_eager_torch": None if tt is None else tt / vm["seconds"],
+            "sequential_networks_timed": n_seq, "torch_networks_timed": n_torch if tt is not None else 0,
             "torch": "absent (pip install -e '.[torch]')" if torch and tt is None else ("skipped" if not torch else "measured"),
             "compile_seconds": vm["compile_seconds"], "mb_per_network": vm["bytes_per_network"] / 1e6,
         })
