@@ -55,6 +55,7 @@ BIAS_MODES = ("relative", "fixed", "trainable")
 HEADS = ("fixed", "trained")
 ATTACKS = ("none", "fgm", "pgd", "surrogate")
 NORMS = ("l2", "linf")
+OBJECTIVES = ("supervised", "infonce", "spectral")
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,10 @@ class TrainConfig:
     layer W is stored (the weight trajectory is kept only where asked). adv_rank = r > 0
     restricts the adversarial phase to a rank-r update: W_eff = W + U V with W frozen from
     `adv_start` on and U (m x r, zero at first), V (r x d) trained only then.
+    objective: 'supervised' (logistic loss on the labels) or contrastive pre-training,
+    'infonce' (cosine similarities at `temperature`) or 'spectral', on two views of each sample
+    that share z and draw their own noise (hp.noise) and coordinate masks (`view_mask`); a
+    contrastive attack perturbs view 1 to maximize the anchor's loss (see purify.contrastive).
     """
 
     steps: int = 4000
@@ -158,6 +163,13 @@ class TrainConfig:
     n_log: int = 24
     snapshot_at: tuple[int, ...] = ()
     adv_rank: int = 0
+    objective: str = "supervised"
+    temperature: float = 0.2
+    view_mask: float = 0.0
+
+    @property
+    def contrastive(self) -> bool:
+        return self.objective != "supervised"
 
     def validate(self) -> None:
         _int("train.steps", self.steps, lo=1)
@@ -173,6 +185,13 @@ class TrainConfig:
         for s in self.snapshot_at:
             _int("train.snapshot_at[]", s, lo=0, hi=self.steps)
         _int("train.adv_rank", self.adv_rank, lo=0)
+        _choice("train.objective", self.objective, OBJECTIVES)
+        _float("train.temperature", self.temperature, lo=0.0, strict=True)
+        _float("train.view_mask", self.view_mask, lo=0.0)
+        if self.view_mask >= 1:
+            _fail("train.view_mask", self.view_mask, "must be in [0, 1)")
+        if self.contrastive and self.attack == "surrogate":
+            _fail("train.attack", self.attack, f"must be 'none', 'fgm' or 'pgd' with train.objective={self.objective!r}")
 
     @property
     def log_steps(self) -> np.ndarray:
@@ -259,6 +278,8 @@ class Config:
         self.train.validate()
         if self.train.adv_rank > min(self.model.width, self.data.d):
             _fail("train.adv_rank", self.train.adv_rank, f"must be <= min(model.width, data.d) = {min(self.model.width, self.data.d)}")
+        if self.train.contrastive and self.data.n_train is not None:
+            _fail("data.n_train", self.data.n_train, f"must be None (online data) with train.objective={self.train.objective!r}")
         self.eval.validate()
         self.hp.validate()
         return self

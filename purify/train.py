@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from . import attacks, metrics, network
+from . import attacks, contrastive, metrics, network
 from .config import HPARAM_NAMES, Config
 from .data import Task, sample
 
@@ -74,8 +74,13 @@ class Run:
 
     # -- data ---------------------------------------------------------------------------------
     def _batch(self, state: RunState, task: Task, t: jax.Array):
+        """(x, y) of step t; for a contrastive objective (view 1, view 2) of the same z."""
         cfg = self.cfg
         key = jax.random.fold_in(state.keys[1], t)
+        if cfg.train.contrastive:
+            k_x, k_v = jax.random.split(key)
+            x, _, _ = sample(k_x, cfg.data, task, cfg.train.batch, 0.0, noise_free=True)
+            return contrastive.views(k_v, x, state.hp["noise"], cfg.train.view_mask)
         if state.train_set is None:
             x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp["noise"], self.noise_free)
             return x, y
@@ -97,8 +102,16 @@ class Run:
     def logits(self, params, x, beta):
         return network.apply(self.net, self.effective(params), x, beta)
 
+    def representation(self, params, x, beta):
+        """g(x): (n, m) hidden unit outputs."""
+        return self.net.apply({"params": self.effective(params)}, x, beta, method=network.TwoLayer.features)
+
     def example_loss(self, params, x, y, beta):
-        """(n,) per-example logistic loss summed over tasks."""
+        """(n,) per-example loss: logistic, summed over tasks; for a contrastive objective y is
+        the batch of view 2 and the loss is anchor x_i's against it (a function of x_i alone)."""
+        tc = self.cfg.train
+        if tc.contrastive:
+            return contrastive.loss(tc.objective, self.representation(params, x, beta), self.representation(params, y, beta), tc.temperature)
         return logistic_loss(self.logits(params, x, beta), y).sum(-1)
 
     def perturb(self, params, x, y, hp, key):
@@ -167,6 +180,13 @@ class Run:
         hidden = network.TwoLayer.features
         act = self.net.apply({"params": params}, x, beta, method=hidden)
         row["dead_fraction"] = (jnp.abs(act).max(0) == 0).mean()
+        if cfg.train.contrastive:  # no labels: the held-out contrastive loss; accuracies stay NaN
+            v1, v2 = contrastive.views(jax.random.fold_in(state.keys[3], 1), x, state.hp["noise"], cfg.train.view_mask)
+            row["loss"] = self.example_loss(params, v1, v2, beta).mean()
+            T, R = cfg.data.n_tasks, len(cfg.eval.taus)
+            nan = lambda *shape: jnp.full(shape, jnp.nan)
+            row.update(positive_rate=nan(T), clean_acc=nan(T), robust_acc=nan(T, R), attack_acc=nan(T, R, len(attacks.ATTACK_NAMES)))
+            return row
         f = act @ head
         row["loss"] = logistic_loss(f, y).sum(-1).mean()
         row["positive_rate"] = (f > 0).mean(0)
