@@ -141,8 +141,14 @@ def seed_list(seeds: int | Sequence[int]) -> np.ndarray:
     return arr
 
 
-def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int) -> str:
-    blob = json.dumps({"cfg": cfg.to_dict(), "hp": {k: v.tolist() for k, v in table.items()}, "seeds": seeds.tolist(), "chunk": chunk_size}, sort_keys=True, default=list)
+def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int, task: Task | None = None) -> str:
+    """The name of a sweep's folder of finished chunks: a hash of everything that decides its
+    numbers, the task's dictionary and label vectors included (a sweep may be given a task
+    other than the config's own, e.g. a downstream task)."""
+    spec = {"cfg": cfg.to_dict(), "hp": {k: v.tolist() for k, v in table.items()}, "seeds": seeds.tolist(), "chunk": chunk_size}
+    if task is not None:
+        spec["task"] = hashlib.sha256(np.asarray(task.M, np.float32).tobytes() + np.asarray(task.w_star, np.float32).tobytes()).hexdigest()
+    blob = json.dumps(spec, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -255,7 +261,7 @@ def sweep(
     run_hp = {n: np.repeat(v, S) for n, v in table.items()}  # run r = row * S + seed index
     run_seed = np.tile(seeds, H)
     n_chunks = math.ceil(R / chunk_size)
-    tag = fingerprint(cfg, table, seeds, chunk_size)
+    tag = fingerprint(cfg, table, seeds, chunk_size, task)
     out_dir = Path(out_dir) if out_dir is not None else None
     fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)))
     n_step_calls = math.ceil(steps / step_chunk)
