@@ -8,6 +8,7 @@
 
 from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelConfig, TrainConfig
 from .data import SparseCoding, Task, make_task, sample
+from .downstream import DownstreamConfig, fit_and_evaluate
 from .network import TwoLayer
 from .results import Results
 from .sweeps import SliceFinished, SweepInterrupted, auto_chunk_size, merge_runs, sweep
@@ -19,6 +20,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DownstreamConfig",
     "EvalConfig",
     "HParams",
     "ModelConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "TwoLayer",
     "auto_chunk_size",
+    "fit_and_evaluate",
     "make_run",
     "make_task",
     "merge_runs",

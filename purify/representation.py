@@ -63,3 +63,31 @@ def rep_bounds(shift: jax.Array, f: jax.Array, y: jax.Array, v: jax.Array) -> di
     vn = jnp.linalg.norm(v)
     certified = shift < jnp.abs(f) / vn
     return {"loss_bound": vn * shift, "certified": certified, "correct_and_certified": certified & (y * f > 0)}
+
+
+def per_sample_report(W, b, v, c, x, y, eps, norm: str, key: jax.Array, pgd_steps: int = 10, restarts: int = 2, u: jax.Array | None = None) -> dict:
+    """Every [REP] quantity per sample for the binary model f = <v, g(x)> + c, g = phi_b(W x).
+
+    x (n, d), y (n,) in {-1, +1}; u: the unit dense-attack direction (omit to skip that attack).
+    Returns (n,) arrays: 'shift_attack' (a lower bound on Delta_eps), 'shift_certified' (an upper
+    bound), 'loss_increase' (the largest l(x + delta) - l(x) over FGM, PGD and the dense attack on
+    the loss, a lower bound on the sup), 'loss_bound' (|v| times the certified shift: must never be
+    below 'loss_increase'), 'certified' (the criterion with the certified shift, correct samples
+    only), 'robust' (correct under every attack) and 'margin' |f(x)| / |v|.
+    """
+    k_shift, k_pgd = jax.random.split(key)
+    f = lambda z: representation(W, b, z) @ v + c
+    fx = f(x)
+    adversary = lambda z: -y * f(z)
+    deltas = [attacks.fgm(adversary, x, eps, norm), attacks.pgd(adversary, x, eps, norm, pgd_steps, key=k_pgd, restarts=restarts)]
+    if u is not None:
+        deltas.append(attacks.dense_direction(y, eps, u, norm))
+    loss = lambda z: jax.nn.softplus(-y * f(z))
+    ell = loss(x)
+    increase = jnp.max(jnp.stack([loss(x + d) - ell for d in deltas]), axis=0)
+    robust = (y * fx > 0) & jnp.all(jnp.stack([y * f(x + d) > 0 for d in deltas]), axis=0)
+    lower = shift_attack(W, b, x, eps, norm, k_shift, steps=2 * pgd_steps, restarts=restarts)
+    upper = certified_shift(W, b, x, eps, norm)
+    bounds = rep_bounds(upper, fx, y, v)
+    return {"shift_attack": lower, "shift_certified": upper, "loss_increase": increase, "loss_bound": bounds["loss_bound"],
+            "certified": bounds["correct_and_certified"], "robust": robust, "margin": jnp.abs(fx) / jnp.linalg.norm(v)}
