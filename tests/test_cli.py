@@ -13,6 +13,8 @@ from purify.landmarks import window
 TINY = ["--set", "data.d=16", "--set", "data.k=2", "--set", "model.width=32", "--set", "train.steps=40",
         "--set", "train.adv_start=20", "--set", "train.batch=32", "--set", "eval.n_eval=64", "--set", "eval.pgd_steps=2",
         "--set", "hp.tau=0.3", "--set", "eval.taus=0.3", "--quiet"]
+# roli-init compiles one program per (method, head init): at tiny size two of each cover the code
+EXTRA = {"roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"]}
 
 
 def test_list_names_every_experiment_and_preset(capsys):
@@ -25,7 +27,7 @@ def test_list_names_every_experiment_and_preset(capsys):
 
 @pytest.mark.parametrize("exp_id", sorted(all_experiments()))
 def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path, capsys):
-    assert main(["run", exp_id, "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]) == 0
+    assert main(["run", exp_id, "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY, *EXTRA.get(exp_id, [])]) == 0
     record = json.loads((tmp_path / f"{exp_id}.json").read_text())
     png = (tmp_path / f"{exp_id}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000

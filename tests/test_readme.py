@@ -24,3 +24,15 @@ def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
     # the sweep learned: the largest training radius purifies more than clean training
     final = avg["purity_nw"][:, -1]
     assert final[3] > final[0] + 0.1, final
+
+
+def test_readme_transfer_example_runs_verbatim(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    code = next(b for b in blocks if "fit_and_evaluate" in b)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (running the documented example is the test)
+    robust, con = scope["robust"], scope["con"]
+    assert robust.shape == (2, 4)
+    assert robust[1].mean() > robust[0].mean() + 0.05, robust  # the clean head inherits the FGM backbone's robustness
+    assert con["purity_nw"].shape[:2] == (2, 2) and not con.failed().any()
