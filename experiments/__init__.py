@@ -66,9 +66,24 @@ class Experiment:
 
 
 def _registry() -> dict[str, Experiment]:
-    from . import fp_dynamics, fp_linf, fp_lowcomplexity, fp_lowrank, fp_phase, fp_principle, fp_robustness
+    from . import (
+        fp_dynamics,
+        fp_linf,
+        fp_lowcomplexity,
+        fp_lowrank,
+        fp_phase,
+        fp_principle,
+        fp_robustness,
+        inh_contrastive,
+        inh_nodes,
+        inh_supervised,
+        nrt_transfer,
+        rep_bound,
+        roli_init,
+    )
 
-    exps = (fp_dynamics, fp_robustness, fp_principle, fp_lowcomplexity, fp_phase, fp_lowrank, fp_linf)
+    exps = (fp_dynamics, fp_robustness, fp_principle, fp_lowcomplexity, fp_phase, fp_lowrank, fp_linf,
+            inh_supervised, inh_contrastive, inh_nodes, nrt_transfer, roli_init, rep_bound)
     return {m.EXPERIMENT.id: m.EXPERIMENT for m in exps}
 
 

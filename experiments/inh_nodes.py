@@ -1,0 +1,124 @@
+"""inh-nodes [INH]: per hidden node, how many features does it carry after each pre-training?
+
+For supervised (clean, FGM, PGD) and contrastive (InfoNCE and spectral; clean and FGM)
+pre-training, the histograms over all nodes and seeds of features per node n_i(0.5) =
+#{j : |c_ij| >= 0.5 max_j |c_ij|} and of purity max_j c_ij^2 / |w_i|^2, each node weighted by
+its norm |w_i| (tiny, barely trained nodes would otherwise dominate). The contrastive
+backbones use inh-contrastive's settings, so the two experiments share their runs on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purify import make_task
+from purify.config import Config
+from purify.stats import verdict
+
+from . import Context, Experiment, main_for
+from ._transfer import PRETRAIN_PRESETS, features_per_neuron
+from .inh_contrastive import _CONTRASTIVE, backbone_name, pretrain_config, sweep_backbones
+from .inh_contrastive import PRESETS as CONTRASTIVE_PRESETS
+
+FEW = 2  # "one or a few features": at most this many
+
+
+def _node_stats(W: np.ndarray, M) -> dict:
+    """W (S, m, d) -> per node (S, m): features, purity, norm."""
+    from purify import metrics
+
+    C = np.asarray(metrics.feature_coefficients(W, M))
+    norm = np.linalg.norm(W, axis=-1)
+    purity = (C**2).max(-1) / np.maximum(norm**2, 1e-30)
+    return {"features": features_per_neuron(W, M), "purity": purity, "norm": norm}
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    o = ctx.options
+    task = make_task(cfg.data)
+    tau = cfg.hp.tau
+    backbones = {}
+    sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
+    backbones["supervised/clean"], backbones["supervised/fgm"] = sup["W_final"][0], sup["W_final"][1]
+    failed = [["supervised", "fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()]
+    if o["pgd"]:
+        pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
+        backbones["supervised/pgd"] = pgd["W_final"][0]
+        failed += [["supervised", "pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
+    ccfg = cfg.set(**_CONTRASTIVE)
+    for objective in o["objectives"]:
+        res = sweep_backbones(ctx, pretrain_config(ccfg, objective, "fgm"), o["view_noises"], True, seeds, task)
+        for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
+            backbones[backbone_name(objective, float(noise), "clean" if t == 0 else "fgm")] = res["W_final"][h]
+        failed += [[objective, "fgm", *ij] for ij in np.argwhere(res.failed()).tolist()]
+    stats = {name: _node_stats(np.asarray(W), task.M) for name, W in backbones.items()}
+
+    def few(s):  # per seed, the norm-weighted fraction of nodes with at most FEW features
+        return ((s["features"] <= FEW) * s["norm"]).sum(-1) / s["norm"].sum(-1)
+
+    def wpur(s):
+        return (s["purity"] * s["norm"]).sum(-1) / s["norm"].sum(-1)
+
+    verdicts = []
+    for name in backbones:
+        kind, mode = name.rsplit("/", 1)
+        if mode == "clean":
+            continue
+        verdicts.append(verdict(few(stats[name]) - few(stats[f"{kind}/clean"]), ">", 0.0,
+                                f"{kind}: {mode.upper()} pre-training leaves more nodes with <= {FEW} features than clean (norm-weighted fraction)"))
+        verdicts.append(verdict(wpur(stats[name]) - wpur(stats[f"{kind}/clean"]), ">", 0.0, f"{kind}: {mode.upper()} pre-training gives purer nodes than clean"))
+    return {
+        "train_tau": tau, "few": FEW, "backbones": list(backbones), "view_noises": list(o["view_noises"]),
+        "nodes": {n: {k: np.asarray(v).tolist() for k, v in s.items()} for n, s in stats.items()},
+        "few_fraction": {n: few(s).tolist() for n, s in stats.items()}, "weighted_purity": {n: wpur(s).tolist() for n, s in stats.items()},
+        "failed_runs": failed, "verdicts": verdicts,
+    }
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({n.split("/")[0] for n in record["backbones"]}, key=["supervised", "infonce", "spectral"].index)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5 * len(kinds), 8.5), squeeze=False)
+    colors = {"clean": "tab:blue", "fgm": "tab:red", "pgd": "tab:purple"}
+    top = max(int(np.max(s["features"])) for s in record["nodes"].values()) + 1  # the widest node shown, not d
+    for c, kind in enumerate(kinds):
+        for name in [n for n in record["backbones"] if n.startswith(kind + "/")]:
+            variant, mode = name.rsplit("/", 1)
+            variant = variant.split("/", 1)[1] + ", " if "/" in variant else ""
+            s = record["nodes"][name]
+            feats, pur, w = (np.asarray(s[k], float).ravel() for k in ("features", "purity", "norm"))
+            heavy = variant.endswith(f"={record['view_noises'][-1]:g}, ") if variant else True
+            style = {"histtype": "step", "lw": 2.2 if heavy else 1.2, "ls": "-" if heavy else "--", "color": colors[mode]}
+            label = f"{variant}{mode.upper() if mode != 'clean' else 'clean'} (≤{record['few']} features: {np.mean(record['few_fraction'][name]):.2f})"
+            axes[0, c].hist(feats, bins=np.arange(0.5, top + 1.5), weights=w / w.sum(), label=label, **style)
+            axes[1, c].hist(pur, bins=np.linspace(0, 1, 26), weights=w / w.sum(), **style,
+                            label=f"{variant}{mode.upper() if mode != 'clean' else 'clean'} (weighted mean {np.mean(record['weighted_purity'][name]):.2f})")
+        axes[0, c].set_title(f"{kind} pre-training" + (" (dashed: weak view noise)" if kind != "supervised" else ""), fontsize=10)
+        axes[0, c].set_xlabel("features per node n_i(0.5)")
+        axes[1, c].set_xlabel("node purity max_j c_ij² / |w_i|²")
+        for r in range(2):
+            axes[r, c].set_ylabel("fraction of nodes (weighted by |w_i|)")
+            axes[r, c].legend(fontsize=8)
+            axes[r, c].grid(alpha=0.3)
+    cf = record["config"]
+    fig.suptitle("Adversarial pre-training leaves each node with one or a few features; clean pre-training leaves mixtures\n"
+                 f"d={cf['data']['d']}, k={cf['data']['k']}, width={cf['model']['width']}, τ={record['train_tau']:g}; "
+                 f"all nodes of {len(record['seeds'])} seeds pooled", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+PRESETS = {
+    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_PRESETS["cpu"]["options"]["view_noises"]}},
+    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_PRESETS["gpu"]["options"]["view_noises"]}},
+}
+
+EXPERIMENT = Experiment(
+    id="inh-nodes", claim="INH", title="Features per node and purity after each pre-training",
+    summary="histograms of features per node and purity for supervised (clean/FGM/PGD) and contrastive (clean/FGM) pre-training",
+    presets=PRESETS, run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)

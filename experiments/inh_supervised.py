@@ -1,0 +1,216 @@
+"""inh-supervised [INH]: does a clean linear head on an adversarially pre-trained backbone inherit robustness?
+
+Backbones: the fp-dynamics protocol (clean, then FGM) at several pre-training radii (0 is
+clean pre-training), cut at several lengths of the adversarial phase (weight snapshots), plus a
+multi-task backbone (T tasks, trained multi-output head, every task in the loss) and a backbone
+with trainable thresholds. Downstream: a *clean* logistic-regression head on the frozen
+representation, learning rate chosen on a validation split by clean accuracy, for three new
+tasks: a dense theta, a sparse theta (half the features) and the pre-training task itself.
+Next to it: the oracle pure-feature representation with the same clean head, and an
+end-to-end model adversarially trained on each downstream task (the same protocol).
+Robustness is always measured end to end on the input (min over FGM, PGD, dense attack).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from purify import make_task
+from purify.config import Config
+from purify.data import Task
+from purify.downstream import bayes_accuracy, downstream_tasks
+from purify.evaluate import network_curves
+from purify.stats import verdict
+
+from . import Context, Experiment, main_for
+from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, oracle_backbone, snapshot_steps, weighted_purity
+
+
+def final_clean_accuracy(res) -> np.ndarray:
+    """(hparam, seed) clean accuracy of the pre-trained networks at the last log step, averaged over tasks."""
+    dims = list(res.dims["clean_acc"])
+    a = np.take(np.asarray(res["clean_acc"]), -1, axis=dims.index("time"))
+    dims.remove("time")
+    return a.mean(axis=dims.index("task")) if "task" in dims else a
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    o = ctx.options
+    task = make_task(cfg.data)
+    seed_ids = np.arange(seeds)
+    tau = cfg.hp.tau
+    pre_taus = sorted({0.0, tau, *o["pre_taus"]})
+    fractions = tuple(o["adv_fractions"])
+    snaps = snapshot_steps(cfg, (0.0, *fractions))
+    lrs = np.asarray(o["down_lrs"], np.float32)
+    dc = down_config(cfg, o)
+    thetas = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))
+    failed = []  # [backbone, hparam row, seed] of every pre-training run that went non-finite or diverged
+
+    # -- pre-training --------------------------------------------------------------------------
+    single = ctx.sweep(cfg.set(**{"train.snapshot_at": snaps}), grid={"tau": pre_taus}, seeds=seeds, task=task)
+    failed += [["single-task", *ij] for ij in np.argwhere(single.failed()).tolist()]
+    T = int(o["n_tasks"])
+    multi_cfg = cfg.set(**{"data.n_tasks": T, "model.head": "trained"})
+    multi = ctx.sweep(multi_cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
+    failed += [["multi-task", *ij] for ij in np.argwhere(multi.failed()).tolist()]
+    bias_cfg = cfg.set(**{"model.bias": "trainable"})
+    trainable = ctx.sweep(bias_cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
+    failed += [["trainable-bias", *ij] for ij in np.argwhere(trainable.failed()).tolist()]
+
+    # -- clean heads ---------------------------------------------------------------------------
+    Wsnap = single["snapshots"]  # (H, S, n_snap, m, d); the last snapshot is the final weights
+    H, S, n_snap = Wsnap.shape[:3]
+    grid_W = np.moveaxis(Wsnap, 2, 1).reshape(H * n_snap, S, *Wsnap.shape[3:])
+    purity = weighted_purity(grid_W, task.M).reshape(H, n_snap, S)
+    i_clean, i_adv = pre_taus.index(0.0), pre_taus.index(tau)
+    fits, n_bad = clean_heads(cfg, dc, task, grid_W, seed_ids, thetas, lrs)
+    heads = {name: {k: v.reshape(H, n_snap, S) for k, v in h.items()} for name, h in fits.items()}
+    W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
+    fits, _ = clean_heads(cfg, dc, task, W_or, seed_ids, thetas, lrs)
+    oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
+    variants = {}
+    for label, res, vt in (("multi-task", multi, multi_cfg), ("trainable bias", trainable, bias_cfg)):
+        fits, nb = clean_heads(vt, dc, task, res["W_final"], seed_ids, {"dense": thetas["dense"]}, lrs)
+        n_bad += nb
+        variants[label] = {**fits["dense"], "purity": weighted_purity(res["W_final"], task.M),
+                           "pretrain_clean_acc": final_clean_accuracy(res)}
+
+    # -- end-to-end adversarial training on each downstream task --------------------------------
+    e2e = {}
+    for name, theta in thetas.items():
+        dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
+        res = ctx.sweep(cfg, grid={"tau": [tau]}, seeds=seeds, task=dtask)
+        curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
+        e2e[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
+
+    # -- verdicts ------------------------------------------------------------------------------
+    last = n_snap - 1
+    verdicts = []
+    for name in thetas:
+        gain = heads[name]["robust"][i_adv, last] - heads[name]["robust"][i_clean, last]
+        verdicts.append(verdict(gain, ">", 0.0, f"task '{name}': a clean head on the FGM(τ={tau:g}) backbone is more robust than on the clean backbone"))
+    gap = heads["dense"]["robust"][i_adv, last] - e2e["dense"]["robust"]
+    verdicts.append(verdict(gap, ">", -0.05, "task 'dense': the clean head on the FGM backbone comes within 0.05 of the end-to-end adversarially trained model"))
+    for label, v in variants.items():
+        verdicts.append(verdict(v["robust"][1] - v["robust"][0], ">", 0.0, f"{label} pre-training: FGM backbone's clean head more robust than clean backbone's (task 'dense')"))
+    # where inheritance holds: per (pre-training radius, adversarial length) cell, the gain over the clean backbone
+    base = heads["dense"]["robust"][i_clean, last]
+    cell = {}
+    for i, t in enumerate(pre_taus):
+        for j, step in enumerate(snaps):
+            v = verdict(heads["dense"]["robust"][i, j] - base, ">", 0.0, "")
+            cell[f"{t:g}@{step}"] = {"verdict": v["verdict"], "mean": v["mean"], "purity": float(purity[i, j].mean())}
+    holds = [k for k, v in cell.items() if v["verdict"] == "holds"]
+    corr = [np.corrcoef(purity[:, :, s].ravel(), heads["dense"]["robust"][:, :, s].ravel())[0, 1] for s in range(S)]
+    verdicts.append(verdict(np.asarray(corr), ">", 0.0, f"inherited robustness rises with backbone purity (per-seed correlation over radii x lengths); gain holds at {len(holds)}/{len(cell)} cells"))
+    return {
+        "tau_eval": float(cfg.eval.taus[0]), "train_tau": tau, "pre_taus": pre_taus, "snapshot_steps": list(snaps), "adv_start": cfg.train.adv_start,
+        "tasks": list(thetas), "bayes_accuracy": {n: bayes_accuracy(cfg.data, t) for n, t in thetas.items()} if cfg.data.magnitude == "uniform" and cfg.data.sparsity == "exact_k" else None,
+        "down_lrs": lrs.tolist(), "down": dc.__dict__ | {"taus": list(dc.taus)},
+        "purity": purity.tolist(),
+        "heads": {n: {k: np.asarray(v).tolist() for k, v in h.items()} for n, h in heads.items()},
+        "oracle": {n: {k: v.tolist() for k, v in h.items()} for n, h in oracle.items()},
+        "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()},
+        "variants": {n: {k: v.tolist() for k, v in h.items()} for n, h in variants.items()},
+        "inheritance_map": cell, "failed_runs": failed, "n_failed_downstream": n_bad, "verdicts": verdicts,
+    }
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    from purify.plotting import band
+
+    tau_e, tau = record["tau_eval"], record["train_tau"]
+    pre_taus, snaps = record["pre_taus"], record["snapshot_steps"]
+    i_clean, i_adv = pre_taus.index(0.0), pre_taus.index(tau)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    ax = axes[0, 0]
+    tasks = record["tasks"]
+    bars = [("clean backbone + clean head", lambda n: record["heads"][n]["robust"][i_clean][-1], "tab:blue"),
+            (f"FGM backbone (τ={tau:g}) + clean head", lambda n: record["heads"][n]["robust"][i_adv][-1], "tab:red"),
+            ("oracle pure features + clean head", lambda n: record["oracle"][n]["robust"], "tab:green"),
+            ("end-to-end FGM-trained on the task", lambda n: record["end_to_end"][n]["robust"], "tab:gray")]
+    w = 0.2
+    for b, (label, get, color) in enumerate(bars):
+        vals = [np.asarray(get(n), float) for n in tasks]
+        x = np.arange(len(tasks)) + (b - 1.5) * w
+        ax.bar(x, [v.mean() for v in vals], w, color=color, label=label, alpha=0.85)
+        for xi, v in zip(x, vals):
+            ax.plot([xi] * len(v), v, "k.", ms=3)
+    ax.set_xticks(np.arange(len(tasks)), [f"task '{n}'" for n in tasks])
+    ax.set_ylabel(f"robust accuracy at ℓ2 τ={tau_e:g}")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("(a) clean heads on three downstream tasks (dots: seeds)", fontsize=10)
+
+    ax = axes[0, 1]
+    rob = np.asarray(record["heads"]["dense"]["robust"], float)  # (H, n_snap, S)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(snaps)))
+    for j, step in enumerate(snaps):
+        band(ax, np.asarray(pre_taus), rob[:, j].T, label=f"{step - record['adv_start']} adversarial steps", color=colors[j])
+    ax.set_xlabel("pre-training radius τ_pre (0 = clean pre-training)")
+    ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("(b) where inheritance holds: pre-training radius × length of the adversarial phase", fontsize=10)
+
+    ax = axes[1, 0]
+    pur = np.asarray(record["purity"], float)
+    sc = None
+    for i, t in enumerate(pre_taus):
+        sc = ax.scatter(pur[i].ravel(), rob[i].ravel(), c=[t] * pur[i].size, vmin=0, vmax=max(pre_taus), cmap="plasma", s=14)
+    for label, v in record["variants"].items():
+        ax.scatter(v["purity"], v["robust"], marker="x" if label == "multi-task" else "+", s=40, color="k", label=f"{label} (clean and FGM)")
+    fig.colorbar(sc, ax=ax, label="pre-training radius τ_pre")
+    ax.set_xlabel("backbone purity (norm-weighted mean of max_j c_ij² / |w_i|²)")
+    ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("(c) inherited robustness against purity reached (every backbone, every seed)", fontsize=10)
+
+    ax = axes[1, 1]
+    labels, vals, cleans = [], [], []
+    for label, v in record["variants"].items():
+        labels += [f"{label}\nclean", f"{label}\nFGM"]
+        vals += [np.asarray(v["robust"][0], float), np.asarray(v["robust"][1], float)]
+        cleans += [np.mean(v["clean"][0]), np.mean(v["clean"][1])]
+    labels = ["single-task\nclean", "single-task\nFGM", *labels]
+    vals = [rob[i_clean, -1], rob[i_adv, -1], *vals]
+    cl = np.asarray(record["heads"]["dense"]["clean"], float)
+    cleans = [cl[i_clean, -1].mean(), cl[i_adv, -1].mean(), *cleans]
+    ax.bar(np.arange(len(vals)), [v.mean() for v in vals], color=["tab:blue", "tab:red"] * (len(vals) // 2), alpha=0.85)
+    for i, v in enumerate(vals):
+        ax.plot([i] * len(v), v, "k.", ms=3)
+        ax.text(i, max(v) + 0.02, f"clean acc\n{cleans[i]:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(np.arange(len(vals)), labels, fontsize=8)
+    ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
+    ax.set_ylim(0, 1)
+    ax.set_title("(d) pre-training variants: multi-task head, trainable thresholds", fontsize=10)
+    c = record["config"]
+    fig.suptitle("Robustness inheritance (supervised): a clean linear head on an adversarially pre-trained backbone is robust\n"
+                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds, "
+                 f"{record['down']['n_max']} downstream samples", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+PRESETS = {
+    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6,
+            "options": {"pre_taus": (0.125, 0.375), "adv_fractions": (0.125, 0.5, 1.0), "n_tasks": 3, "n_down": 2048, "down_lrs": (0.003, 0.01, 0.03)}},
+    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16,
+            "options": {"pre_taus": (0.06, 0.12, 0.25, 0.35), "adv_fractions": (0.05, 0.1, 0.25, 0.5, 1.0), "n_tasks": 4, "n_down": 8192,
+                        "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
+}
+
+EXPERIMENT = Experiment(
+    id="inh-supervised", claim="INH", title="Robustness inheritance after supervised pre-training",
+    summary="clean vs adversarial supervised pre-training (single, multi-task, trainable bias) -> clean linear heads on new tasks",
+    presets=PRESETS, run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)

@@ -1,0 +1,138 @@
+"""nrt-transfer [NRT]: does clean fine-tuning carry a clean backbone's non-robust features downstream?
+
+On a new dense task, at several downstream training-set sizes, with clean training throughout:
+full fine-tuning from the clean backbone; the same network trained from scratch (small random
+first layer); linear probes on the clean and on the FGM backbone; and the remedy, full
+fine-tuning from the FGM backbone with and without the feature-discrepancy penalty
+lam |g - g_pre|^2 / m. Learning rates are swept and chosen on validation by clean accuracy
+(every model here is trained clean). Reported on the test split: clean and robust accuracy,
+the confidence sigma(|f|) on clean and on PGD-attacked inputs, and the accuracy under a
+representation attack crafted on the clean pre-trained backbone (the shift attack on g_pre at
+the same radius) and transferred unchanged to each model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purify import attacks, make_task
+from purify.config import Config
+from purify.downstream import downstream_tasks, logits, run_keys, select_by_validation, splits
+from purify.representation import representation
+from purify.stats import verdict
+
+from . import Context, Experiment, main_for
+from ._transfer import PRETRAIN_PRESETS, down_config, probe
+from .roli_init import backbones
+
+MODELS = ("fine-tuned (clean backbone)", "from scratch", "linear probe (clean backbone)", "linear probe (FGM backbone)",
+          "fine-tuned (FGM backbone)", "fine-tuned (FGM backbone) + discrepancy")
+
+
+def _extra_metrics(cfg: Config, dc, task, theta, eps):
+    """Confidence on clean / PGD inputs and accuracy under the transferred representation attack."""
+    z_min, beta = cfg.data.min_magnitude, cfg.hp.beta
+
+    def one(params, key, W_pre):
+        _, _, (x, y) = splits(jax.random.split(key, 4)[0], cfg.data, theta, task.M, dc, which=(2,))
+        f = lambda v: logits(params, v, beta, z_min)
+        k1, k2 = jax.random.split(jax.random.fold_in(key, 11))
+        delta = attacks.pgd(lambda v: -y * f(v), x, eps, dc.norm, dc.eval_pgd_steps, key=k1)
+        b_pre = beta * z_min * jnp.linalg.norm(W_pre, axis=-1)
+        # the perturbation that moves the pre-trained representation most, crafted once per sample
+        obj = lambda v: ((representation(W_pre, b_pre, v) - representation(W_pre, b_pre, x)) ** 2).sum(-1)
+        rep_delta = attacks.pgd(obj, x, eps, dc.norm, 2 * dc.eval_pgd_steps, key=k2, restarts=2)
+        return {"conf_clean": jax.nn.sigmoid(jnp.abs(f(x))).mean(), "conf_attacked": jax.nn.sigmoid(jnp.abs(f(x + delta))).mean(),
+                "acc_transfer": (y * f(x + rep_delta) > 0).mean(), "acc_random": (y * f(x + attacks.random_start(k2, x.shape, eps, dc.norm)) > 0).mean()}
+
+    return jax.jit(jax.vmap(one))
+
+
+def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+    o = ctx.options
+    task = make_task(cfg.data)
+    tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
+    bbs, failed = backbones(cfg, seeds, ctx, task)
+    theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
+    sizes = [int(n) for n in o["sizes"]]
+    S, N = seeds, len(sizes)
+    m, d = cfg.model.width, cfg.data.d
+    rng = np.random.default_rng(12345)
+    scratch = (rng.standard_normal((S, m, d)) * cfg.hp.init_scale / np.sqrt(d)).astype(np.float32)
+    starts = {MODELS[0]: ("full", bbs["clean"]), MODELS[1]: ("full", scratch), MODELS[2]: ("probe", bbs["clean"]),
+              MODELS[3]: ("probe", bbs["fgm"]), MODELS[4]: ("full", bbs["fgm"]), MODELS[5]: ("full+dm", bbs["fgm"])}
+    extra = None
+    res = {}
+    n_failed = 0
+    for name, (method, W0) in starts.items():
+        lrs = np.asarray(o["lrs"]["probe" if method == "probe" else "full"], np.float32)
+        L = len(lrs)
+        dc = down_config(cfg, o, method="full" if method == "full+dm" else method, n_max=max(sizes), taus=(eps,), discrepancy=method == "full+dm")
+        shape = (N, S, L)
+        Wr = np.broadcast_to(np.asarray(W0)[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
+        sd = np.broadcast_to(np.arange(S)[None, :, None], shape).ravel()
+        n = np.broadcast_to(np.asarray(sizes)[:, None, None], shape).ravel()
+        out = probe(cfg, dc, task, Wr, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=float(o["lam"]))
+        n_failed += int(out["failed"].sum())
+        extra = extra or _extra_metrics(cfg, dc, task, jnp.asarray(theta), eps)
+        W_pre = np.broadcast_to(np.asarray(bbs["clean"])[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
+        ex = {k: np.asarray(v) for k, v in extra(out["params"], run_keys(sd), jnp.asarray(W_pre)).items()}
+        _, picked = select_by_validation(out["val_clean"].reshape(shape), out["clean"].reshape(shape), out["robust"][:, 0].reshape(shape),
+                                         *(ex[k].reshape(shape) for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")))
+        res[name] = dict(zip(("clean", "robust", "conf_clean", "conf_attacked", "acc_transfer", "acc_random"), picked))
+    verdicts = []
+    for ni, n in enumerate(sizes):
+        ft, sc = res[MODELS[0]], res[MODELS[1]]
+        verdicts.append(verdict(sc["robust"][ni] - ft["robust"][ni], ">", 0.0, f"n={n}: fine-tuning the clean backbone ends less robust than training from scratch (NRT)"))
+        verdicts.append(verdict(res[MODELS[5]]["robust"][ni] - ft["robust"][ni], ">", 0.0, f"n={n}: remedy: FGM backbone + discrepancy penalty more robust than fine-tuning the clean backbone"))
+        verdicts.append(verdict(sc["acc_transfer"][ni] - ft["acc_transfer"][ni], ">", 0.0,
+                                f"n={n}: the representation attack crafted on the clean backbone hurts its fine-tuned model more than the scratch model"))
+    return {"eps": eps, "train_tau": tau, "sizes": sizes, "models": list(MODELS), "lam": float(o["lam"]), "lrs": {k: list(v) for k, v in o["lrs"].items()},
+            "results": {name: {k: np.asarray(v).tolist() for k, v in r.items()} for name, r in res.items()},
+            "n_failed_downstream": n_failed, "failed_runs": failed, "verdicts": verdicts}
+
+
+def plot(record: dict):
+    import matplotlib.pyplot as plt
+
+    from purify.plotting import band
+
+    sizes = np.asarray(record["sizes"])
+    colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red", "tab:purple"]))
+    panels = [("robust", f"robust accuracy at ℓ2 ε={record['eps']:g}"), ("clean", "clean accuracy"),
+              ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)"),
+              ("conf_attacked", "confidence σ(|f|) on PGD-attacked inputs")]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    for ax, (key, ylabel) in zip(axes.ravel(), panels):
+        for name in record["models"]:
+            band(ax, sizes, np.asarray(record["results"][name][key], float).T, label=name, color=colors[name], marker="o",
+                 ls="--" if "probe" in name else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("downstream training samples n")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    c = record["config"]
+    fig.suptitle("Non-robustness transfer: clean fine-tuning from a clean backbone vs from scratch, probes, and the robust-backbone remedy\n"
+                 f"clean downstream training, learning rate chosen on validation clean accuracy; d={c['data']['d']}, k={c['data']['k']}, "
+                 f"width={c['model']['width']}; {len(record['seeds'])} seeds, bands min–max", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+_LRS = {"probe": (0.003, 0.01, 0.03), "full": (0.001, 0.003, 0.01)}
+PRESETS = {
+    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"sizes": (128, 512, 2048), "lrs": _LRS, "lam": 1.0, "n_down": 2048}},
+    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lam": 1.0, "n_down": 8192}},
+}
+
+EXPERIMENT = Experiment(
+    id="nrt-transfer", claim="NRT", title="Non-robustness transfer in fine-tuning, and its remedy",
+    summary="fine-tuned vs from-scratch vs linear probe across downstream sizes; confidence; transferred representation attacks; DM remedy",
+    presets=PRESETS, run=run, plot=plot,
+)
+
+if __name__ == "__main__":
+    main_for(EXPERIMENT.id)
