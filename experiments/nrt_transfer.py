@@ -102,10 +102,19 @@ def plot(record: dict):
     sizes = np.asarray(record["sizes"])
     colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red", "tab:purple"]))
     panels = [("robust", f"robust accuracy at ℓ2 ε={record['eps']:g}"), ("clean", "clean accuracy"),
-              ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)"),
-              ("conf_attacked", "confidence σ(|f|) on PGD-attacked inputs")]
+              ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)")]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
-    for ax, (key, ylabel) in zip(axes.ravel(), panels):
+    ax = axes[1, 1]
+    for name in (record["models"][0], record["models"][1], record["models"][-1]):
+        for key, ls, mk in (("conf_clean", "-", "o"), ("conf_attacked", ":", "x")):
+            band(ax, sizes, np.asarray(record["results"][name][key], float).T, color=colors[name], ls=ls, marker=mk,
+                 label=f"{name}, {'clean' if key == 'conf_clean' else 'PGD-attacked'} inputs")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("downstream training samples n")
+    ax.set_ylabel("confidence: mean σ(|f(x)|) of the predicted class")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, (key, ylabel) in zip(axes.ravel()[:3], panels):
         for name in record["models"]:
             band(ax, sizes, np.asarray(record["results"][name][key], float).T, label=name, color=colors[name], marker="o",
                  ls="--" if "probe" in name else "-")
