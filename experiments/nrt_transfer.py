@@ -4,7 +4,7 @@ On a new dense task, at several downstream training-set sizes, with clean traini
 full fine-tuning from the clean backbone; the same network trained from scratch (small random
 first layer); linear probes on the clean and on the FGM backbone; and the remedy, full
 fine-tuning from the FGM backbone with and without the feature-discrepancy penalty
-lam |g - g_pre|^2 / m. Learning rates are swept and chosen on validation by clean accuracy
+lam |g - g_pre|^2 / m at several strengths lam. Learning rates are swept and chosen on validation by clean accuracy
 (every model here is trained clean). Reported on the test split: clean and robust accuracy,
 the confidence sigma(|f|) on clean and on PGD-attacked inputs, and the accuracy under a
 representation attack crafted on the clean pre-trained backbone (the shift attack on g_pre at
@@ -28,7 +28,11 @@ from ._transfer import PRETRAIN_PRESETS, down_config, probe
 from .roli_init import backbones
 
 MODELS = ("fine-tuned (clean backbone)", "from scratch", "linear probe (clean backbone)", "linear probe (FGM backbone)",
-          "fine-tuned (FGM backbone)", "fine-tuned (FGM backbone) + discrepancy")
+          "fine-tuned (FGM backbone)")
+
+
+def remedy_name(lam: float) -> str:
+    return f"fine-tuned (FGM backbone) + discrepancy λ={lam:g}"
 
 
 def _extra_metrics(cfg: Config, dc, task, theta, eps):
@@ -61,12 +65,14 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     m, d = cfg.model.width, cfg.data.d
     rng = np.random.default_rng(12345)
     scratch = (rng.standard_normal((S, m, d)) * cfg.hp.init_scale / np.sqrt(d)).astype(np.float32)
-    starts = {MODELS[0]: ("full", bbs["clean"]), MODELS[1]: ("full", scratch), MODELS[2]: ("probe", bbs["clean"]),
-              MODELS[3]: ("probe", bbs["fgm"]), MODELS[4]: ("full", bbs["fgm"]), MODELS[5]: ("full+dm", bbs["fgm"])}
+    lams = [float(v) for v in o["lams"]]
+    starts = {MODELS[0]: ("full", bbs["clean"], 0.0), MODELS[1]: ("full", scratch, 0.0), MODELS[2]: ("probe", bbs["clean"], 0.0),
+              MODELS[3]: ("probe", bbs["fgm"], 0.0), MODELS[4]: ("full", bbs["fgm"], 0.0)}
+    starts.update({remedy_name(lam): ("full+dm", bbs["fgm"], lam) for lam in lams})
     extra = None
     res = {}
     n_failed = 0
-    for name, (method, W0) in starts.items():
+    for name, (method, W0, lam) in starts.items():
         lrs = np.asarray(o["lrs"]["probe" if method == "probe" else "full"], np.float32)
         L = len(lrs)
         dc = down_config(cfg, o, method="full" if method == "full+dm" else method, n_max=max(sizes), taus=(eps,), discrepancy=method == "full+dm")
@@ -74,7 +80,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         Wr = np.broadcast_to(np.asarray(W0)[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
         sd = np.broadcast_to(np.arange(S)[None, :, None], shape).ravel()
         n = np.broadcast_to(np.asarray(sizes)[:, None, None], shape).ravel()
-        out = probe(cfg, dc, task, Wr, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=float(o["lam"]))
+        out = probe(cfg, dc, task, Wr, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=lam)
         n_failed += int(out["failed"].sum())
         extra = extra or _extra_metrics(cfg, dc, task, jnp.asarray(theta), eps)
         W_pre = np.broadcast_to(np.asarray(bbs["clean"])[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
@@ -86,10 +92,15 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     for ni, n in enumerate(sizes):
         ft, sc = res[MODELS[0]], res[MODELS[1]]
         verdicts.append(verdict(sc["robust"][ni] - ft["robust"][ni], ">", 0.0, f"n={n}: fine-tuning the clean backbone ends less robust than training from scratch (NRT)"))
-        verdicts.append(verdict(res[MODELS[5]]["robust"][ni] - ft["robust"][ni], ">", 0.0, f"n={n}: remedy: FGM backbone + discrepancy penalty more robust than fine-tuning the clean backbone"))
+        verdicts.append(verdict(res[remedy_name(lams[-1])]["robust"][ni] - ft["robust"][ni], ">", 0.0,
+                                f"n={n}: remedy: FGM backbone + discrepancy penalty (λ={lams[-1]:g}) more robust than fine-tuning the clean backbone"))
         verdicts.append(verdict(sc["acc_transfer"][ni] - ft["acc_transfer"][ni], ">", 0.0,
                                 f"n={n}: the representation attack crafted on the clean backbone hurts its fine-tuned model more than the scratch model"))
-    return {"eps": eps, "train_tau": tau, "sizes": sizes, "models": list(MODELS), "lam": float(o["lam"]), "lrs": {k: list(v) for k, v in o["lrs"].items()},
+        # the same, net of clean-accuracy differences: the attack's damage beyond random noise of the same norm
+        excess = lambda r, ni=ni: r["acc_random"][ni] - r["acc_transfer"][ni]
+        verdicts.append(verdict(excess(ft) - excess(sc), ">", 0.0,
+                                f"n={n}: the transferred representation attack does more harm beyond random noise to the fine-tuned model than to the scratch model"))
+    return {"eps": eps, "train_tau": tau, "sizes": sizes, "models": list(starts), "lams": lams, "lrs": {k: list(v) for k, v in o["lrs"].items()},
             "results": {name: {k: np.asarray(v).tolist() for k, v in r.items()} for name, r in res.items()},
             "n_failed_downstream": n_failed, "failed_runs": failed, "verdicts": verdicts}
 
@@ -100,7 +111,9 @@ def plot(record: dict):
     from purify.plotting import band
 
     sizes = np.asarray(record["sizes"])
-    colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red", "tab:purple"]))
+    colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red"]))
+    remedies = record["models"][len(colors):]
+    colors.update(zip(remedies, plt.cm.Purples(np.linspace(0.45, 0.95, len(remedies)))))
     panels = [("robust", f"robust accuracy at ℓ2 ε={record['eps']:g}"), ("clean", "clean accuracy"),
               ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)")]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
@@ -133,8 +146,8 @@ def plot(record: dict):
 
 _LRS = {"probe": (0.003, 0.01, 0.03), "full": (0.001, 0.003, 0.01)}
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"sizes": (128, 512, 2048), "lrs": _LRS, "lam": 1.0, "n_down": 2048}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lam": 1.0, "n_down": 8192}},
+    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"sizes": (128, 512, 2048), "lrs": _LRS, "lams": (1.0, 10.0, 100.0), "n_down": 2048}},
+    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lams": (1.0, 10.0, 100.0, 1000.0), "n_down": 8192}},
 }
 
 EXPERIMENT = Experiment(
