@@ -49,7 +49,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     failed = []  # [backbone, hparam row, seed] of every pre-training run that went non-finite or diverged
 
     # -- pre-training --------------------------------------------------------------------------
-    single = ctx.sweep(cfg.set(**{"train.snapshot_at": snaps}), grid={"tau": pre_taus}, seeds=seeds, task=task)
+    snap_cfg = cfg.set(**{"train.snapshot_at": snaps})
+    single = ctx.sweep(snap_cfg, grid={"tau": pre_taus}, seeds=seeds, task=task)
     failed += [["single-task", *ij] for ij in np.argwhere(single.failed()).tolist()]
     T = int(o["n_tasks"])
     multi_cfg = cfg.set(**{"data.n_tasks": T, "model.head": "trained"})
@@ -65,23 +66,27 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     grid_W = np.moveaxis(Wsnap, 2, 1).reshape(H * n_snap, S, *Wsnap.shape[3:])
     purity = weighted_purity(grid_W, task.M).reshape(H, n_snap, S)
     i_clean, i_adv = pre_taus.index(0.0), pre_taus.index(tau)
-    fits, n_bad = clean_heads(cfg, dc, task, grid_W, seed_ids, thetas, lrs)
-    heads = {name: {k: v.reshape(H, n_snap, S) for k, v in h.items()} for name, h in fits.items()}
+    # every backbone of the same width in one flat program: the grid, then the two variants
+    variant_runs = (("multi-task", multi), ("trainable bias", trainable))
+    all_W = np.concatenate([grid_W, *(res["W_final"] for _, res in variant_runs)])
+    fits, n_bad = clean_heads(cfg, dc, task, all_W, seed_ids, thetas, lrs)
+    G = H * n_snap
+    heads = {name: {k: v[:G].reshape(H, n_snap, S) for k, v in h.items()} for name, h in fits.items()}
+    variants = {}
+    for i, (label, res) in enumerate(variant_runs):
+        rows = slice(G + 2 * i, G + 2 * i + 2)
+        variants[label] = {"robust": fits["dense"]["robust"][rows], "clean": fits["dense"]["clean"][rows],
+                           "other_tasks": {n: {k: v[rows] for k, v in h.items()} for n, h in fits.items() if n != "dense"},
+                           "purity": weighted_purity(res["W_final"], task.M), "pretrain_clean_acc": final_clean_accuracy(res)}
     W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
     fits, _ = clean_heads(cfg, dc, task, W_or, seed_ids, thetas, lrs)
     oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
-    variants = {}
-    for label, res, vt in (("multi-task", multi, multi_cfg), ("trainable bias", trainable, bias_cfg)):
-        fits, nb = clean_heads(vt, dc, task, res["W_final"], seed_ids, {"dense": thetas["dense"]}, lrs)
-        n_bad += nb
-        variants[label] = {**fits["dense"], "purity": weighted_purity(res["W_final"], task.M),
-                           "pretrain_clean_acc": final_clean_accuracy(res)}
 
     # -- end-to-end adversarial training on each downstream task --------------------------------
     e2e = {}
     for name, theta in thetas.items():
         dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
-        res = ctx.sweep(cfg, grid={"tau": [tau]}, seeds=seeds, task=dtask)
+        res = ctx.sweep(snap_cfg, grid={"tau": [tau]}, seeds=seeds, task=dtask)  # snap_cfg: the single-task program, compiled once
         curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
         e2e[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
 
@@ -113,7 +118,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "heads": {n: {k: np.asarray(v).tolist() for k, v in h.items()} for n, h in heads.items()},
         "oracle": {n: {k: v.tolist() for k, v in h.items()} for n, h in oracle.items()},
         "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()},
-        "variants": {n: {k: v.tolist() for k, v in h.items()} for n, h in variants.items()},
+        "variants": {n: {k: (v.tolist() if k != "other_tasks" else {t: {a: b.tolist() for a, b in r.items()} for t, r in v.items()}) for k, v in h.items()}
+                     for n, h in variants.items()},
         "inheritance_map": cell, "failed_runs": failed, "n_failed_downstream": n_bad, "verdicts": verdicts,
     }
 

@@ -13,8 +13,11 @@ from purify.landmarks import window
 TINY = ["--set", "data.d=16", "--set", "data.k=2", "--set", "model.width=32", "--set", "train.steps=40",
         "--set", "train.adv_start=20", "--set", "train.batch=32", "--set", "eval.n_eval=64", "--set", "eval.pgd_steps=2",
         "--set", "hp.tau=0.3", "--set", "eval.taus=0.3", "--quiet"]
-# roli-init compiles one program per (method, head init): at tiny size two of each cover the code
-EXTRA = {"roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"]}
+# Fewer grid points where each one is a program of its own (a method and head init, a k, a
+# rank) or unrolled into one (radii): at tiny size they cover the same code in less compile time.
+EXTRA = {"roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"],
+         "fp-phase": ["--set", "exp.ks=2,4"], "fp-lowrank": ["--set", "exp.ranks=1,2"],
+         "fp-lowcomplexity": ["--set", "exp.n_taus=4"], "fp-robustness": ["--set", "exp.n_taus=4"]}
 
 
 def test_list_names_every_experiment_and_preset(capsys):
