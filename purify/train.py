@@ -181,7 +181,9 @@ class Run:
         act = self.net.apply({"params": params}, x, beta, method=hidden)
         row["dead_fraction"] = (jnp.abs(act).max(0) == 0).mean()
         if cfg.train.contrastive:  # no labels: the held-out contrastive loss; accuracies stay NaN
-            v1, v2 = contrastive.views(jax.random.fold_in(state.keys[3], 1), x, state.hp["noise"], cfg.train.view_mask)
+            # views of clean held-out inputs, as in training (x above carries the view noise once already)
+            clean, _, _ = sample(state.keys[3], cfg.data, task, cfg.eval.n_eval, 0.0, noise_free=True)
+            v1, v2 = contrastive.views(jax.random.fold_in(state.keys[3], 1), clean, state.hp["noise"], cfg.train.view_mask)
             row["loss"] = self.example_loss(params, v1, v2, beta).mean()
             T, R = cfg.data.n_tasks, len(cfg.eval.taus)
             nan = lambda *shape: jnp.full(shape, jnp.nan)
