@@ -266,10 +266,10 @@ def fit_and_evaluate(data: DataConfig, dc: DownstreamConfig, M, *, seeds, W, bet
     keys = run_keys(seeds)
     outs = []
     for s in range(0, R, chunk):
-        # a chunk is padded (repeating its last run) to a power of two, so that calls of
-        # different sizes share a few compiled shapes instead of compiling one per size
+        # when R spans several chunks the last one is padded (repeating its last run) to the
+        # chunk size, so one compiled shape serves them all
         idx = np.arange(s, min(R, s + chunk))
-        width = min(chunk, 1 << (len(idx) - 1).bit_length())
+        width = chunk if R > chunk else R
         pad = np.concatenate([idx, np.full(width - len(idx), idx[-1])])
         p = fit(keys[pad], W[pad], beta[pad], theta[pad], M, n_arr[pad], {k: v[pad] for k, v in hp.items()})
         e = evaluate(p, keys[pad], beta[pad], theta[pad], M)
