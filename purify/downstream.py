@@ -269,7 +269,7 @@ def fit_and_evaluate(data: DataConfig, dc: DownstreamConfig, M, *, seeds, W, bet
         # when R spans several chunks the last one is padded (repeating its last run) to the
         # chunk size, so one compiled shape serves them all
         idx = np.arange(s, min(R, s + chunk))
-        width = chunk if R > chunk else R
+        width = min(R, chunk)
         pad = np.concatenate([idx, np.full(width - len(idx), idx[-1])])
         p = fit(keys[pad], W[pad], beta[pad], theta[pad], M, n_arr[pad], {k: v[pad] for k, v in hp.items()})
         e = evaluate(p, keys[pad], beta[pad], theta[pad], M)
