@@ -80,3 +80,20 @@ def clean_heads(cfg: Config, dc: ds.DownstreamConfig, task: Task, W: np.ndarray,
     out = probe(cfg, dc, task, Wr, sd, th, n=dc.n_max, lr=lr)
     _, (robust, clean) = select_by_validation(out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
     return {n: {"robust": robust[i], "clean": clean[i]} for i, n in enumerate(names)}, int(out["failed"].sum())
+
+
+def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds: int) -> dict:
+    """The reference a transferred head is held against: the network trained end to end on each
+    downstream task with cfg's schedule at hp.tau (clean, then the attack). Returns {task:
+    {'robust', 'clean'}} with (S,) accuracies at the first evaluation radius."""
+    import jax.numpy as jnp
+
+    from purify.evaluate import network_curves
+
+    out = {}
+    for name, theta in thetas.items():
+        dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
+        res = ctx.sweep(cfg, grid={"tau": [cfg.hp.tau]}, seeds=seeds, task=dtask)
+        curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
+        out[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
+    return out

@@ -7,7 +7,8 @@ the anchor's contrastive loss), at several view-noise levels (the augmentation s
 whether clean contrastive training already purifies). No labels are seen in pre-training. Downstream: a clean
 logistic head on the frozen representation (learning rate chosen on validation by clean
 accuracy) for a dense, a sparse and the supervised experiments' task, with the oracle
-pure-feature representation as reference; robustness end to end on the input.
+pure-feature representation and a network FGM-trained end to end on each task (supervised,
+with this experiment's batch and init) as references; robustness end to end on the input.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from purify.downstream import downstream_tasks
 from purify.stats import verdict
 
 from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, oracle_backbone, weighted_purity
+from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, end_to_end, oracle_backbone, weighted_purity
 
 
 def pretrain_config(cfg: Config, objective: str, attack: str) -> Config:
@@ -64,6 +65,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     W_or = np.broadcast_to(oracle_backbone(task), (1, seeds, cfg.data.d, cfg.data.d))
     fits, _ = clean_heads(cfg, dc, task, W_or, seed_ids, thetas, lrs)
     oracle = {tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()}
+    # the end-to-end reference: supervised FGM training on each task, with this experiment's batch and init
+    e2e = end_to_end(ctx, cfg.set(**{"train.objective": "supervised", "train.attack": "fgm"}), task, thetas, seeds)
     verdicts = []
     for objective in o["objectives"]:
         for noise in noises:
@@ -73,10 +76,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 for tname in ("dense", "sparse"):
                     gain = np.asarray(adv[tname]["robust"]) - np.asarray(clean[tname]["robust"])
                     verdicts.append(verdict(gain, ">", 0.0, f"{objective}, view noise σ={noise:g}, task '{tname}': a clean head on the {attack.upper()}(τ={tau:g}) backbone is more robust than on the clean one"))
+                verdicts.append(verdict(np.asarray(adv["dense"]["robust"]) - e2e["dense"]["robust"], ">", -0.05,
+                                        f"{objective}, view noise σ={noise:g}, task 'dense': the clean head on the {attack.upper()} backbone comes within 0.05 of the end-to-end FGM-trained model"))
                 verdicts.append(verdict(np.asarray(adv["purity"]) - np.asarray(clean["purity"]), ">", 0.0,
                                         f"{objective}, view noise σ={noise:g}: {attack.upper()} contrastive pre-training purifies (purity rises over clean, which reaches {np.mean(clean['purity']):.2f})"))
     return {"tau_eval": float(cfg.eval.taus[0]), "train_tau": tau, "objectives": list(o["objectives"]), "variants": variants, "view_noises": noises,
-            "tasks": list(thetas), "backbones": out, "oracle": oracle, "down_lrs": lrs.tolist(), "down": dc.__dict__ | {"taus": list(dc.taus)},
+            "tasks": list(thetas), "backbones": out, "oracle": oracle,
+            "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()}, "down_lrs": lrs.tolist(), "down": dc.__dict__ | {"taus": list(dc.taus)},
             "failed_runs": failed, "verdicts": verdicts}
 
 
@@ -106,6 +112,7 @@ def plot(record: dict):
     for ax, tname in ((axes[0, 0], "dense"), (axes[0, 1], "sparse")):
         bars(ax, lambda e, tname=tname: e[tname]["robust"], f"clean head's robust accuracy at ℓ2 τ={tau_e:g}")
         ax.axhline(np.mean(record["oracle"][tname]["robust"]), color="tab:green", ls="--", label="oracle pure features + clean head")
+        ax.axhline(np.mean(record["end_to_end"][tname]["robust"]), color="0.3", ls=":", lw=2, label="end-to-end FGM-trained on the task")
         ax.legend(fontsize=8, loc="upper left")
         ax.set_title(f"({'a' if tname == 'dense' else 'b'}) clean linear heads, new {tname} task (dots: seeds)", fontsize=10)
     bars(axes[1, 0], lambda e: e["purity"], "backbone purity (norm-weighted)")

@@ -13,18 +13,15 @@ Robustness is always measured end to end on the input (min over FGM, PGD, dense 
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from purify import make_task
 from purify.config import Config
-from purify.data import Task
 from purify.downstream import bayes_accuracy, downstream_tasks
-from purify.evaluate import network_curves
 from purify.stats import verdict
 
 from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, oracle_backbone, snapshot_steps, weighted_purity
+from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, end_to_end, oracle_backbone, snapshot_steps, weighted_purity
 
 
 def final_clean_accuracy(res) -> np.ndarray:
@@ -83,12 +80,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
 
     # -- end-to-end adversarial training on each downstream task --------------------------------
-    e2e = {}
-    for name, theta in thetas.items():
-        dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
-        res = ctx.sweep(snap_cfg, grid={"tau": [tau]}, seeds=seeds, task=dtask)  # snap_cfg: the single-task program, compiled once
-        curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
-        e2e[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
+    e2e = end_to_end(ctx, snap_cfg, task, thetas, seeds)  # snap_cfg: the single-task program, compiled once
 
     # -- verdicts ------------------------------------------------------------------------------
     last = n_snap - 1
