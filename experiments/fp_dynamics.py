@@ -12,10 +12,11 @@ import jax
 import numpy as np
 
 from purify.config import Config
+from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import window
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
+from .common import PURIFICATION_PRESETS
 
 METRICS = [
     ("purity_nw", "norm-weighted purity", "max_j c_ij² / ‖w_i‖²"),
@@ -98,20 +99,7 @@ def plot(record: dict):
     return fig
 
 
-PRESETS = {
-    "cpu": {
-        "config": {"data.d": 64, "data.k": 4, "model.width": 256, "train.steps": 4000, "train.adv_start": 2000,
-                   "train.batch": 256, "train.attack": "fgm", "hp.tau": 0.25, "hp.lr": 0.1, "hp.beta": 0.6,
-                   "eval.taus": (0.25,), "eval.n_eval": 1024},
-        "seeds": 8,
-    },
-    "gpu": {
-        "config": {"data.d": 256, "data.k": 8, "model.width": 1024, "train.steps": 20000, "train.adv_start": 10000,
-                   "train.batch": 512, "train.attack": "fgm", "hp.tau": 0.177, "hp.lr": 0.1, "hp.beta": 0.6,
-                   "eval.taus": (0.177,), "eval.n_eval": 4096, "train.n_log": 40},
-        "seeds": 32,
-    },
-}
+PRESETS = PURIFICATION_PRESETS
 
 EXPERIMENT = Experiment(
     id="fp-dynamics", claim="FP", title="Clean then FGM training: per-neuron purity, mixtures and robustness over time",

@@ -13,16 +13,16 @@ import math
 import numpy as np
 
 from purify.config import Config
+from purify.experiment import Context, Experiment, get, main_for
 
-from . import Context, Experiment, main_for
-from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
-from .fp_dynamics import run as run_dynamics
-from .fp_robustness import run as run_robustness
+from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from .common import RADIUS_OPTIONS
 
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
-    dyn = run_dynamics(cfg, seeds, ctx)
-    rob = run_robustness(cfg, seeds, ctx)
+    # the two experiments' own protocols, through the registry, with this experiment's settings
+    dyn = get("fp-dynamics").run(cfg, seeds, ctx)
+    rob = get("fp-robustness").run(cfg, seeds, ctx)
     return {"dynamics": {k: v for k, v in dyn.items() if k != "verdicts"}, "robustness": {k: v for k, v in rob.items() if k != "verdicts"},
             "failed_runs": dyn["failed_runs"], "verdicts": dyn["verdicts"] + rob["verdicts"]}
 
@@ -77,7 +77,7 @@ def _linf(preset: dict) -> dict:
 EXPERIMENT = Experiment(
     id="fp-linf", claim="FP", title="Feature purification in l-inf with a dense dictionary",
     summary="fp-dynamics and fp-robustness in l-inf with a Haar dictionary, radii divided by sqrt(2d/pi)",
-    presets={name: _linf(p) for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot,
+    presets={name: _linf(p) for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot, options=RADIUS_OPTIONS,
 )
 
 if __name__ == "__main__":

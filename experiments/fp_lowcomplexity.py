@@ -20,12 +20,12 @@ import numpy as np
 from purify import attacks, baselines, make_task, sample
 from purify.config import Config
 from purify.evaluate import eval_keys, landmark_curves, network_curves
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import window
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
-from .fp_robustness import radius_grid
+from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from .common import RADIUS_OPTIONS, radius_grid
 
 COLLAPSED_BELOW = 0.75  # clean accuracy under this (halfway from chance to a working model): collapsed
 MODELS = {"linear": "linear", "poly2": "polynomial, degree ≤ 2 (random features)", "poly3": "polynomial, degree ≤ 3 (random features)",
@@ -141,6 +141,7 @@ EXPERIMENT = Experiment(
     id="fp-lowcomplexity", claim="FP", title="Linear, polynomial and NTK models against the ReLU network, clean and adversarial",
     summary="linear, random-features polynomial (deg 2, 3) and NTK-linearized models, clean and adversarial, vs the ReLU net",
     presets={name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()},
+    options=(*RADIUS_OPTIONS, Option("lr", float, 0.01, "Adam learning rate of the baselines", lo=0.0, strict_lo=True)),
     run=run, plot=plot,
 )
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from purify import Results, make_task
-from purify.config import Config
+from purify.config import Config, ConfigError
 from purify.evaluate import network_curves
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
+from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 TOP = 5  # singular directions whose label alignment is reported
 
@@ -126,10 +126,18 @@ def plot(record: dict):
     return fig
 
 
+def _check_ranks(cfg: Config, options: dict) -> None:
+    top = min(cfg.model.width, cfg.data.d)
+    if max(options["ranks"]) > top:
+        raise ConfigError(f"exp.ranks={options['ranks']!r} is not allowed: every rank must be <= min(model.width, data.d) = {top}")
+
+
 EXPERIMENT = Experiment(
     id="fp-lowrank", claim="FP", title="Low-rank structure of the adversarial weight change; rank-restricted adversarial training",
     summary="singular spectrum of W_adv - W_clean and its label alignment; adversarial training restricted to rank r",
     presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot,
+    options=(Option("ranks", int, (1, 2, 4, 8), "ranks r of the restricted adversarial update", lo=1, many=True),),
+    check=lambda cfg, o: _check_ranks(cfg, o),
 )
 
 if __name__ == "__main__":

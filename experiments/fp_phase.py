@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from purify.config import Config
+from purify.config import Config, ConfigError
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import mean_ci, verdict
-
-from . import Context, Experiment, main_for
 
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
@@ -117,10 +116,20 @@ PRESETS = {
     },
 }
 
+def _check_sizes(cfg: Config, options: dict) -> None:
+    ds = options["ds"] or (cfg.data.d,)
+    if max(options["ks"]) > min(ds):
+        raise ConfigError(f"exp.ks={options['ks']!r} is not allowed: every k must be <= the smallest d = {min(ds)}")
+
+
 EXPERIMENT = Experiment(
     id="fp-phase", claim="FP", title="Phase diagram of the adversarial-training gap over k, d and tau",
     summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
     presets=PRESETS, run=run, plot=plot,
+    options=(Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),
+             Option("ds", int, None, "dimensions d (none: the config's data.d)", lo=1, many=True, optional=True),
+             Option("taus", float, (0.06, 0.125, 0.2, 0.3, 0.45, 0.6), "training and evaluation radii", lo=0.0, strict_lo=True, many=True)),
+    check=lambda cfg, o: _check_sizes(cfg, o),
 )
 
 if __name__ == "__main__":

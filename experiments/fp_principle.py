@@ -16,10 +16,10 @@ import numpy as np
 
 from purify import metrics
 from purify.config import Config
+from purify.experiment import Context, Experiment, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
+from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in d = 64: ~0.1)
 

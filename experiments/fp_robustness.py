@@ -14,17 +14,12 @@ import numpy as np
 from purify import make_task
 from purify.config import Config
 from purify.evaluate import landmark_curves, network_curves
+from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import linear_robust_accuracy, window
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from .fp_dynamics import PRESETS as DYNAMICS_PRESETS
-
-
-def radius_grid(cfg: Config, options: dict) -> np.ndarray:
-    n = int(options.get("n_taus", 13))
-    hi = options.get("tau_max") or 1.25 * window(cfg.data, cfg.eval.norm)[1]
-    return np.linspace(0.0, float(hi), n)
+from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from .common import RADIUS_OPTIONS, radius_grid
 
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
@@ -104,6 +99,7 @@ EXPERIMENT = Experiment(
     summary="robust accuracy vs tau for linear (closed form + attacked), clean, FGM-trained and oracle",
     presets={"cpu": {**DYNAMICS_PRESETS["cpu"], "options": {"n_taus": 13, "tau_max": None}},
              "gpu": {**DYNAMICS_PRESETS["gpu"], "options": {"n_taus": 17, "tau_max": None}}},
+    options=RADIUS_OPTIONS,
     run=run, plot=plot,
 )
 

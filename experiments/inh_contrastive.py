@@ -17,25 +17,24 @@ import numpy as np
 
 from purify import make_task
 from purify.config import Config
-from purify.downstream import downstream_tasks
+from purify.downstream import backbones, downstream_tasks
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, end_to_end, oracle_backbone, weighted_purity
-
-
-def pretrain_config(cfg: Config, objective: str, attack: str) -> Config:
-    return cfg.set(**{"train.objective": objective, "train.attack": attack})
-
-
-def backbone_name(objective: str, noise: float, mode: str) -> str:
-    return f"{objective}/σ={noise:g}/{mode}"
-
-
-def sweep_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, seeds: int, task):
-    """One sweep over view noise x (0 and) the radius: rows (noise, tau), noise slowest."""
-    taus = [0.0, pcfg.hp.tau] if with_clean else [pcfg.hp.tau]
-    return ctx.sweep(pcfg, grid={"noise": list(noises), "tau": taus}, seeds=seeds, task=task)
+from .common import (
+    CONTRASTIVE,
+    CONTRASTIVE_VIEW_NOISES,
+    N_DOWN,
+    PRETRAIN_PRESETS,
+    clean_heads,
+    contrastive_backbones,
+    contrastive_config,
+    contrastive_name,
+    down_config,
+    end_to_end,
+    oracle_backbone,
+    weighted_purity,
+)
 
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
@@ -51,28 +50,28 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     out, failed = {}, []
     for objective in o["objectives"]:
         for attack in o["attacks"]:
-            pcfg = pretrain_config(cfg, objective, attack)
-            res = sweep_backbones(ctx, pcfg, noises, attack == o["attacks"][0], seeds, task)
+            pcfg = contrastive_config(cfg, objective, attack)
+            res = contrastive_backbones(ctx, pcfg, noises, attack == o["attacks"][0], seeds, task)
             failed += [[objective, attack, *ij] for ij in np.argwhere(res.failed()).tolist()]
             for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
-                name = backbone_name(objective, float(noise), "clean" if t == 0 else attack)
-                W = res["W_final"][h][None]
-                entry = {"purity": weighted_purity(W[0], task.M).tolist(), "time": res.coords["time"].tolist(),
+                name = contrastive_name(objective, float(noise), "clean" if t == 0 else attack)
+                bb = {k: v[None] for k, v in backbones(res, rows=h).items()}  # (1, S, ...)
+                entry = {"purity": weighted_purity(bb["W"][0], task.M).tolist(), "time": res.coords["time"].tolist(),
                          "purity_trace": np.asarray(res["purity_nw"][h]).tolist(), "loss_trace": np.asarray(res["loss"][h]).tolist()}
-                fits, _ = clean_heads(pcfg, dc, task, W, seed_ids, thetas, lrs)
+                fits, _ = clean_heads(ctx, pcfg, dc, task, bb, seed_ids, thetas, lrs)
                 entry.update({tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()})
                 out[name] = entry
     W_or = np.broadcast_to(oracle_backbone(task), (1, seeds, cfg.data.d, cfg.data.d))
-    fits, _ = clean_heads(cfg, dc, task, W_or, seed_ids, thetas, lrs)
+    fits, _ = clean_heads(ctx, cfg.set(**{"model.bias": "relative"}), dc, task, {"W": W_or}, seed_ids, thetas, lrs)
     oracle = {tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()}
     # the end-to-end reference: supervised FGM training on each task, with this experiment's batch and init
     e2e = end_to_end(ctx, cfg.set(**{"train.objective": "supervised", "train.attack": "fgm"}), task, thetas, seeds)
     verdicts = []
     for objective in o["objectives"]:
         for noise in noises:
-            clean = out[backbone_name(objective, noise, "clean")]
+            clean = out[contrastive_name(objective, noise, "clean")]
             for attack in o["attacks"]:
-                adv = out[backbone_name(objective, noise, attack)]
+                adv = out[contrastive_name(objective, noise, attack)]
                 for tname in ("dense", "sparse"):
                     gain = np.asarray(adv[tname]["robust"]) - np.asarray(clean[tname]["robust"])
                     verdicts.append(verdict(gain, ">", 0.0, f"{objective}, view noise σ={noise:g}, task '{tname}': a clean head on the {attack.upper()}(τ={tau:g}) backbone is more robust than on the clean one"))
@@ -100,7 +99,7 @@ def plot(record: dict):
 
     def bars(ax, get, ylabel):
         for vi, v in enumerate(variants):
-            vals = [np.asarray(get(record["backbones"][backbone_name(ob, nz, v)]), float) for ob, nz in groups]
+            vals = [np.asarray(get(record["backbones"][contrastive_name(ob, nz, v)]), float) for ob, nz in groups]
             x = np.arange(len(groups)) + (vi - (len(variants) - 1) / 2) * w
             ax.bar(x, [a.mean() for a in vals], w, color=colors.get(v, "gray"), alpha=0.85, label=f"{'clean' if v == 'clean' else v.upper()} pre-training")
             for xi, a in zip(x, vals):
@@ -121,7 +120,7 @@ def plot(record: dict):
     ax = axes[1, 1]
     for ob, nz in groups:
         for v in variants:
-            e = record["backbones"][backbone_name(ob, nz, v)]
+            e = record["backbones"][contrastive_name(ob, nz, v)]
             band(ax, np.asarray(e["time"]), np.asarray(e["purity_trace"], float), label=f"{ob}, σ={nz:g}, {v}", color=colors.get(v, "gray"),
                  ls="-" if ob == objectives[0] else "--", lw=2.5 if nz == noises[-1] else 1.2)
     ax.axvline(record["config"]["train"]["adv_start"], color="0.5", lw=0.8, ls=":")
@@ -139,18 +138,24 @@ def plot(record: dict):
     return fig
 
 
-_CONTRASTIVE = {"hp.init_scale": 0.1, "train.temperature": 0.2, "train.batch": 128}
 PRESETS = {
-    "cpu": {"config": {**PRETRAIN_PRESETS["cpu"]["config"], **_CONTRASTIVE}, "seeds": 6,
-            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm",), "view_noises": (0.1, 0.5), "n_down": 2048, "down_lrs": (0.003, 0.01, 0.03)}},
-    "gpu": {"config": {**PRETRAIN_PRESETS["gpu"]["config"], **_CONTRASTIVE}, "seeds": 16,
-            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm", "pgd"), "view_noises": (0.1, 0.3, 0.5), "n_down": 8192, "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
+    "cpu": {"config": {**PRETRAIN_PRESETS["cpu"]["config"], **CONTRASTIVE}, "seeds": 6,
+            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm",), "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"], "n_down": 2048, "down_lrs": (0.003, 0.01, 0.03)}},
+    "gpu": {"config": {**PRETRAIN_PRESETS["gpu"]["config"], **CONTRASTIVE}, "seeds": 16,
+            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm", "pgd"), "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"], "n_down": 8192, "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
 }
 
 EXPERIMENT = Experiment(
     id="inh-contrastive", claim="INH", title="Robustness inheritance after contrastive pre-training",
     summary="clean vs adversarial contrastive pre-training (InfoNCE and spectral loss, two view-noise levels) -> clean linear heads on new tasks",
     presets=PRESETS, run=run, plot=plot,
+    options=(Option("objectives", str, ("infonce", "spectral"), "contrastive objectives", choices=("infonce", "spectral"), many=True),
+             Option("attacks", str, ("fgm",), "attacks of adversarial pre-training (the first also gets a clean twin)", choices=("fgm", "pgd"),
+                    many=True),
+             Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ", lo=0.0, many=True),
+             N_DOWN,
+             Option("down_lrs", float, (0.003, 0.01, 0.03), "learning rates of the clean heads (chosen on validation)", lo=0.0, strict_lo=True,
+                    many=True)),
 )
 
 if __name__ == "__main__":

@@ -13,12 +13,18 @@ import numpy as np
 
 from purify import make_task
 from purify.config import Config
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, features_per_neuron
-from .inh_contrastive import _CONTRASTIVE, backbone_name, pretrain_config, sweep_backbones
-from .inh_contrastive import PRESETS as CONTRASTIVE_PRESETS
+from .common import (
+    CONTRASTIVE,
+    CONTRASTIVE_VIEW_NOISES,
+    PRETRAIN_PRESETS,
+    contrastive_backbones,
+    contrastive_config,
+    contrastive_name,
+    features_per_neuron,
+)
 
 FEW = 2  # "one or a few features": at most this many
 
@@ -45,11 +51,11 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
         backbones["supervised/pgd"] = pgd["W_final"][0]
         failed += [["supervised", "pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
-    ccfg = cfg.set(**_CONTRASTIVE)
+    ccfg = cfg.set(**CONTRASTIVE)
     for objective in o["objectives"]:
-        res = sweep_backbones(ctx, pretrain_config(ccfg, objective, "fgm"), o["view_noises"], True, seeds, task)
+        res = contrastive_backbones(ctx, contrastive_config(ccfg, objective, "fgm"), o["view_noises"], True, seeds, task)
         for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
-            backbones[backbone_name(objective, float(noise), "clean" if t == 0 else "fgm")] = res["W_final"][h]
+            backbones[contrastive_name(objective, float(noise), "clean" if t == 0 else "fgm")] = res["W_final"][h]
         failed += [[objective, "fgm", *ij] for ij in np.argwhere(res.failed()).tolist()]
     stats = {name: _node_stats(np.asarray(W), task.M) for name, W in backbones.items()}
 
@@ -110,14 +116,17 @@ def plot(record: dict):
 
 
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_PRESETS["cpu"]["options"]["view_noises"]}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_PRESETS["gpu"]["options"]["view_noises"]}},
+    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"]}},
+    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"]}},
 }
 
 EXPERIMENT = Experiment(
     id="inh-nodes", claim="INH", title="Features per node and purity after each pre-training",
     summary="histograms of features per node and purity for supervised (clean/FGM/PGD) and contrastive (clean/FGM) pre-training",
     presets=PRESETS, run=run, plot=plot,
+    options=(Option("pgd", bool, True, "also pre-train with PGD (supervised)"),
+             Option("objectives", str, ("infonce", "spectral"), "contrastive objectives", choices=("infonce", "spectral"), many=True),
+             Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ of contrastive pre-training", lo=0.0, many=True)),
 )
 
 if __name__ == "__main__":

@@ -17,11 +17,20 @@ import numpy as np
 
 from purify import make_task
 from purify.config import Config
-from purify.downstream import bayes_accuracy, downstream_tasks
+from purify.downstream import backbones, bayes_accuracy, downstream_tasks
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, clean_heads, down_config, end_to_end, oracle_backbone, snapshot_steps, weighted_purity
+from .common import (
+    N_DOWN,
+    PRETRAIN_PRESETS,
+    clean_heads,
+    down_config,
+    end_to_end,
+    oracle_backbone,
+    snapshot_steps,
+    weighted_purity,
+)
 
 
 def final_clean_accuracy(res) -> np.ndarray:
@@ -63,10 +72,15 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     grid_W = np.moveaxis(Wsnap, 2, 1).reshape(H * n_snap, S, *Wsnap.shape[3:])
     purity = weighted_purity(grid_W, task.M).reshape(H, n_snap, S)
     i_clean, i_adv = pre_taus.index(0.0), pre_taus.index(tau)
-    # every backbone of the same width in one flat program: the grid, then the two variants
+    # the backbones are the pre-trained networks as saved (a trainable-threshold network keeps its
+    # trained thresholds); backbones of one architecture share a flat program
     variant_runs = (("multi-task", multi), ("trainable bias", trainable))
-    all_W = np.concatenate([grid_W, *(res["W_final"] for _, res in variant_runs)])
-    fits, n_bad = clean_heads(cfg, dc, task, all_W, seed_ids, thetas, lrs)
+    relative = np.concatenate([grid_W, multi["W_final"]])
+    fits, n_bad = clean_heads(ctx, cfg, dc, task, {"W": relative}, seed_ids, thetas, lrs)
+    fits_tb, n_bad_tb = clean_heads(ctx, bias_cfg, dc, task, {k: v.reshape((2, S) + v.shape[1:]) for k, v in backbones(trainable).items()},
+                                    seed_ids, thetas, lrs)
+    fits = {name: {k: np.concatenate([v, fits_tb[name][k]]) for k, v in h.items()} for name, h in fits.items()}
+    n_bad += n_bad_tb
     G = H * n_snap
     heads = {name: {k: v[:G].reshape(H, n_snap, S) for k, v in h.items()} for name, h in fits.items()}
     variants = {}
@@ -76,7 +90,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                            "other_tasks": {n: {k: v[rows] for k, v in h.items()} for n, h in fits.items() if n != "dense"},
                            "purity": weighted_purity(res["W_final"], task.M), "pretrain_clean_acc": final_clean_accuracy(res)}
     W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
-    fits, _ = clean_heads(cfg, dc, task, W_or, seed_ids, thetas, lrs)
+    fits, _ = clean_heads(ctx, cfg, dc, task, {"W": W_or}, seed_ids, thetas, lrs)
     oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
 
     # -- end-to-end adversarial training on each downstream task --------------------------------
@@ -204,10 +218,19 @@ PRESETS = {
                         "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
 }
 
+OPTIONS = (
+    Option("pre_taus", float, (0.125, 0.375), "further pre-training radii (besides 0 and hp.tau)", lo=0.0, many=True),
+    Option("adv_fractions", float, (0.125, 0.5, 1.0), "cuts of the adversarial phase, as fractions of its length", lo=0.0, hi=1.0, many=True),
+    Option("n_tasks", int, 3, "tasks of the multi-task backbone", lo=2),
+    N_DOWN,
+    Option("down_lrs", float, (0.003, 0.01, 0.03), "learning rates of the clean heads (chosen on validation)", lo=0.0, strict_lo=True, many=True),
+)
+
+
 EXPERIMENT = Experiment(
     id="inh-supervised", claim="INH", title="Robustness inheritance after supervised pre-training",
     summary="clean vs adversarial supervised pre-training (single, multi-task, trainable bias) -> clean linear heads on new tasks",
-    presets=PRESETS, run=run, plot=plot,
+    presets=PRESETS, run=run, plot=plot, options=OPTIONS,
 )
 
 if __name__ == "__main__":

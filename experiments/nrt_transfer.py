@@ -17,15 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purify import attacks, make_task
-from purify.config import Config
+from purify import attacks, make_task, network
+from purify.config import Config, ConfigError
 from purify.downstream import downstream_tasks, logits, run_keys, select_by_validation, splits
-from purify.representation import representation
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, down_config, probe
-from .roli_init import backbones
+from .common import N_DOWN, PRETRAIN_PRESETS, broadcast_backbone, down_config, probe, supervised_backbones
 
 MODELS = ("fine-tuned (clean backbone)", "from scratch", "linear probe (clean backbone)", "linear probe (FGM backbone)",
           "fine-tuned (FGM backbone)")
@@ -37,16 +35,16 @@ def remedy_name(lam: float) -> str:
 
 def _extra_metrics(cfg: Config, dc, task, theta, eps):
     """Confidence on clean / PGD inputs and accuracy under the transferred representation attack."""
-    z_min, beta = cfg.data.min_magnitude, cfg.hp.beta
+    arch, beta = network.Architecture.of(cfg), cfg.hp.beta
 
-    def one(params, key, W_pre):
+    def one(params, key, pre):
         _, _, (x, y) = splits(jax.random.split(key, 4)[0], cfg.data, theta, task.M, dc, which=(2,))
-        f = lambda v: logits(params, v, beta, z_min)
+        f = lambda v: logits(arch, params, v, beta)
         k1, k2 = jax.random.split(jax.random.fold_in(key, 11))
         delta = attacks.pgd(lambda v: -y * f(v), x, eps, dc.norm, dc.eval_pgd_steps, key=k1)
-        b_pre = beta * z_min * jnp.linalg.norm(W_pre, axis=-1)
         # the perturbation that moves the pre-trained representation most, crafted once per sample
-        obj = lambda v: ((representation(W_pre, b_pre, v) - representation(W_pre, b_pre, x)) ** 2).sum(-1)
+        g_pre = lambda v: network.hidden(arch, pre, v, beta)
+        obj = lambda v: ((g_pre(v) - g_pre(x)) ** 2).sum(-1)
         rep_delta = attacks.pgd(obj, x, eps, dc.norm, 2 * dc.eval_pgd_steps, key=k2, restarts=2)
         return {"conf_clean": jax.nn.sigmoid(jnp.abs(f(x))).mean(), "conf_attacked": jax.nn.sigmoid(jnp.abs(f(x + delta))).mean(),
                 "acc_transfer": (y * f(x + rep_delta) > 0).mean(), "acc_random": (y * f(x + attacks.random_start(k2, x.shape, eps, dc.norm)) > 0).mean()}
@@ -58,13 +56,15 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     o = ctx.options
     task = make_task(cfg.data)
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
-    bbs, failed = backbones(cfg, seeds, ctx, task)
+    bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
     S, N = seeds, len(sizes)
     m, d = cfg.model.width, cfg.data.d
     rng = np.random.default_rng(12345)
-    scratch = (rng.standard_normal((S, m, d)) * cfg.hp.init_scale / np.sqrt(d)).astype(np.float32)
+    scratch = {"W": (rng.standard_normal((S, m, d)) * cfg.hp.init_scale / np.sqrt(d)).astype(np.float32)}
+    if "b" in bbs["clean"]:  # fixed or trainable thresholds start where the relative rule would be
+        scratch["b"] = (cfg.hp.beta * cfg.data.min_magnitude * np.linalg.norm(scratch["W"], axis=-1)).astype(np.float32)
     lams = [float(v) for v in o["lams"]]
     starts = {MODELS[0]: ("full", bbs["clean"], 0.0), MODELS[1]: ("full", scratch, 0.0), MODELS[2]: ("probe", bbs["clean"], 0.0),
               MODELS[3]: ("probe", bbs["fgm"], 0.0), MODELS[4]: ("full", bbs["fgm"], 0.0)}
@@ -77,14 +77,14 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         L = len(lrs)
         dc = down_config(cfg, o, method="full" if method == "full+dm" else method, n_max=max(sizes), taus=(eps,), discrepancy=method == "full+dm")
         shape = (N, S, L)
-        Wr = np.broadcast_to(np.asarray(W0)[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
+        bb = broadcast_backbone(W0, shape, (1,))
         sd = np.broadcast_to(np.arange(S)[None, :, None], shape).ravel()
         n = np.broadcast_to(np.asarray(sizes)[:, None, None], shape).ravel()
-        out = probe(cfg, dc, task, Wr, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=lam)
+        out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=lam)
         n_failed += int(out["failed"].sum())
         extra = extra or _extra_metrics(cfg, dc, task, jnp.asarray(theta), eps)
-        W_pre = np.broadcast_to(np.asarray(bbs["clean"])[None, :, None], (N, S, L, m, d)).reshape(-1, m, d)
-        ex = {k: np.asarray(v) for k, v in extra(out["params"], run_keys(sd), jnp.asarray(W_pre)).items()}
+        pre = broadcast_backbone(bbs["clean"], shape, (1,))
+        ex = {k: np.asarray(v) for k, v in extra(out["params"], run_keys(sd), pre).items()}
         _, picked = select_by_validation(out["val_clean"].reshape(shape), out["clean"].reshape(shape), out["robust"][:, 0].reshape(shape),
                                          *(ex[k].reshape(shape) for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")))
         res[name] = dict(zip(("clean", "robust", "conf_clean", "conf_attacked", "acc_transfer", "acc_random"), picked))
@@ -150,10 +150,25 @@ PRESETS = {
     "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lams": (1.0, 10.0, 100.0, 1000.0), "n_down": 8192}},
 }
 
+OPTIONS = (
+    Option("sizes", int, (128, 512, 2048), "downstream training-set sizes (each <= exp.n_down)", lo=1, many=True),
+    Option("lrs", dict, _LRS, "learning rates swept for linear probes ('probe') and fine-tuning ('full')"),
+    Option("lams", float, (1.0, 10.0, 100.0), "strengths λ of the feature-discrepancy penalty", lo=0.0, many=True),
+    N_DOWN,
+)
+
+
+def _check(cfg: Config, o: dict) -> None:
+    if max(o["sizes"]) > o["n_down"]:
+        raise ConfigError(f"exp.sizes={o['sizes']!r} is not allowed: every size must be <= exp.n_down = {o['n_down']}")
+    if not {"probe", "full"} <= set(o["lrs"]):
+        raise ConfigError(f"exp.lrs={o['lrs']!r} is not allowed: must name learning rates for 'probe' and 'full'")
+
+
 EXPERIMENT = Experiment(
     id="nrt-transfer", claim="NRT", title="Non-robustness transfer in fine-tuning, and its remedy",
     summary="fine-tuned vs from-scratch vs linear probe across downstream sizes; confidence; transferred representation attacks; DM remedy",
-    presets=PRESETS, run=run, plot=plot,
+    presets=PRESETS, run=run, plot=plot, options=OPTIONS, check=_check,
 )
 
 if __name__ == "__main__":

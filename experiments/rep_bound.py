@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purify import make_task
+from purify import make_task, network
 from purify.config import Config
 from purify.downstream import run_keys, splits
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.representation import per_sample_report
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, down_config, probe
+from .common import N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 
 HEADS = {"clean probe": "none", "adversarial probe": "pgd"}
 
@@ -44,16 +44,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     task = make_task(cfg.data)
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
     seed_ids = np.arange(seeds)
-    sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
-    pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
-    backbones = {"clean": sup["W_final"][0], "fgm": sup["W_final"][1], "pgd": pgd["W_final"][0]}
-    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
+    backbones, failed = supervised_backbones(cfg, seeds, ctx, task)
     theta = np.asarray(task.w_star[0])  # the downstream task: the pre-training task (its dense attack is known)
-    b_of = lambda W: cfg.hp.beta * cfg.data.min_magnitude * jnp.linalg.norm(W, axis=-1)
+    arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     u = task.label_directions[0]
     keys = run_keys(seed_ids)
-    report = jax.jit(jax.vmap(lambda W, v, c, x, y, k, e: per_sample_report(W, b_of(W), v, c, x, y, e, cfg.eval.norm, k,
-                                                                             pgd_steps=cfg.eval.pgd_steps, restarts=int(o["restarts"]), u=u),
+    report = jax.jit(jax.vmap(lambda bb, v, c, x, y, k, e: per_sample_report(arch, bb, beta, v, c, x, y, e, cfg.eval.norm, k,
+                                                                              pgd_steps=cfg.eval.pgd_steps, restarts=int(o["restarts"]), u=u),
                               in_axes=(0, 0, 0, 0, 0, 0, None)))
     eps_grid = sorted({round(float(f) * eps, 6) for f in o["eps_fractions"]} | {eps})
     eps_v = round(float(o["verdict_fraction"]) * eps, 6)
@@ -61,11 +58,11 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     out, curves = {}, {}
     for head, attack in HEADS.items():
         dc = down_config(cfg, o, attack=attack, taus=(eps,))
-        for bname, W in backbones.items():
+        for bname, bb in backbones.items():
             name = f"{bname}/{head}"
-            fit = probe(cfg, dc, task, np.asarray(W), seed_ids, theta, n=dc.n_max, lr=float(o["down_lr"]), tau=eps)
+            fit = probe(ctx, cfg, dc, task, bb, seed_ids, theta, n=dc.n_max, lr=float(o["down_lr"]), tau=eps)
             tests = jax.vmap(lambda k, dc=dc: splits(jax.random.split(k, 4)[0], cfg.data, jnp.asarray(theta), task.M, dc, which=(2,))[2])(keys)
-            args = (jnp.asarray(W), jnp.asarray(fit["params"]["v"]), jnp.asarray(fit["params"]["c"]), tests[0], tests[1], jax.vmap(lambda k: jax.random.fold_in(k, 99))(keys))
+            args = (bb, jnp.asarray(fit["params"]["v"]), jnp.asarray(fit["params"]["c"]), tests[0], tests[1], jax.vmap(lambda k: jax.random.fold_in(k, 99))(keys))
             curves[name] = []
             for e in eps_grid:
                 r = {k: np.asarray(v) for k, v in report(*args, jnp.float32(e)).items()}
@@ -165,10 +162,20 @@ PRESETS = {
                                                               "eps_fractions": (0.01, 0.02, 0.05, 0.1, 0.25, 0.5), "verdict_fraction": 0.1}},
 }
 
+OPTIONS = (
+    N_DOWN,
+    Option("down_lr", float, 0.01, "learning rate of both linear heads", lo=0.0, strict_lo=True),
+    Option("restarts", int, 2, "random restarts of the shift attack and of PGD", lo=1),
+    Option("keep_samples", int, 3000, "per-sample shifts kept in the JSON for the scatter plot", lo=1),
+    Option("eps_fractions", float, (0.02, 0.05, 0.1, 0.25, 0.5), "radii ε as fractions of eval.taus[0]", lo=0.0, strict_lo=True, many=True),
+    Option("verdict_fraction", float, 0.1, "the radius (a fraction of eval.taus[0]) at which backbones are compared", lo=0.0, strict_lo=True),
+)
+
+
 EXPERIMENT = Experiment(
     id="rep-bound", claim="REP", title="The representation bound and criterion on every sample",
     summary="certified vs attacked representation shift, the REP loss bound and criterion per sample, for each backbone and head",
-    presets=PRESETS, run=run, plot=plot,
+    presets=PRESETS, run=run, plot=plot, options=OPTIONS,
 )
 
 if __name__ == "__main__":

@@ -14,35 +14,26 @@ from __future__ import annotations
 import numpy as np
 
 from purify import make_task
-from purify.config import Config
+from purify.config import Config, ConfigError
 from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, downstream_tasks, select_by_validation
+from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
-from . import Context, Experiment, main_for
-from ._transfer import PRETRAIN_PRESETS, down_config, probe
+from .common import N_DOWN, PRETRAIN_PRESETS, broadcast_backbone, down_config, probe, supervised_backbones
 
 METHOD_NAMES = {"probe": "linear probe", "bias": "bias-only", "lowrank": "low-rank", "full": "full FT"}
-
-
-def backbones(cfg: Config, seeds: int, ctx: Context, task):
-    """{'clean', 'fgm', 'pgd'}: final first layers (S, m, d), and the failed pre-training runs."""
-    tau = cfg.hp.tau
-    sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
-    pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
-    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
-    return {"clean": sup["W_final"][0], "fgm": sup["W_final"][1], "pgd": pgd["W_final"][0]}, failed
 
 
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     o = ctx.options
     task = make_task(cfg.data)
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
-    bbs, failed = backbones(cfg, seeds, ctx, task)
+    bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     names = list(bbs)
     theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
     B, S, N = len(names), seeds, len(sizes)
-    W = np.stack([bbs[n] for n in names])  # (B, S, m, d)
+    stacked = {k: np.stack([bbs[n][k] for n in names]) for k in bbs[names[0]]}  # (B, S, ...)
     methods, inits = [m for m in METHODS if m in o["methods"]], [h for h in HEAD_INITS if h in o["head_inits"]]
     robust = np.zeros((len(methods), len(inits), B, N, S))
     clean, chosen_lr = np.zeros_like(robust), np.zeros_like(robust)
@@ -56,11 +47,11 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                              probe_steps=max(4, cfg.train.steps // (2 * int(o["steps_divisor"]))))
             # flat run axis (backbone, size, seed, lr)
             shape = (B, N, S, L)
-            Wr = np.broadcast_to(W[:, None, :, None], (B, N, S, L, *W.shape[2:])).reshape(-1, *W.shape[2:])
+            bb = broadcast_backbone(stacked, shape, (0, 2))
             n = np.broadcast_to(np.asarray(sizes)[None, :, None, None], shape).ravel()
             sd = np.broadcast_to(np.arange(S)[None, None, :, None], shape).ravel()
             lr = np.broadcast_to(lrs, shape).ravel()
-            out = probe(cfg, dc, task, Wr, sd, theta, n=n, lr=lr, probe_lr=float(o["probe_lr"]), tau=tau)
+            out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=lr, probe_lr=float(o["probe_lr"]), tau=tau)
             n_failed += int(out["failed"].sum())
             best, (r, c) = select_by_validation(out["val_robust"][:, 0].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
             robust[mi, hi], clean[mi, hi], chosen_lr[mi, hi] = r, c, lrs[best]
@@ -127,10 +118,33 @@ PRESETS = {
                         "n_down": 8192, "steps_divisor": 4}},
 }
 
+OPTIONS = (
+    Option("methods", str, METHODS, "fine-tuning methods", choices=METHODS, many=True),
+    Option("head_inits", str, HEAD_INITS, "head initializations: random (RanLI), robust (RoLI), standard (StLI)", choices=HEAD_INITS, many=True),
+    Option("sizes", int, (256, 2048), "downstream training-set sizes (each <= exp.n_down)", lo=1, many=True),
+    Option("lrs", dict, _LRS, "learning rates swept per method (method -> list)"),
+    Option("probe_lr", float, 0.01, "learning rate of the RoLI / StLI probing stage", lo=0.0, strict_lo=True),
+    Option("ft_attack", str, "fgm", "attack of adversarial fine-tuning and of the RoLI stage", choices=("fgm", "pgd")),
+    Option("rank", int, 4, "rank of the low-rank update", lo=1),
+    N_DOWN,
+    Option("steps_divisor", int, 8, "fine-tuning steps = train.steps / this", lo=1),
+)
+
+
+def _check(cfg: Config, o: dict) -> None:
+    if max(o["sizes"]) > o["n_down"]:
+        raise ConfigError(f"exp.sizes={o['sizes']!r} is not allowed: every size must be <= exp.n_down = {o['n_down']}")
+    if o["rank"] > min(cfg.model.width, cfg.data.d):
+        raise ConfigError(f"exp.rank={o['rank']!r} is not allowed: must be <= min(model.width, data.d) = {min(cfg.model.width, cfg.data.d)}")
+    missing = [m for m in o["methods"] if m not in o["lrs"]]
+    if missing:
+        raise ConfigError(f"exp.lrs={o['lrs']!r} is not allowed: it names no learning rates for {missing}")
+
+
 EXPERIMENT = Experiment(
     id="roli-init", claim="RoLI", title="Backbone x fine-tuning method x head initialization under adversarial fine-tuning",
     summary="backbone {clean, FGM, PGD} x {LP, bias-only, low-rank, full FT} x head init {RanLI, RoLI, StLI}, learning rates swept",
-    presets=PRESETS, run=run, plot=plot,
+    presets=PRESETS, run=run, plot=plot, options=OPTIONS, check=_check,
 )
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ because examples do not interact. Every returned delta satisfies ||delta|| <= ta
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -103,52 +104,46 @@ def dense_direction(y: jax.Array, tau: jax.Array, u: jax.Array, norm: str) -> ja
     return -y[:, None] * tau * v[None, :]
 
 
-def attacked_correct(
-    margin: Objective,
-    x: jax.Array,
-    y: jax.Array,
-    tau: jax.Array,
-    u: jax.Array,
-    key: jax.Array,
-    norm: str,
-    pgd_steps: int,
-    restarts: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Clean correctness (n,) and correctness under each of ATTACK_NAMES (3, n).
+@dataclass(frozen=True)
+class EvalSpec:
+    """How robust accuracy is measured: the radii (a static tuple), the norm, and PGD's steps and
+    random restarts. Hashable, so it is a static argument of compiled programs."""
 
-    `margin(x)` is y f(x) for one task's labels y (n,). The robust prediction of example i is
-    correct iff clean[i] and all(attacked[:, i]): robust accuracy is the minimum over attacks.
+    taus: tuple[float, ...] = (0.25,)
+    norm: str = "l2"
+    pgd_steps: int = 10
+    restarts: int = 1
+
+
+def attacked_correct(margin: Objective, x: jax.Array, y: jax.Array, tau: jax.Array, u: jax.Array, key: jax.Array,
+                     spec: EvalSpec) -> tuple[jax.Array, jax.Array]:
+    """Clean correctness (n,) and correctness under each of ATTACK_NAMES (3, n) at radius tau.
+
+    `margin(x)` is y f(x) for one task's labels y (n,); u is the unit dense-attack direction.
+    The robust prediction of example i is correct iff clean[i] and all(attacked[:, i]): robust
+    accuracy is the minimum over attacks.
     """
     adversary = lambda v: -margin(v)
     deltas = (
-        fgm(adversary, x, tau, norm),
-        pgd(adversary, x, tau, norm, pgd_steps, key=key, restarts=restarts),
-        dense_direction(y, tau, u, norm),
+        fgm(adversary, x, tau, spec.norm),
+        pgd(adversary, x, tau, spec.norm, spec.pgd_steps, key=key, restarts=spec.restarts),
+        dense_direction(y, tau, u, spec.norm),
     )
     clean = margin(x) > 0
     return clean, jnp.stack([margin(x + d) > 0 for d in deltas])
 
 
-def robust_accuracy(
-    margin: Objective,
-    x: jax.Array,
-    y: jax.Array,
-    taus,
-    u: jax.Array,
-    key: jax.Array,
-    norm: str,
-    pgd_steps: int,
-    restarts: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Clean accuracy (), robust accuracy (n_tau,) and accuracy under each attack (n_tau, 3).
+def robust_accuracy(margin: Objective, x: jax.Array, y: jax.Array, u: jax.Array, key: jax.Array,
+                    spec: EvalSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Clean accuracy (), robust accuracy (radius,) and accuracy under each attack (radius, attack).
 
     Robust accuracy at tau is the fraction of examples correct clean and under every attack of
-    ATTACK_NAMES: the minimum over attacks, taken per example. `taus` is a static sequence.
+    ATTACK_NAMES: the minimum over attacks, taken per example. Radius i uses fold_in(key, i).
     """
     robust, by_attack = [], []
     clean = margin(x) > 0
-    for i, tau in enumerate(taus):
-        _, hit = attacked_correct(margin, x, y, tau, u, jax.random.fold_in(key, i), norm, pgd_steps, restarts)
+    for i, tau in enumerate(spec.taus):
+        _, hit = attacked_correct(margin, x, y, tau, u, jax.random.fold_in(key, i), spec)
         robust.append((clean & hit.all(0)).mean())
         by_attack.append(hit.mean(-1))
     return clean.mean(), jnp.stack(robust), jnp.stack(by_attack)

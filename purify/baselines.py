@@ -45,11 +45,11 @@ def polynomial(cfg: Config, key: jax.Array, degree: int, n_features: int | None 
 
 
 def ntk(cfg: Config, key: jax.Array, beta: float):
-    net = network.build(cfg)
-    theta0 = network.init_params(net, key, 1.0, beta)  # standard scale: rows of norm ~1
+    arch = network.Architecture.of(cfg)
+    theta0 = network.init_for(cfg, key, 1.0, beta)  # standard scale: rows of norm ~1
 
     def f(W, x):
-        return network.apply(net, {**theta0, "W": W}, x, beta)[..., 0]
+        return network.logits(arch, {**theta0, "W": W}, x, beta)[..., 0]
 
     def logits(p, x):
         out, tangent = jax.jvp(lambda W: f(W, x), (theta0["W"],), (p["W"] - theta0["W"],))

@@ -33,22 +33,29 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from experiments import all_experiments
+    from .experiment import all_experiments
 
-    for exp in all_experiments().values():
+    exps = all_experiments()
+    for exp in exps.values():
         print(f"{exp.id:16s} [{exp.claim}] {exp.summary}")
         for name, p in exp.presets.items():
             c = p["config"]
             size = ", ".join(f"{k.split('.')[-1]}={c[k]}" for k in ("data.d", "data.k", "model.width", "train.steps") if k in c)
-            opts = p.get("options", {})
-            extra = f"; options: {', '.join('exp.' + o for o in opts)}" if opts else ""
-            print(f"    --preset {name:4s} {p['seeds']} seeds, {size}{extra}")
+            print(f"    --preset {name:4s} {p['seeds']} seeds, {size}")
     if args.settings:
         print("\nSettings for --set (section.field = default):")
         for section in dataclasses.fields(Config):
             obj = getattr(Config(), section.name)
             for f in dataclasses.fields(obj):
                 print(f"    {section.name}.{f.name} = {getattr(obj, f.name)!r}")
+        print("\nExperiment options for --set exp.NAME=VALUE (default: the cpu preset's value; rule):")
+        for exp in exps.values():
+            if not exp.options:
+                continue
+            print(f"  {exp.id}:")
+            preset = exp.presets.get("cpu", {}).get("options", {})
+            for o in exp.options:
+                print(f"    exp.{o.name} = {preset.get(o.name, o.default)!r}  ({o.rule()}): {o.doc}")
     return 0
 
 
@@ -79,9 +86,8 @@ def init_distributed() -> None:
 
 
 def cmd_run(args) -> int:
-    from experiments import print_verdicts, run_experiment
-
-    from .sweeps import SliceFinished
+    from .execute import SliceFinished
+    from .experiment import print_verdicts, run_experiment
 
     overrides = _parse_sets(args.set or [])
     run_slice = _parse_slice(args.slice)
@@ -130,7 +136,7 @@ def cmd_bench(args) -> int:
 
 
 def _selected(only: str | None):
-    from experiments import all_experiments, get
+    from .experiment import all_experiments, get
 
     if not only:
         return list(all_experiments().values())
@@ -142,7 +148,7 @@ def cmd_figures(args) -> int:
     import json
     import tempfile
 
-    from experiments import run_experiment, save_figure
+    from .experiment import run_experiment, save_figure
 
     missing = []
     # --rerun is from scratch: a fresh runs folder, so nothing finished earlier is reused, while
@@ -169,7 +175,7 @@ def cmd_check(args) -> int:
     scientific result (exit 0); an experiment that raises is a broken toolkit (exit 1)."""
     import traceback
 
-    from experiments import run_experiment
+    from .experiment import run_experiment
 
     rows, broken = [], []
     overrides = _parse_sets(args.set or [])
@@ -195,7 +201,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .sweeps import merge_runs
+    from .store import merge_runs
 
     n = merge_runs(args.sources, args.into)
     print(f"merged {n} chunk file(s) into {args.into}; now run the same `purify run` without --slice and with --runs {args.into}")
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line only writes files; a REPL keeps its own backend
     try:
         if args.command in ("run", "check", "figures"):  # bench measures compile time: no disk cache there
             _enable_compilation_cache()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from flax import struct
 
 
 class ConfigError(ValueError):
@@ -235,10 +236,19 @@ class EvalConfig:
         _int("eval.pgd_steps", self.pgd_steps, lo=1)
         _int("eval.restarts", self.restarts, lo=1)
 
+    @property
+    def spec(self):
+        """The attack settings of the evaluation (an `attacks.EvalSpec`)."""
+        from .attacks import EvalSpec
 
-@dataclass(frozen=True)
+        return EvalSpec(tuple(float(t) for t in self.taus), self.norm, self.pgd_steps, self.restarts)
+
+
+@struct.dataclass
 class HParams:
     """Float hyper-parameters; any of them may vary across a sweep without recompiling.
+
+    A pytree: inside a compiled run its fields are the run's scalars (arrays under vmap).
 
     lr: SGD learning rate. tau: training attack radius (0 = clean). noise: sigma, xi ~
     N(0, sigma^2/d I). beta: threshold as a fraction of the smallest feature magnitude.
@@ -260,6 +270,17 @@ class HParams:
 
 
 HPARAM_NAMES = tuple(f.name for f in dataclasses.fields(HParams))
+
+
+def hparams_of(values: Any, dtype=None) -> HParams:
+    """An HParams from a mapping or an HParams, each field cast to an array of `dtype` if given."""
+    if isinstance(values, HParams):
+        values = {n: getattr(values, n) for n in HPARAM_NAMES}
+    if dtype is None:
+        return HParams(**{n: values[n] for n in HPARAM_NAMES})
+    import jax.numpy as jnp
+
+    return HParams(**{n: jnp.asarray(values[n], dtype) for n in HPARAM_NAMES})
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Downstream learning on a pre-trained two-layer backbone (SCIENCE.md section 2 "Downstream").
 
-The downstream model is f(x) = <v, g(x)> + c with g(x) = phi_b(W_eff x), W_eff = W + U V and
-thresholds b_i = beta z_min |W_eff,i| (stop-gradient, the backbone's relative rule) + db_i.
-Parameters {'W': (m, d), 'U': (m, r), 'V': (r, d), 'db': (m,), 'v': (m,), 'c': ()}; a method
-trains a subset, the rest stay at their start (W = the backbone, U = 0, db = 0):
+The downstream model is f(x) = <v, g(x)> + c, with g the pre-trained network's own hidden
+representation (`purify.network.hidden`: the backbone's unit and threshold rule, its saved
+thresholds 'b' when it has them), seen through a low-rank update W + U V and a threshold
+offset db. Parameters: the backbone's as saved ({'W': (m, d)}, plus 'b' (m,) for fixed or
+trainable thresholds) and {'U': (m, r), 'V': (r, d), 'db': (m,), 'v': (m,), 'c': ()}; a method
+trains a subset, the rest stay at their start (W = the backbone, U = 0, db = 0), so before any
+training g is exactly the pre-trained network's hidden layer:
 
     probe: v, c (linear probing on the frozen representation)
     bias: db, v, c (bias-only fine-tuning)
@@ -30,16 +33,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from . import attacks
-from .config import NORMS, ConfigError, DataConfig, _choice, _float, _int
+from . import attacks, network
+from .attacks import EvalSpec
+from .config import NORMS, Config, ConfigError, DataConfig, _choice, _float, _int
 from .data import Task, sample
-from .network import soft_threshold
+from .execute import execute
+from .plan import make_plan
+from .store import ChunkStore, array_digest, fingerprint
 
 METHODS = ("probe", "bias", "lowrank", "full")
 HEAD_INITS = ("random", "robust", "standard")  # RanLI, RoLI, StLI
@@ -102,23 +111,27 @@ class DownstreamConfig:
         _int("down.restarts", self.restarts, lo=1)
         return self
 
-
-def representation(params: dict, x: jax.Array, beta: jax.Array, z_min: float) -> jax.Array:
-    """g(x): (n, m)."""
-    W = params["W"] + params["U"] @ params["V"]
-    b = jax.lax.stop_gradient(beta * z_min * jnp.linalg.norm(W, axis=-1)) + params["db"]
-    return soft_threshold(x @ W.T, b)
+    @property
+    def spec(self) -> EvalSpec:
+        """The attacks of the robust evaluation."""
+        return EvalSpec(tuple(float(t) for t in self.taus), self.norm, self.eval_pgd_steps, self.restarts)
 
 
-def logits(params: dict, x: jax.Array, beta: jax.Array, z_min: float) -> jax.Array:
+def representation(arch: network.Architecture, params: dict, x: jax.Array, beta: jax.Array) -> jax.Array:
+    """g(x): (n, m), the pre-trained network's hidden units under the update U V and offset db."""
+    return network.hidden(arch, params, x, beta)
+
+
+def logits(arch: network.Architecture, params: dict, x: jax.Array, beta: jax.Array) -> jax.Array:
     """f(x) = <v, g(x)> + c: (n,)."""
-    return representation(params, x, beta, z_min) @ params["v"] + params["c"]
+    return representation(arch, params, x, beta) @ params["v"] + params["c"]
 
 
-def initial_params(key: jax.Array, W: jax.Array, rank: int) -> dict:
-    m, d = W.shape
+def initial_params(key: jax.Array, backbone: dict, rank: int) -> dict:
+    """The backbone's parameters as saved plus a zero update U, a random V, db = 0 and a RanLI head."""
+    m, d = backbone["W"].shape
     k_v, k_V = jax.random.split(key)
-    return {"W": W, "U": jnp.zeros((m, rank)), "V": jax.random.normal(k_V, (rank, d)) / jnp.sqrt(d),
+    return {**network.backbone_params(backbone), "U": jnp.zeros((m, rank)), "V": jax.random.normal(k_V, (rank, d)) / jnp.sqrt(d),
             "db": jnp.zeros((m,)), "v": jax.random.normal(k_v, (m,)) / jnp.sqrt(m), "c": jnp.zeros(())}
 
 
@@ -142,18 +155,18 @@ def _attack(kind: str, objective, x, tau, norm: str, steps: int, key):
     return attacks.pgd(objective, x, tau, norm, steps, key=key)
 
 
-def _stage(params, W_pre, train, n, hp, key, beta, z_min, dc: DownstreamConfig, trained: tuple[str, ...], attack: str, steps: int, lr):
+def _stage(arch, params, W_pre, train, n, hp, key, beta, dc: DownstreamConfig, trained: tuple[str, ...], attack: str, steps: int, lr):
     """`steps` Adam steps on minibatches of the first n training samples, training `trained`."""
     x_all, y_all = train
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
     mask = {k: jnp.asarray(k in trained, jnp.float32) for k in params}
 
     def loss(p, x, y, x_clean):
-        ell = jax.nn.softplus(-y * logits(p, x, beta, z_min)).mean()
+        ell = jax.nn.softplus(-y * logits(arch, p, x, beta)).mean()
         if not dc.discrepancy:
             return ell
-        pre = representation({**p, "W": W_pre, "U": jnp.zeros_like(p["U"]), "db": jnp.zeros_like(p["db"])}, x_clean, beta, z_min)
-        gap = ((representation(p, x_clean, beta, z_min) - jax.lax.stop_gradient(pre)) ** 2).sum(-1).mean() / p["v"].shape[0]
+        pre = representation(arch, {**p, "W": W_pre, "U": jnp.zeros_like(p["U"]), "db": jnp.zeros_like(p["db"])}, x_clean, beta)
+        gap = ((representation(arch, p, x_clean, beta) - jax.lax.stop_gradient(pre)) ** 2).sum(-1).mean() / p["v"].shape[0]
         return ell + hp["lam"] * gap
 
     def step(carry, t):
@@ -163,7 +176,7 @@ def _stage(params, W_pre, train, n, hp, key, beta, z_min, dc: DownstreamConfig, 
         x, y = x_all[idx], y_all[idx]
         xa = x
         if attack != "none":
-            objective = lambda v: -y * logits(p, v, beta, z_min)
+            objective = lambda v: -y * logits(arch, p, v, beta)
             xa = x + jax.lax.stop_gradient(_attack(attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1)))
         g = jax.grad(loss)(p, xa, y, x)
         g = jax.tree.map(lambda gi, mi: gi * mi, g, mask)
@@ -174,30 +187,29 @@ def _stage(params, W_pre, train, n, hp, key, beta, z_min, dc: DownstreamConfig, 
     return params
 
 
-def make_fit(data: DataConfig, dc: DownstreamConfig):
-    """fit(key, W (m, d), beta, theta (d,), M (d, d), n, hp) -> params, pure and vmappable.
+def make_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    """fit(key, backbone {'W': (m, d), ['b': (m,)]}, beta, theta (d,), M (d, d), n, hp) -> params,
+    pure and vmappable. hp: {'lr', 'probe_lr', 'tau', 'lam'} scalars (tau: the radius of every
+    training attack)."""
 
-    hp: {'lr', 'probe_lr', 'tau', 'lam'} scalars (tau: the radius of every training attack).
-    """
-    z_min = data.min_magnitude
-
-    def fit(key, W, beta, theta, M, n, hp):
+    def fit(key, backbone, beta, theta, M, n, hp):
         k_data, k_init, k_probe, k_tune = jax.random.split(key, 4)
         train, _, _ = splits(k_data, data, theta, M, dc, which=(0,))
-        params = initial_params(k_init, W, dc.rank)
+        params = initial_params(k_init, backbone, dc.rank)
+        W = backbone["W"]
         if dc.head_init != "random":
             attack = dc.init_attack if dc.head_init == "robust" else "none"
-            params = _stage(params, W, train, n, hp, k_probe, beta, z_min, dc, TRAINED["probe"], attack, dc.probe_steps, hp["probe_lr"])
-        return _stage(params, W, train, n, hp, k_tune, beta, z_min, dc, TRAINED[dc.method], dc.attack, dc.steps, hp["lr"])
+            params = _stage(arch, params, W, train, n, hp, k_probe, beta, dc, TRAINED["probe"], attack, dc.probe_steps, hp["probe_lr"])
+        return _stage(arch, params, W, train, n, hp, k_tune, beta, dc, TRAINED[dc.method], dc.attack, dc.steps, hp["lr"])
 
     return fit
 
 
-def make_evaluate(data: DataConfig, dc: DownstreamConfig):
+def make_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
     """evaluate(params, key, beta, theta, M) -> {'val_clean', 'val_robust' (n_tau,), 'clean',
     'robust' (n_tau,), 'by_attack' (n_tau, 3)}: end to end on the input, the robust prediction
     being correct under every attack (FGM, PGD, dense along M theta / |theta|)."""
-    z_min = data.min_magnitude
+    spec = dc.spec
 
     def evaluate(params, key, beta, theta, M):
         k_data, _, _, _ = jax.random.split(key, 4)
@@ -206,8 +218,8 @@ def make_evaluate(data: DataConfig, dc: DownstreamConfig):
         k_att = jax.random.fold_in(key, 7)
         out = {}
         for name, (x, y) in (("val_", val), ("", test)):
-            margin = lambda v, y=y: y * logits(params, v, beta, z_min)
-            clean, robust, by_attack = attacks.robust_accuracy(margin, x, y, dc.taus, u, k_att, dc.norm, dc.eval_pgd_steps, dc.restarts)
+            margin = lambda v, y=y: y * logits(arch, params, v, beta)
+            clean, robust, by_attack = attacks.robust_accuracy(margin, x, y, u, k_att, spec)
             out[name + "clean"], out[name + "robust"] = clean, robust
             if not name:
                 out["by_attack"] = by_attack
@@ -217,21 +229,21 @@ def make_evaluate(data: DataConfig, dc: DownstreamConfig):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_fit(data: DataConfig, dc: DownstreamConfig):
-    return jax.jit(jax.vmap(make_fit(data, dc), in_axes=(0, 0, 0, 0, None, 0, 0)))
+def _compiled_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    return jax.jit(jax.vmap(make_fit(data, dc, arch), in_axes=(0, 0, 0, 0, None, 0, 0)))
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig):
-    return jax.jit(jax.vmap(make_evaluate(data, dc), in_axes=(0, 0, 0, 0, None)))
+def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    return jax.jit(jax.vmap(make_evaluate(data, dc, arch), in_axes=(0, 0, 0, 0, None)))
 
 
-def _compiled(data: DataConfig, dc: DownstreamConfig):
+def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
     """The jit(vmap) fit and evaluate programs; evaluation depends only on the evaluation
     settings, so every method and head init shares one evaluate program."""
     neutral = dataclasses.replace(dc, method="probe", head_init="random", attack="none", init_attack="pgd", steps=0, probe_steps=1, batch=1,
                                   pgd_steps=1, discrepancy=False, rank=1)
-    return _compiled_fit(data, dc), _compiled_evaluate(data, neutral)
+    return _compiled_fit(data, dc, arch), _compiled_evaluate(data, neutral, arch)
 
 
 def run_keys(seeds) -> jax.Array:
@@ -239,49 +251,80 @@ def run_keys(seeds) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0xD0))(jnp.asarray(seeds, jnp.uint32))
 
 
-def fit_and_evaluate(data: DataConfig, dc: DownstreamConfig, M, *, seeds, W, beta, theta, n, lr, probe_lr=None, tau=0.0, lam=0.0,
-                     chunk: int = 256) -> dict[str, np.ndarray]:
-    """Fit and evaluate a flat batch of R downstream runs; every argument but M is (R, ...) or broadcast.
+def fit_and_evaluate(cfg: Config, dc: DownstreamConfig, M, *, seeds, backbone: dict, beta, theta, n, lr, probe_lr=None, tau=0.0,
+                     lam=0.0, chunk: int = 256, out_dir: str | Path | None = None, devices=None) -> dict[str, np.ndarray]:
+    """Fit and evaluate a flat batch of R downstream runs; every argument but cfg, dc, M is (R, ...) or broadcast.
 
-    seeds (R,) ints pick the data and init keys; W (R, m, d) backbones; beta, n, lr, probe_lr,
-    tau, lam (R,) or scalars. Runs go through one jit(vmap) program in chunks of `chunk`.
-    Returns numpy arrays with a leading (R,) axis, as `make_evaluate` names them, plus
-    'params' (the fitted parameters) and 'failed' (non-finite parameters).
+    cfg: the backbones' config (its data model and architecture: unit, threshold rule). backbone:
+    the pre-trained parameters as saved, {'W': (R, m, d)} plus 'b' (R, m) for fixed or trainable
+    thresholds (see `backbones`; a head 'a' is ignored). seeds (R,) ints pick the data and init
+    keys; beta, n, lr, probe_lr, tau, lam (R,) or scalars. Runs go through one jit(vmap)
+    program in chunks of `chunk` (`purify.execute`); with out_dir, finished chunks are saved
+    and a repeated call resumes. Returns numpy arrays with a leading (R,) axis, as
+    `make_evaluate` names them, plus 'params' (the fitted parameters) and 'failed'
+    (non-finite parameters).
     """
     seeds = np.asarray(seeds)
     R = len(seeds)
-    W = jnp.asarray(W)
-    m, d = W.shape[-2:]
+    backbone = {k: np.asarray(v, np.float32) for k, v in network.backbone_params(backbone).items()}
+    if "W" not in backbone or not set(backbone) <= {"W", "b"}:
+        raise ConfigError(f"backbone={sorted(backbone)} is not allowed: must hold 'W' (R, m, d) and, for fixed or trainable "
+                          "thresholds, 'b' (R, m); see purify.downstream.backbones")
+    m, d = backbone["W"].shape[-2:]
+    arch = network.Architecture.of(cfg.validate())
+    if arch.bias != "relative" and "b" not in backbone:
+        raise ConfigError(f"backbone={sorted(backbone)} is not allowed with model.bias={arch.bias!r}: pass the saved thresholds 'b'")
     dc = dc.validate(m, d)
-    data.validate()
     n_arr = np.broadcast_to(np.asarray(n), (R,)).astype(np.int32)
     if n_arr.min() < 1 or n_arr.max() > dc.n_max:
         raise ConfigError(f"n={sorted(set(n_arr.tolist()))} is not allowed: every downstream sample size must be in 1..down.n_max={dc.n_max}")
     full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (R,))
     hp = {"lr": full(lr), "probe_lr": full(lr if probe_lr is None else probe_lr), "tau": full(tau), "lam": full(lam)}
     beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (R, d))
-    W = jnp.broadcast_to(W, (R, m, d))
+    shapes = {"W": (m, d), "b": (m,)}
+    backbone = {k: np.broadcast_to(v, (R, *shapes[k])) for k, v in backbone.items()}
     # only the latent model matters downstream: configs that differ elsewhere share programs
-    fit, evaluate = _compiled(dataclasses.replace(data, n_tasks=1, n_train=None, task_seed=0, label="rademacher"), dc)
+    data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
+    fit, evaluate = _compiled(data, dc, arch)
     keys = run_keys(seeds)
-    outs = []
-    for s in range(0, R, chunk):
-        # when R spans several chunks the last one is padded (repeating its last run) to the
-        # chunk size, so one compiled shape serves them all
-        idx = np.arange(s, min(R, s + chunk))
-        width = min(R, chunk)
-        pad = np.concatenate([idx, np.full(width - len(idx), idx[-1])])
-        p = fit(keys[pad], W[pad], beta[pad], theta[pad], M, n_arr[pad], {k: v[pad] for k, v in hp.items()})
-        e = evaluate(p, keys[pad], beta[pad], theta[pad], M)
-        keep = slice(0, len(idx))
-        e = {k: np.asarray(v)[keep] for k, v in e.items()}
-        e["params"] = jax.tree.map(lambda a, keep=keep: np.asarray(a)[keep], p)
-        outs.append(e)
-    result = {k: np.concatenate([o[k] for o in outs]) for k in outs[0] if k != "params"}
-    result["params"] = jax.tree.map(lambda *a: np.concatenate(a), *[o["params"] for o in outs])
-    finite = np.stack([np.isfinite(a.reshape(R, -1)).all(-1) for a in jax.tree.leaves(result["params"])]).all(0)
+    M = jnp.asarray(M)
+    devices = list(devices or jax.local_devices())
+    plan = make_plan(R, chunk, len(devices))
+    spec = {"kind": "downstream", "data": dataclasses.asdict(data), "down": dataclasses.asdict(dc), "arch": dataclasses.asdict(arch),
+            "chunk": plan.chunk_size, "inputs": array_digest(np.asarray(M), seeds, beta, theta, n_arr, *hp.values(), *backbone.values())}
+    mesh = Mesh(np.asarray(devices), ("runs",))
+    on_runs = NamedSharding(mesh, P("runs"))
+
+    def compute(idx):
+        put = lambda tree: jax.device_put(tree, on_runs)
+        p = fit(put(keys[idx]), put({k: v[idx] for k, v in backbone.items()}), put(beta[idx]), put(theta[idx]), M, put(n_arr[idx]),
+                put({k: v[idx] for k, v in hp.items()}))
+        e = {k: np.asarray(v) for k, v in evaluate(p, put(keys[idx]), put(beta[idx]), put(theta[idx]), M).items()}
+        e.update({f"params/{k}": np.asarray(v) for k, v in p.items()})
+        return e
+
+    flat = execute(plan, ChunkStore(out_dir, fingerprint(spec)), compute)
+    result = {k: v for k, v in flat.items() if not k.startswith("params/")}
+    result["params"] = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+    finite = np.stack([np.isfinite(a.reshape(R, -1)).all(-1) for a in result["params"].values()]).all(0)
     result["failed"] = ~finite
     return result
+
+
+def backbones(res, rows=None) -> dict[str, np.ndarray]:
+    """The final parameters of a sweep's networks as frozen backbones: {'W': (R, m, d), ['b': (R, m)]}
+    with the (hparam, seed) axes (or `rows` of hparam) flattened into one run axis."""
+    out = {}
+    for name in ("W", "b", "U", "V"):
+        key = f"{name}_final"
+        if key in res:
+            a = np.asarray(res[key])
+            a = a if rows is None else a[rows]
+            lead = a.ndim - len(network.PARAM_AXES[name])
+            out[name] = a.reshape((-1,) + a.shape[lead:])
+    if "U" in out:  # a low-rank run: its backbone is the effective first layer W + U V
+        out["W"] = np.asarray(jax.vmap(network.effective_weights)({"W": out["W"], "U": out.pop("U"), "V": out.pop("V")}))
+    return out
 
 
 def select_by_validation(val_score: np.ndarray, *test_arrays: np.ndarray):

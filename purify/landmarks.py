@@ -81,11 +81,19 @@ def linear_logits(task: Task, t: int = 0):
 
 
 def oracle_logits(cfg: DataConfig, task: Task, beta: float, t: int = 0):
-    """The oracle pure network f(x) = sum_j w*_j phi_b(<M_j, x>), b = beta * z_min."""
-    from .network import soft_threshold
+    """The oracle pure network f(x) = sum_j w*_j phi_b(<M_j, x>), b = beta * z_min: one unit per
+    feature (W = M^T, unit rows), the threshold rule's value beta z_min |w_j| held fixed."""
+    from . import network
 
-    b = beta * cfg.min_magnitude
-    return lambda x: soft_threshold(x @ task.M, b) @ task.w_star[t]
+    arch = network.Architecture(activation="soft_threshold", bias="fixed", head="trained", z_min=cfg.min_magnitude)
+    params = oracle_params(cfg, task, beta, t)
+    return lambda x: network.logits(arch, params, x, beta)[..., 0]
 
 
-__all__ = ["linear_logits", "linear_margin", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits", "window"]
+def oracle_params(cfg: DataConfig, task: Task, beta: float, t: int = 0) -> dict:
+    """The oracle pure network's parameters (fixed thresholds beta z_min, head w*_t)."""
+    d = task.M.shape[1]
+    return {"W": task.M.T, "a": task.w_star[t][:, None], "b": jnp.full((d,), beta * cfg.min_magnitude)}
+
+
+__all__ = ["linear_logits", "linear_margin", "oracle_params", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits", "window"]

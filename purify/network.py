@@ -1,11 +1,29 @@
-"""The two-layer network f(x) = sum_i a_i phi_{b_i}(<w_i, x>) as a Flax module.
+"""The two-layer network f(x) = sum_i a_i phi_{b_i}(<w_i, x>), defined once (docs/science.md section 2).
 
-Parameters are a plain pytree {'W': (m, d), 'a': (m, T) if trained, 'b': (m,) if trainable},
-so jit, vmap, scan and sharding apply directly. The hidden representation g(x) (the m unit
-outputs) is exposed through `features`, for frozen-backbone and contrastive uses.
+Every part of the toolkit that evaluates the model (training, evaluation, downstream heads on
+a frozen backbone, the [REP] bounds, the experiments) calls the pure functions of this module
+with the network's parameters exactly as they are saved:
+
+    'W' (m, d)   first layer, always
+    'a' (m, T)   second layer, when model.head = 'trained' (otherwise fixed, see `head`)
+    'b' (m,)     thresholds, when model.bias = 'fixed' or 'trainable'
+    'U' (m, r), 'V' (r, d)   a low-rank update: the network sees W + U V
+    'db' (m,)    a threshold offset added to every mode's thresholds (bias-only fine-tuning)
+
+The threshold rules (with z_min the smallest non-zero feature magnitude, beta a fraction of it):
+
+    relative   b_i = beta z_min |w_i|, no gradient through it (the default: the threshold
+               tracks the neuron's scale, so detecting one feature beats summing many)
+    fixed      b_i = the saved 'b', frozen (initialized where the relative rule would be)
+    trainable  b_i = max('b', 0), trained
+
+The unit is phi_b(u) = ReLU(u - b) - ReLU(-u - b) (odd soft threshold, the papers' unit) or,
+as an ablation, ReLU(u - b).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import flax.linen as nn
 import jax
@@ -13,77 +31,121 @@ import jax.numpy as jnp
 
 from .config import Config, ModelConfig
 
+# The axes of each saved parameter, after any leading run axes.
+PARAM_AXES = {"W": ("neuron", "input"), "a": ("neuron", "task"), "b": ("neuron",), "U": ("neuron", "rank"), "V": ("rank", "input"),
+              "db": ("neuron",)}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The static part of the model: which unit, which threshold rule, which second layer, and
+    the feature magnitude z_min thresholds are measured in. Hashable: it keys compiled programs."""
+
+    activation: str = "soft_threshold"
+    bias: str = "relative"
+    head: str = "fixed"
+    z_min: float = 0.5
+
+    @classmethod
+    def of(cls, cfg: Config) -> Architecture:
+        m: ModelConfig = cfg.model
+        return cls(m.activation, m.bias, m.head, float(cfg.data.min_magnitude))
+
 
 def soft_threshold(u: jax.Array, b: jax.Array) -> jax.Array:
-    """phi_b(u) = ReLU(u - b) - ReLU(-u - b): odd, zero on [-b, b]."""
+    """phi_b(u) = ReLU(u - b) - ReLU(-u - b): odd, zero on [-b, b], slope 1 outside."""
     return jax.nn.relu(u - b) - jax.nn.relu(-u - b)
 
 
-class TwoLayer(nn.Module):
-    """f: (..., d) -> (..., n_out). `beta` is passed at call time so it can be swept."""
+def unit(activation: str, u: jax.Array, b: jax.Array) -> jax.Array:
+    """The hidden unit applied to pre-activations u (..., m) with thresholds b (m,)."""
+    if activation == "soft_threshold":
+        return soft_threshold(u, b)
+    return jax.nn.relu(u - b)
 
-    model: ModelConfig
-    z_min: float  # smallest non-zero feature magnitude; thresholds are measured in it
+
+def effective_weights(params: dict) -> jax.Array:
+    """(m, d) the first layer the network sees: W, or W + U V under a low-rank update."""
+    if "U" not in params:
+        return params["W"]
+    return params["W"] + params["U"] @ params["V"]
+
+
+def relative_threshold(W: jax.Array, beta: jax.Array, z_min: float) -> jax.Array:
+    """(m,) beta z_min |w_i|, without gradient: the relative rule, also the fixed rule's start."""
+    return jax.lax.stop_gradient(beta * z_min * jnp.linalg.norm(W, axis=-1))
+
+
+def thresholds(arch: Architecture, params: dict, beta: jax.Array) -> jax.Array:
+    """(m,) thresholds b_i under the architecture's rule (see module docstring), plus 'db' if present."""
+    if arch.bias == "relative":
+        b = relative_threshold(effective_weights(params), beta, arch.z_min)
+    elif arch.bias == "fixed":
+        b = jax.lax.stop_gradient(params["b"])
+    else:
+        b = jnp.maximum(params["b"], 0.0)
+    if "db" in params:
+        b = b + params["db"]
+    return b
+
+
+def head(arch: Architecture, params: dict) -> jax.Array:
+    """(m, T) second layer: trained 'a', or fixed: all ones (soft threshold; an odd unit needs
+    no sign) or alternating +-1 (ReLU ablation, so that both signs of the label can be fit)."""
+    if arch.head == "trained":
+        return params["a"]
+    m = params["W"].shape[0]
+    if arch.activation == "soft_threshold":
+        return jnp.ones((m, 1))
+    return jnp.where(jnp.arange(m) % 2 == 0, 1.0, -1.0)[:, None]
+
+
+def hidden(arch: Architecture, params: dict, x: jax.Array, beta: jax.Array) -> jax.Array:
+    """g(x): (..., m) hidden unit outputs phi_{b_i}(<w_i, x>) of inputs x (..., d)."""
+    return unit(arch.activation, x @ effective_weights(params).T, thresholds(arch, params, beta))
+
+
+def logits(arch: Architecture, params: dict, x: jax.Array, beta: jax.Array) -> jax.Array:
+    """f(x): (..., T) = g(x) @ head."""
+    return hidden(arch, params, x, beta) @ head(arch, params)
+
+
+class _Parameters(nn.Module):
+    """Declares the parameters and their initializers; Flax derives each one's random key."""
+
+    width: int
     d: int
-    n_out: int = 1
+    n_out: int
+    arch: Architecture
 
     def setup(self):
-        # Rows of W have norm ~1 here; `init_params` rescales them by hp.init_scale.
-        self.W = self.param("W", nn.initializers.normal(1.0 / jnp.sqrt(self.d)), (self.model.width, self.d))
-        if self.model.head == "trained":
-            self.a = self.param("a", nn.initializers.normal(1.0 / jnp.sqrt(self.model.width)), (self.model.width, self.n_out))
-        if self.model.bias in ("fixed", "trainable"):
-            self.b = self.param("b", nn.initializers.zeros, (self.model.width,))
+        # Rows of W have norm ~1 here; `init_params` rescales them by the run's init_scale.
+        self.W = self.param("W", nn.initializers.normal(1.0 / jnp.sqrt(self.d)), (self.width, self.d))
+        if self.arch.head == "trained":
+            self.a = self.param("a", nn.initializers.normal(1.0 / jnp.sqrt(self.width)), (self.width, self.n_out))
+        if self.arch.bias in ("fixed", "trainable"):
+            self.b = self.param("b", nn.initializers.zeros, (self.width,))
 
-    def threshold(self, beta: jax.Array) -> jax.Array:
-        """(m,) thresholds b_i."""
-        m = self.model
-        if m.bias == "relative":
-            # stop_gradient: the threshold tracks the neuron's scale but is not trained through.
-            return jax.lax.stop_gradient(beta * self.z_min * jnp.linalg.norm(self.W, axis=-1))
-        if m.bias == "fixed":
-            return jax.lax.stop_gradient(self.b)
-        return jnp.maximum(self.b, 0.0)
-
-    def head(self) -> jax.Array:
-        """(m, n_out) second layer."""
-        m = self.model
-        if m.head == "trained":
-            return self.a
-        if m.activation == "soft_threshold":
-            return jnp.ones((m.width, 1))
-        return jnp.where(jnp.arange(m.width) % 2 == 0, 1.0, -1.0)[:, None]
-
-    def features(self, x: jax.Array, beta: jax.Array) -> jax.Array:
-        """g(x): (..., m) hidden unit outputs."""
-        u = x @ self.W.T
-        b = self.threshold(beta)
-        if self.model.activation == "soft_threshold":
-            return soft_threshold(u, b)
-        return jax.nn.relu(u - b)
-
-    def __call__(self, x: jax.Array, beta: jax.Array) -> jax.Array:
-        return self.features(x, beta) @ self.head()
+    def __call__(self, x):
+        return x @ self.W.T
 
 
-def build(cfg: Config) -> TwoLayer:
-    return TwoLayer(model=cfg.model, z_min=cfg.data.min_magnitude, d=cfg.data.d, n_out=cfg.data.n_tasks)
-
-
-def init_params(net: TwoLayer, key: jax.Array, init_scale: jax.Array, beta: jax.Array) -> dict:
+def init_params(arch: Architecture, key: jax.Array, width: int, d: int, n_out: int, init_scale: jax.Array, beta: jax.Array) -> dict:
     """Small Gaussian init: rows of W with norm ~init_scale; a fixed or trainable threshold
     starts at beta z_min |w_i(0)|, where the relative threshold would be."""
-    params = net.init(key, jnp.zeros((1, net.d)), beta)["params"]
-    params = dict(params)
+    params = dict(_Parameters(width, d, n_out, arch).init(key, jnp.zeros((1, d)))["params"])
     params["W"] = params["W"] * init_scale
     if "b" in params:
-        params["b"] = beta * net.z_min * jnp.linalg.norm(params["W"], axis=-1)
+        params["b"] = beta * arch.z_min * jnp.linalg.norm(params["W"], axis=-1)
     return params
 
 
-def apply(net: TwoLayer, params: dict, x: jax.Array, beta: jax.Array) -> jax.Array:
-    return net.apply({"params": params}, x, beta)
+def init_for(cfg: Config, key: jax.Array, init_scale: jax.Array, beta: jax.Array) -> dict:
+    """`init_params` with the shapes and architecture of a config."""
+    return init_params(Architecture.of(cfg), key, cfg.model.width, cfg.data.d, cfg.data.n_tasks, init_scale, beta)
 
 
-def head_of(net: TwoLayer, params: dict) -> jax.Array:
-    return net.apply({"params": params}, method=TwoLayer.head)
+def backbone_params(params: dict) -> dict:
+    """The parameters that define the hidden representation g (the head 'a' dropped), e.g. the
+    final parameters of a pre-training run taken as a frozen backbone."""
+    return {k: v for k, v in params.items() if k != "a"}

@@ -1,7 +1,8 @@
 """Representation robustness of the two-layer network (SCIENCE.md section 3, [REP]).
 
-The representation is g(x) = phi_b(W x) in R^m (the hidden units; thresholds b depend on W
-only). Its shift at radius eps is Delta_eps(g; x) = sup_{|delta| <= eps} |g(x + delta) - g(x)|_2.
+The representation is the network's hidden layer g(x) = phi_b(W x) in R^m
+(`purify.network.hidden`; phi_b monotone and 1-Lipschitz, thresholds b fixed by the weights).
+Every function here takes the network's `Architecture` and its parameters as saved. Its shift at radius eps is Delta_eps(g; x) = sup_{|delta| <= eps} |g(x + delta) - g(x)|_2.
 
 - `shift_attack`: a lower bound, PGD ascent on |g(x + delta) - g(x)|^2 from a random start (its
   gradient is exactly zero at delta = 0).
@@ -20,32 +21,29 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import attacks
-from .network import soft_threshold
+from . import attacks, network
+from .network import Architecture
 
 
-def representation(W: jax.Array, b: jax.Array, x: jax.Array) -> jax.Array:
-    """g(x) = phi_b(x W^T): (n, m)."""
-    return soft_threshold(x @ W.T, b)
-
-
-def shift_attack(W, b, x, eps, norm: str, key: jax.Array, steps: int = 20, restarts: int = 2) -> jax.Array:
+def shift_attack(arch: Architecture, params: dict, beta, x, eps, norm: str, key: jax.Array, steps: int = 20, restarts: int = 2) -> jax.Array:
     """(n,) the largest |g(x + delta) - g(x)| PGD finds (a lower bound on Delta_eps)."""
-    g0 = representation(W, b, x)
+    g0 = network.hidden(arch, params, x, beta)
 
     def objective(v):
-        return ((representation(W, b, v) - g0) ** 2).sum(-1)
+        return ((network.hidden(arch, params, v, beta) - g0) ** 2).sum(-1)
 
     delta = attacks.pgd(objective, x, eps, norm, steps, key=key, restarts=restarts)
     return jnp.sqrt(objective(x + delta))
 
 
-def certified_shift(W, b, x, eps, norm: str) -> jax.Array:
+def certified_shift(arch: Architecture, params: dict, beta, x, eps, norm: str) -> jax.Array:
     """(n,) an upper bound on Delta_eps(g; x): min(interval bound, spectral bound)."""
+    W, b = network.effective_weights(params), network.thresholds(arch, params, beta)
+    phi = lambda u: network.unit(arch.activation, u, b)
     u = x @ W.T
     r = eps * (jnp.linalg.norm(W, axis=-1) if norm == "l2" else jnp.abs(W).sum(-1))
-    g = soft_threshold(u, b)
-    c = jnp.maximum(jnp.abs(soft_threshold(u + r, b) - g), jnp.abs(soft_threshold(u - r, b) - g))
+    g = phi(u)
+    c = jnp.maximum(jnp.abs(phi(u + r) - g), jnp.abs(phi(u - r) - g))
     interval = jnp.linalg.norm(c, axis=-1)
     scale = 1.0 if norm == "l2" else jnp.sqrt(W.shape[1])
 
@@ -65,8 +63,10 @@ def rep_bounds(shift: jax.Array, f: jax.Array, y: jax.Array, v: jax.Array) -> di
     return {"loss_bound": vn * shift, "certified": certified, "correct_and_certified": certified & (y * f > 0)}
 
 
-def per_sample_report(W, b, v, c, x, y, eps, norm: str, key: jax.Array, pgd_steps: int = 10, restarts: int = 2, u: jax.Array | None = None) -> dict:
-    """Every [REP] quantity per sample for the binary model f = <v, g(x)> + c, g = phi_b(W x).
+def per_sample_report(arch: Architecture, params: dict, beta, v, c, x, y, eps, norm: str, key: jax.Array, pgd_steps: int = 10,
+                      restarts: int = 2, u: jax.Array | None = None) -> dict:
+    """Every [REP] quantity per sample for the binary model f = <v, g(x)> + c, g the hidden layer
+    of the network (arch, params) at threshold fraction beta.
 
     x (n, d), y (n,) in {-1, +1}; u: the unit dense-attack direction (omit to skip that attack).
     Returns (n,) arrays: 'shift_attack' (a lower bound on Delta_eps), 'shift_certified' (an upper
@@ -76,7 +76,7 @@ def per_sample_report(W, b, v, c, x, y, eps, norm: str, key: jax.Array, pgd_step
     only), 'robust' (correct under every attack) and 'margin' |f(x)| / |v|.
     """
     k_shift, k_pgd = jax.random.split(key)
-    f = lambda z: representation(W, b, z) @ v + c
+    f = lambda z: network.hidden(arch, params, z, beta) @ v + c
     fx = f(x)
     adversary = lambda z: -y * f(z)
     deltas = [attacks.fgm(adversary, x, eps, norm), attacks.pgd(adversary, x, eps, norm, pgd_steps, key=k_pgd, restarts=restarts)]
@@ -86,8 +86,8 @@ def per_sample_report(W, b, v, c, x, y, eps, norm: str, key: jax.Array, pgd_step
     ell = loss(x)
     increase = jnp.max(jnp.stack([loss(x + d) - ell for d in deltas]), axis=0)
     robust = (y * fx > 0) & jnp.all(jnp.stack([y * f(x + d) > 0 for d in deltas]), axis=0)
-    lower = shift_attack(W, b, x, eps, norm, k_shift, steps=2 * pgd_steps, restarts=restarts)
-    upper = certified_shift(W, b, x, eps, norm)
+    lower = shift_attack(arch, params, beta, x, eps, norm, k_shift, steps=2 * pgd_steps, restarts=restarts)
+    upper = certified_shift(arch, params, beta, x, eps, norm)
     bounds = rep_bounds(upper, fx, y, v)
     return {"shift_attack": lower, "shift_certified": upper, "loss_increase": increase, "loss_bound": bounds["loss_bound"],
             "certified": bounds["correct_and_certified"], "robust": robust, "margin": jnp.abs(fx) / jnp.linalg.norm(v)}

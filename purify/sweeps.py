@@ -23,40 +23,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import attacks
+from . import attacks, network, trace
 from .config import HPARAM_NAMES, Config, ConfigError, HParams
 from .data import Task, make_task
+from .execute import Progress, SliceFinished, SweepInterrupted, execute
+from .plan import make_plan
 from .provenance import provenance
-from .results import Results, atomic_write_bytes, warn_failed
+from .results import Results, warn_failed
+from .store import ChunkStore, merge_runs
+from .store import fingerprint as _hash
 
-TRACE_DIMS = {
-    "per_neuron": ("time", "neuron"),
-    "scalar": ("time",),
-    "clean_acc": ("time", "task"),
-    "positive_rate": ("time", "task"),
-    "robust_acc": ("time", "task", "radius"),
-    "attack_acc": ("time", "task", "radius", "attack"),
-}
-PER_NEURON = ("norm", "purity", "features", "participation", "rho")
-CONSTANT_RATE = 0.98  # a run predicting one class on more than this fraction is flagged constant
-
-
-class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a sweep; finished chunks are already on disk when out_dir was given."""
-
-    def __init__(self, done: int, total: int, out_dir: Path | None):
-        self.done, self.total, self.out_dir = done, total, out_dir
-        where = f"saved in {out_dir}; run the same command again to resume" if out_dir else "not saved (no output folder)"
-        super().__init__(f"interrupted: {done} of {total} run chunk(s) finished and {where}")
-
-
-class SliceFinished(Exception):
-    """A `run_slice` sweep computed its share of the chunks; merge the slices, then rerun."""
-
-    def __init__(self, index: int, count: int, computed: int, where: Path):
-        self.index, self.count, self.computed, self.where = index, count, computed, where
-        super().__init__(f"slice {index}/{count} finished: {computed} chunk(s) in {where}; when every slice is done, "
-                         "gather them with `purify merge` and run the same command without --slice")
+__all__ = ["SliceFinished", "SweepInterrupted", "assemble", "auto_chunk_size", "fingerprint", "grid_table", "merge_runs",
+           "network_bytes", "seed_list", "sweep"]
 
 
 def network_bytes(cfg: Config) -> int:
@@ -71,10 +49,9 @@ def network_bytes(cfg: Config) -> int:
     """
     d, m, T, k = cfg.data.d, cfg.model.width, cfg.data.n_tasks, cfg.data.k
     tc, ec = cfg.train, cfg.eval
-    n_log, R = len(tc.log_steps), len(ec.taus)
     params = m * d + m * T + m
     state = params * (2 if tc.momentum > 0 else 1) + params  # params, momentum, gradients
-    state += n_log * (5 * m + 8 + T * (2 + 4 * R)) + len(set(tc.snapshot_at)) * m * d
+    state += len(tc.log_steps) * trace.floats_per_log_point(cfg) + len(set(tc.snapshot_at)) * m * d
     if cfg.data.n_train:
         state += cfg.data.n_train * (d + T)
     def working(n):
@@ -123,7 +100,7 @@ def grid_table(cfg: Config, grid: Mapping[str, Iterable[float]] | None) -> tuple
     names = list(grid)
     rows = []
     for combo in itertools.product(*(list(grid[n]) for n in names)) if names else [()]:
-        hp = HParams(**{**cfg.hp.__dict__, **dict(zip(names, combo))})
+        hp = HParams(**{**{n: getattr(cfg.hp, n) for n in HPARAM_NAMES}, **dict(zip(names, combo))})
         hp.validate(prefix="grid")
         rows.append(hp)
     table = {n: np.asarray([getattr(r, n) for r in rows], np.float32) for n in HPARAM_NAMES}
@@ -147,12 +124,15 @@ def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int, ta
     other than the config's own, e.g. a downstream task)."""
     spec = {"cfg": cfg.to_dict(), "hp": {k: v.tolist() for k, v in table.items()}, "seeds": seeds.tolist(), "chunk": chunk_size}
     if task is not None:
-        spec["task"] = hashlib.sha256(np.asarray(task.M, np.float32).tobytes() + np.asarray(task.w_star, np.float32).tobytes()).hexdigest()
-    blob = json.dumps(spec, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        spec["task"] = _task_digest(task)
+    return _hash(spec)
 
 
-def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
+def _task_digest(task: Task) -> str:
+    return hashlib.sha256(np.asarray(task.M, np.float32).tobytes() + np.asarray(task.w_star, np.float32).tobytes()).hexdigest()
+
+
+def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, progress):
     _, init, advance, finalize = fns
     # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
     # equivalent on one device but a different cache key: pin them all to the keys' sharding so
@@ -161,9 +141,9 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
     state = jax.device_put(init(keys, hp, task), on_runs)
     for t0 in range(0, n_steps, step_chunk):
         state = jax.device_put(advance(state, task, jnp.int32(t0)), on_runs)
-        if bar is not None:
+        if progress is not None:
             jax.block_until_ready(state.failed_step)
-            bar.update(1)
+            progress.tick()
     state = finalize(state, task)
     out = {k: np.asarray(v) for k, v in state.trace.items()}
     out["failed_step"] = np.asarray(state.failed_step)
@@ -171,24 +151,6 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, bar):
     for name, value in state.params.items():
         out[f"{name}_final"] = np.asarray(value)
     return out
-
-
-def _save_chunk(path: Path, arrays: dict, tag: str) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, __tag__=np.asarray(tag), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_chunk(path: Path, tag: str) -> dict | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["__tag__"]) != tag:
-                return None
-            return {k: z[k] for k in z.files if k != "__tag__"}
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged or foreign file is recomputed, never trusted
 
 
 def sweep(
@@ -231,27 +193,17 @@ def sweep(
     table, swept = grid_table(cfg, grid)
     seeds = seed_list(seeds)
     H, S = len(table["lr"]), len(seeds)
-    R = H * S
+    n_runs = H * S
     devices = list(devices or jax.local_devices())
-    if run_slice is not None:
-        i, n = run_slice
-        if not (isinstance(i, numbers.Integral) and isinstance(n, numbers.Integral) and 0 <= i < n):
-            raise ConfigError(f"run_slice={run_slice!r} is not allowed: must be (i, n) with 0 <= i < n")
-        if out_dir is None:
-            raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
+    if run_slice is not None and out_dir is None:
+        raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
     n_proc = jax.process_count()
     distributed = n_proc > 1 if distributed is None else distributed
-    if distributed and run_slice is not None:
-        raise ConfigError("run_slice is not allowed together with distributed: processes take their slices themselves")
-    if distributed and R < n_proc:
-        raise ConfigError(f"seeds x grid rows = {R} runs is not allowed with {n_proc} processes: every process needs a run")
     if chunk_size is None:
-        chunk_size = auto_chunk_size(cfg, R, memory_budget_bytes, devices)
+        chunk_size = auto_chunk_size(cfg, n_runs, memory_budget_bytes, devices)
         if distributed:
-            chunk_size = min(chunk_size, math.ceil(R / n_proc))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ConfigError(f"chunk_size={chunk_size!r} is not allowed: must be an integer >= 1")
-    chunk_size = min(int(chunk_size), R)
+            chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
+    plan = make_plan(n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None)
     steps = cfg.train.steps
     step_chunk = step_chunk or max(1, math.ceil(steps / 20))
     if isinstance(step_chunk, bool) or not isinstance(step_chunk, numbers.Integral) or step_chunk < 1:
@@ -260,128 +212,32 @@ def sweep(
 
     run_hp = {n: np.repeat(v, S) for n, v in table.items()}  # run r = row * S + seed index
     run_seed = np.tile(seeds, H)
-    n_chunks = math.ceil(R / chunk_size)
-    tag = fingerprint(cfg, table, seeds, chunk_size, task)
-    out_dir = Path(out_dir) if out_dir is not None else None
+    store = ChunkStore(out_dir, fingerprint(cfg, table, seeds, plan.chunk_size, task))
     fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)))
     n_step_calls = math.ceil(steps / step_chunk)
-    padded = math.ceil(chunk_size / len(devices)) * len(devices)
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
     task_on_mesh = jax.device_put(task, replicated)
-    if distributed and n_chunks < n_proc:
-        raise ConfigError(f"chunk_size={chunk_size} is not allowed with {n_proc} processes and {R} runs: every process needs a chunk")
-    share = (jax.process_index(), n_proc) if distributed else run_slice
-    chunks = range(n_chunks)
-    if share is not None:
-        chunks = range(share[0] * n_chunks // share[1], (share[0] + 1) * n_chunks // share[1])
+    bar = Progress(len(plan.chunks), n_step_calls, f"{n_runs} networks x {steps} steps", "step-call") if progress else None
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def compute(idx):
+        keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
+        hp = jax.device_put(HParams(**{n: jnp.asarray(v[idx]) for n, v in run_hp.items()}), on_runs)
+        out = _run_chunk(fns, keys, hp, task_on_mesh, steps, step_chunk, bar)
+        return {k: v for k, v in out.items() if keep_params or not k.endswith("_final")}
 
-        bar = tqdm(total=len(chunks) * n_step_calls, desc=f"{R} networks x {steps} steps", unit="chunk", leave=True)
-    pieces, done = [], 0
-    try:
-        for c in chunks:
-            lo, hi = c * chunk_size, min((c + 1) * chunk_size, R)
-            path = out_dir / tag / f"runs_{lo:07d}-{hi:07d}.npz" if out_dir else None
-            piece = _load_chunk(path, tag) if path is not None and path.exists() else None
-            if piece is None:
-                idx = np.minimum(np.arange(lo, lo + padded), R - 1)  # pad with the last run
-                keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
-                hp = jax.device_put({n: jnp.asarray(v[idx]) for n, v in run_hp.items()}, on_runs)
-                piece = {k: v[: hi - lo] for k, v in _run_chunk(fns, keys, hp, task_on_mesh, steps, step_chunk, bar).items()
-                         if keep_params or not k.endswith("_final")}
-                if path is not None:
-                    _save_chunk(path, piece, tag)
-            elif bar is not None:
-                bar.update(n_step_calls)
-            pieces.append(piece)
-            done += 1
-    except KeyboardInterrupt as exc:
-        raise SweepInterrupted(done, len(chunks), out_dir) from exc
-    finally:
-        if bar is not None:
-            bar.close()
-    if run_slice is not None:
-        raise SliceFinished(run_slice[0], run_slice[1], done, out_dir / tag)
-
-    flat = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-    if distributed:
-        flat = gather_runs(flat, chunks.start * chunk_size, R)
+    flat = execute(plan, store, compute, progress=bar, slice_mode=run_slice is not None, distributed=distributed)
     res = assemble(cfg, flat, table, swept, seeds, task, fns[0])
     warn_failed(res)
     return res
-
-
-def gather_runs(mine: dict, first: int, n_runs: int) -> dict:
-    """All-gather the runs each process computed (rows first .. first + len) into (n_runs, ...)."""
-    from jax.experimental import multihost_utils
-
-    owned = np.zeros((n_runs,), bool)
-    count = len(next(iter(mine.values())))
-    owned[first : first + count] = True
-    full = {k: np.zeros((n_runs,) + v.shape[1:], v.dtype) for k, v in mine.items()}
-    for k, v in mine.items():
-        full[k][first : first + count] = v
-    everyone = multihost_utils.process_allgather({"owned": owned, **full})
-    owner = np.argmax(everyone["owned"], axis=0)  # (n_runs,): the process that computed each run
-    if not everyone["owned"].any(axis=0).all():
-        raise RuntimeError("some runs were computed by no process")
-    rows = np.arange(n_runs)
-    return {k: np.asarray(everyone[k])[owner, rows] for k in mine}
-
-
-def merge_runs(sources: Sequence[str | Path], into: str | Path) -> int:
-    """Copy the chunk files of several run folders (e.g. one per --slice job) into one folder,
-    where a sweep with the same config, grid and seeds finds them all. Returns files copied."""
-    import shutil
-
-    into, copied = Path(into), 0
-    for src in map(Path, sources):
-        if not src.is_dir():
-            raise ConfigError(f"source={str(src)!r} is not allowed: not a folder")
-        for f in sorted(src.glob("*/runs_*.npz")):
-            dest = into / f.parent.name / f.name
-            if dest.exists() or dest.resolve() == f.resolve():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(f, tmp)
-            tmp.replace(dest)
-            copied += 1
-    return copied
 
 
 def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarray, task: Task, run) -> Results:
     H, S = len(table["lr"]), len(seeds)
     arrays, dims = {}, {}
     for name, arr in flat.items():
-        arr = arr.reshape((H, S) + arr.shape[1:])
-        if name in PER_NEURON:
-            ds = TRACE_DIMS["per_neuron"]
-        elif name in TRACE_DIMS:
-            ds = TRACE_DIMS[name]
-        elif name == "failed_step":
-            ds = ()
-        elif name == "snapshots":
-            ds = ("snapshot", "neuron", "input")
-        elif name == "W_final":
-            ds = ("neuron", "input")
-        elif name == "a_final":
-            ds = ("neuron", "task")
-        elif name == "b_final":
-            ds = ("neuron",)
-        elif name == "U_final":
-            ds = ("neuron", "rank")
-        elif name == "V_final":
-            ds = ("rank", "input")
-        else:
-            ds = ("time",)
-        arrays[name], dims[name] = arr, ("hparam", "seed") + ds
-    rate = arrays["positive_rate"]
-    arrays["constant_predictor"] = (rate > CONSTANT_RATE) | (rate < 1 - CONSTANT_RATE)
+        arrays[name], dims[name] = arr.reshape((H, S) + arr.shape[1:]), ("hparam", "seed") + _axes(name)
+    arrays["constant_predictor"] = trace.constant_predictor(arrays["positive_rate"])
     dims["constant_predictor"] = dims["positive_rate"]
     arrays["task_M"], dims["task_M"] = np.asarray(task.M), ("input", "feature")
     arrays["task_w_star"], dims["task_w_star"] = np.asarray(task.w_star), ("task", "feature")
@@ -403,3 +259,16 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
     if cfg.data.n_tasks == 1:
         res = res.isel(task=0)
     return res
+
+
+def _axes(name: str) -> tuple[str, ...]:
+    """The axes of one of a sweep's flat arrays after its run axis."""
+    if (traced := trace.dims(name)) is not None:
+        return traced
+    if name == "failed_step":
+        return ()
+    if name == "snapshots":
+        return ("snapshot", "neuron", "input")
+    if name.endswith("_final") and name[: -len("_final")] in network.PARAM_AXES:
+        return network.PARAM_AXES[name[: -len("_final")]]
+    raise KeyError(f"a sweep produced an array {name!r} with no declared axes")

@@ -6,16 +6,17 @@ over runs: `advance(state, task, t0)` performs the SGD steps t0 .. t0 + chunk - 
 is where a progress bar and Ctrl-C handling live. The step index is shared by all runs (never
 batched), so the clean/adversarial switch and the log-point test stay real branches under vmap.
 
-Random streams: the run key is split into independent keys for init, training data, training
-attacks, evaluation data and evaluation attacks; the data of step t is fold_in(data_key, t), so
-chunking never changes the numbers.
+Random streams: the run key is split into named, independent `Streams` (init, training data,
+training attacks, evaluation data, evaluation attacks).
 
-Metrics are recorded at `cfg.train.log_steps` into fixed buffers (n_log, ...), so memory does
-not grow with the number of steps; full weights only at `cfg.train.snapshot_at`.
+The quantities declared in `purify.trace` are recorded at `cfg.train.log_steps` into fixed
+buffers (n_log, ...), so memory does not grow with the number of steps; full weights only at
+`cfg.train.snapshot_at`. The model itself is `purify.network`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -25,28 +26,42 @@ import numpy as np
 import optax
 from flax import struct
 
-from . import attacks, contrastive, metrics, network
-from .config import HPARAM_NAMES, Config
+from . import attacks, contrastive, network, trace
+from .config import Config, HParams, hparams_of
 from .data import Task, sample
 
-N_STREAMS = 5  # init, train data, train attack, eval data, eval attack
-# A run is marked diverged when its held-out logistic loss (summed over tasks, per example)
-# exceeds 100 times that of the zero predictor, ln 2, or a first-layer row norm exceeds 1e6 (the
-# data have norm ~1 and logistic training grows weights only logarithmically; an exploding run
-# with relative thresholds can instead go silent, f = 0, with a harmless-looking loss).
-DIVERGED_LOSS = 100 * 0.6931471805599453
-DIVERGED_NORM = 1e6
+
+@struct.dataclass
+class Streams:
+    """The independent random streams of one run, split from its key in this order (the order
+    fixes every number the toolkit has published: never reorder). The data of step t is
+    fold_in(data, t), so chunking a run never changes its numbers."""
+
+    init: jax.Array
+    data: jax.Array
+    attack: jax.Array
+    eval_data: jax.Array
+    eval_attack: jax.Array
+
+    @classmethod
+    def from_key(cls, key: jax.Array) -> Streams:
+        return cls(*jax.random.split(key, len(dataclasses.fields(cls))))
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Streams:
+        """The streams of the run with seed `seed` (its key is jax.random.key(seed))."""
+        return cls.from_key(jax.random.key(int(seed)))
 
 
 @struct.dataclass
 class RunState:
-    """Everything one run carries between chunks. `hp` maps HPARAM_NAMES to scalars."""
+    """Everything one run carries between chunks."""
 
     params: Any
     opt_state: Any
-    keys: jax.Array  # (N_STREAMS,) typed keys
-    hp: dict
-    trace: dict  # name -> (n_log, ...) buffers, NaN until written
+    streams: Streams
+    hp: HParams
+    trace: dict  # name -> (n_log, ...) buffers, NaN until written (see purify.trace)
     snapshots: jax.Array  # (n_snapshots, m, d)
     failed_step: jax.Array  # int32, first log step at which the run was non-finite or diverged, -1 if none
     train_set: Any = None  # (x, y) when cfg.data.n_train is set
@@ -64,7 +79,7 @@ class Run:
         """noise_free: every run this program serves has hp noise = 0, so no noise is drawn."""
         self.cfg = cfg.validate()
         self.noise_free = bool(noise_free)
-        self.net = network.build(cfg)
+        self.arch = network.Architecture.of(cfg)
         tc = cfg.train
         self.chunk = int(chunk) if chunk else tc.steps
         self.log_steps = tc.log_steps
@@ -76,35 +91,28 @@ class Run:
     def _batch(self, state: RunState, task: Task, t: jax.Array):
         """(x, y) of step t; for a contrastive objective (view 1, view 2) of the same z."""
         cfg = self.cfg
-        key = jax.random.fold_in(state.keys[1], t)
+        key = jax.random.fold_in(state.streams.data, t)
         if cfg.train.contrastive:
             k_x, k_v = jax.random.split(key)
             x, _, _ = sample(k_x, cfg.data, task, cfg.train.batch, 0.0, noise_free=True)
-            return contrastive.views(k_v, x, state.hp["noise"], cfg.train.view_mask)
+            return contrastive.views(k_v, x, state.hp.noise, cfg.train.view_mask)
         if state.train_set is None:
-            x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp["noise"], self.noise_free)
+            x, _, y = sample(key, cfg.data, task, cfg.train.batch, state.hp.noise, self.noise_free)
             return x, y
         idx = jax.random.randint(key, (cfg.train.batch,), 0, cfg.data.n_train)
         return state.train_set[0][idx], state.train_set[1][idx]
 
     def eval_batch(self, state: RunState, task: Task):
-        x, _, y = sample(state.keys[3], self.cfg.data, task, self.cfg.eval.n_eval, state.hp["noise"], self.noise_free)
+        x, _, y = sample(state.streams.eval_data, self.cfg.data, task, self.cfg.eval.n_eval, state.hp.noise, self.noise_free)
         return x, y
 
-    # -- model pieces -------------------------------------------------------------------------
-    def effective(self, params: dict) -> dict:
-        """The parameters the network sees: W + U V when the adversarial phase is low-rank."""
-        if "U" not in params:
-            return params
-        rest = {k: v for k, v in params.items() if k not in ("U", "V")}
-        return {**rest, "W": params["W"] + params["U"] @ params["V"]}
-
+    # -- the model, as the run uses it ----------------------------------------------------------
     def logits(self, params, x, beta):
-        return network.apply(self.net, self.effective(params), x, beta)
+        return network.logits(self.arch, params, x, beta)
 
     def representation(self, params, x, beta):
         """g(x): (n, m) hidden unit outputs."""
-        return self.net.apply({"params": self.effective(params)}, x, beta, method=network.TwoLayer.features)
+        return network.hidden(self.arch, params, x, beta)
 
     def example_loss(self, params, x, y, beta):
         """(n,) per-example loss: logistic, summed over tasks; for a contrastive objective y is
@@ -114,22 +122,22 @@ class Run:
             return contrastive.loss(tc.objective, self.representation(params, x, beta), self.representation(params, y, beta), tc.temperature)
         return logistic_loss(self.logits(params, x, beta), y).sum(-1)
 
-    def perturb(self, params, x, y, hp, key):
-        """The training attack's delta at radius hp['tau'] (no gradient flows through it)."""
+    def perturb(self, params, x, y, hp: HParams, key):
+        """The training attack's delta at radius hp.tau (no gradient flows through it)."""
         tc = self.cfg.train
-        objective = lambda v: self.example_loss(params, v, y, hp["beta"])
+        objective = lambda v: self.example_loss(params, v, y, hp.beta)
         if tc.attack == "fgm":
-            delta = attacks.fgm(objective, x, hp["tau"], tc.norm)
+            delta = attacks.fgm(objective, x, hp.tau, tc.norm)
         else:
-            delta = attacks.pgd(objective, x, hp["tau"], tc.norm, tc.pgd_steps, key=key)
+            delta = attacks.pgd(objective, x, hp.tau, tc.norm, tc.pgd_steps, key=key)
         return jax.lax.stop_gradient(delta)
 
-    def train_loss(self, params, x, y, hp, adversarial: jax.Array):
+    def train_loss(self, params, x, y, hp: HParams, adversarial: jax.Array):
         """Mean loss; with attack='surrogate' and `adversarial`, plus tau ||grad_x loss||_*."""
-        ell = self.example_loss(params, x, y, hp["beta"])
+        ell = self.example_loss(params, x, y, hp.beta)
         if self.cfg.train.attack != "surrogate":
             return ell.mean()
-        g = attacks.input_grad(lambda v: self.example_loss(params, v, y, hp["beta"]), x)
+        g = attacks.input_grad(lambda v: self.example_loss(params, v, y, hp.beta), x)
         if self.cfg.train.norm == "l2":
             # ||g|| has gradient g/||g||: NaN where g = 0 (every unit silent). The double `where`
             # keeps both the value and its gradient finite there.
@@ -137,86 +145,47 @@ class Run:
             dual = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
         else:
             dual = jnp.abs(g).sum(-1)
-        return (ell + jnp.where(adversarial, hp["tau"], 0.0) * dual).mean()
+        return (ell + jnp.where(adversarial, hp.tau, 0.0) * dual).mean()
 
     # -- the run ------------------------------------------------------------------------------
-    def init(self, key: jax.Array, hp: dict, task: Task) -> RunState:
-        """key: a typed PRNG key; hp: dict of HPARAM_NAMES -> scalar."""
+    def init(self, key: jax.Array, hp: HParams | dict, task: Task) -> RunState:
+        """key: a typed PRNG key; hp: HParams (or a mapping of its field names) of scalars."""
         cfg = self.cfg
-        hp = {n: jnp.asarray(hp[n], jnp.float32) for n in HPARAM_NAMES}
-        keys = jax.random.split(key, N_STREAMS)
-        params = network.init_params(self.net, keys[0], hp["init_scale"], hp["beta"])
+        hp = hparams_of(hp, jnp.float32)
+        streams = Streams.from_key(key)
+        params = network.init_for(cfg, streams.init, hp.init_scale, hp.beta)
         r = cfg.train.adv_rank
         if r:  # U = 0: the update starts at zero and W's clean phase is untouched
             params["U"] = jnp.zeros((cfg.model.width, r))
-            params["V"] = jax.random.normal(jax.random.fold_in(keys[0], 1), (r, cfg.data.d)) / jnp.sqrt(cfg.data.d)
+            params["V"] = jax.random.normal(jax.random.fold_in(streams.init, 1), (r, cfg.data.d)) / jnp.sqrt(cfg.data.d)
         # inject_hyperparams keeps the learning rate in the optimizer state: set it per run.
         opt_state = self.opt.init(params)
-        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": hp["lr"]})
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": hp.lr})
         train_set = None
         if cfg.data.n_train is not None:
             # the fixed training set uses the data stream at a step index training never reaches
-            x, _, y = sample(jax.random.fold_in(keys[1], 2**32 - 1), cfg.data, task, cfg.data.n_train, hp["noise"], self.noise_free)
+            x, _, y = sample(jax.random.fold_in(streams.data, 2**32 - 1), cfg.data, task, cfg.data.n_train, hp.noise, self.noise_free)
             train_set = (x, y)
-        n_log, m, T, R = len(self.log_steps), cfg.model.width, cfg.data.n_tasks, len(cfg.eval.taus)
-        nan = lambda *shape: jnp.full((n_log,) + shape, jnp.nan, jnp.float32)
-        trace = {name: nan(m) for name in ("norm", "purity", "features", "participation", "rho")}
-        trace.update({name: nan() for name in ("purity_nw", "features_nw", "participation_nw", "rho_nw", "alignment", "dead_fraction", "loss")})
-        trace.update({"clean_acc": nan(T), "positive_rate": nan(T), "robust_acc": nan(T, R), "attack_acc": nan(T, R, len(attacks.ATTACK_NAMES))})
-        snaps = jnp.zeros((len(self.snapshot_at), m, cfg.data.d), jnp.float32)
-        return RunState(params, opt_state, keys, hp, trace, snaps, jnp.int32(-1), train_set)
+        buffers = trace.buffers(cfg, len(self.log_steps))
+        snaps = jnp.zeros((len(self.snapshot_at), cfg.model.width, cfg.data.d), jnp.float32)
+        return RunState(params, opt_state, streams, hp, buffers, snaps, jnp.int32(-1), train_set)
 
     def measure(self, state: RunState, task: Task, t: jax.Array) -> dict:
-        """All metrics of the current weights (one row of the trace)."""
-        cfg, params, beta = self.cfg, self.effective(state.params), state.hp["beta"]
-        W = params["W"]
-        per = metrics.neuron_metrics(W, task.M, task.w_star[0])
-        head = network.head_of(self.net, params)
-        row = dict(per)
-        for name in ("purity", "features", "participation", "rho"):
-            row[name + "_nw"] = metrics.weighted_mean(per[name], per["norm"])
-        row["alignment"] = metrics.mixture_alignment(metrics.feature_coefficients(W, task.M), jnp.sign(head[:, 0]))
-        x, y = self.eval_batch(state, task)
-        hidden = network.TwoLayer.features
-        act = self.net.apply({"params": params}, x, beta, method=hidden)
-        row["dead_fraction"] = (jnp.abs(act).max(0) == 0).mean()
-        if cfg.train.contrastive:  # no labels: the held-out contrastive loss; accuracies stay NaN
-            # views of clean held-out inputs, as in training (x above carries the view noise once already)
-            clean, _, _ = sample(state.keys[3], cfg.data, task, cfg.eval.n_eval, 0.0, noise_free=True)
-            v1, v2 = contrastive.views(jax.random.fold_in(state.keys[3], 1), clean, state.hp["noise"], cfg.train.view_mask)
-            row["loss"] = self.example_loss(params, v1, v2, beta).mean()
-            T, R = cfg.data.n_tasks, len(cfg.eval.taus)
-            nan = lambda *shape: jnp.full(shape, jnp.nan)
-            row.update(positive_rate=nan(T), clean_acc=nan(T), robust_acc=nan(T, R), attack_acc=nan(T, R, len(attacks.ATTACK_NAMES)))
-            return row
-        f = act @ head
-        row["loss"] = logistic_loss(f, y).sum(-1).mean()
-        row["positive_rate"] = (f > 0).mean(0)
-        ec = cfg.eval
-        key = jax.random.fold_in(state.keys[4], t)
-        clean_acc, robust, by_attack = [], [], []
-        for j in range(cfg.data.n_tasks):  # each task attacked separately
-            margin = lambda v, j=j: y[:, j] * self.logits(params, v, beta)[:, j]
-            c, r, a = attacks.robust_accuracy(margin, x, y[:, j], ec.taus, task.label_directions[j], key, ec.norm, ec.pgd_steps, ec.restarts)
-            clean_acc.append(c)
-            robust.append(r)
-            by_attack.append(a)
-        row["clean_acc"], row["robust_acc"], row["attack_acc"] = jnp.stack(clean_acc), jnp.stack(robust), jnp.stack(by_attack)
-        return row
+        """Every quantity of purify.trace at the current weights (one row of the trace)."""
+        return trace.measure(trace.Probe(self, state, task, t))
 
     def record(self, state: RunState, task: Task, t: jax.Array) -> RunState:
         """Write the metrics at step t into its trace slot (t must be a log step)."""
         idx = jnp.searchsorted(jnp.asarray(self.log_steps), t)
         row = self.measure(state, task, t)
-        trace = {k: state.trace[k].at[idx].set(row[k].astype(jnp.float32)) for k in state.trace}
-        W = state.params["W"]
-        healthy = jnp.all(jnp.isfinite(W)) & (row["loss"] < DIVERGED_LOSS) & (row["norm"].max() < DIVERGED_NORM)  # False for NaN
+        buffers = {k: state.trace[k].at[idx].set(row[k]) for k in state.trace}
+        healthy = trace.healthy(row, state.params["W"])
         bad = jnp.where((state.failed_step < 0) & ~healthy, t.astype(jnp.int32), state.failed_step)
-        return state.replace(trace=trace, failed_step=bad)
+        return state.replace(trace=buffers, failed_step=bad)
 
     def snapshot(self, state: RunState, t: jax.Array) -> RunState:
         idx = jnp.searchsorted(jnp.asarray(self.snapshot_at), t)
-        return state.replace(snapshots=state.snapshots.at[idx].set(self.effective(state.params)["W"]))
+        return state.replace(snapshots=state.snapshots.at[idx].set(network.effective_weights(state.params)))
 
     def _observe(self, state: RunState, task: Task, t: jax.Array) -> RunState:
         is_log = jnp.any(jnp.asarray(self.log_steps) == t)
@@ -231,7 +200,7 @@ class Run:
         x, y = self._batch(state, task, t)
         adversarial = jnp.asarray(t >= tc.adv_start) & (tc.attack != "none")
         if tc.attack in ("fgm", "pgd"):
-            key = jax.random.fold_in(state.keys[2], t)
+            key = jax.random.fold_in(state.streams.attack, t)
             x = jax.lax.cond(adversarial, lambda: x + self.perturb(state.params, x, y, hp, key), lambda: x)
         grads = jax.grad(self.train_loss)(state.params, x, y, hp, adversarial)
         if tc.adv_rank:  # clean phase trains W only; the adversarial phase trains U and V only

@@ -1,0 +1,176 @@
+"""Protocols shared by several experiments: the purification presets, the radius grid,
+pre-training of backbones (supervised and contrastive) and downstream heads on them.
+
+Pre-training is the purification protocol of fp-dynamics (clean for adv_start steps, then the
+attack) run through `Context.sweep`, so backbones are resumable and identical across
+experiments that ask for the same config and seeds. Downstream fits go through
+`Context.downstream` (`purify.downstream.fit_and_evaluate`), resumable in the same runs folder,
+on the backbone's own parameters (`purify.downstream.backbones`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purify import downstream as ds
+from purify import metrics
+from purify.config import Config
+from purify.data import Task
+from purify.downstream import select_by_validation
+from purify.experiment import Context, Option
+from purify.landmarks import window
+
+# The purification protocol (fp-dynamics): clean for adv_start steps, then FGM at hp.tau.
+PURIFICATION_PRESETS = {
+    "cpu": {
+        "config": {"data.d": 64, "data.k": 4, "model.width": 256, "train.steps": 4000, "train.adv_start": 2000,
+                   "train.batch": 256, "train.attack": "fgm", "hp.tau": 0.25, "hp.lr": 0.1, "hp.beta": 0.6,
+                   "eval.taus": (0.25,), "eval.n_eval": 1024},
+        "seeds": 8,
+    },
+    "gpu": {
+        "config": {"data.d": 256, "data.k": 8, "model.width": 1024, "train.steps": 20000, "train.adv_start": 10000,
+                   "train.batch": 512, "train.attack": "fgm", "hp.tau": 0.177, "hp.lr": 0.1, "hp.beta": 0.6,
+                   "eval.taus": (0.177,), "eval.n_eval": 4096, "train.n_log": 40},
+        "seeds": 32,
+    },
+}
+
+# Backbone pre-training presets for the transfer experiments: the same protocol.
+PRETRAIN_PRESETS = {name: dict(p) for name, p in PURIFICATION_PRESETS.items()}
+
+# Contrastive pre-training's settings on top of the pre-training preset (inh-contrastive, inh-nodes).
+CONTRASTIVE = {"hp.init_scale": 0.1, "train.temperature": 0.2, "train.batch": 128}
+CONTRASTIVE_VIEW_NOISES = {"cpu": (0.1, 0.5), "gpu": (0.1, 0.3, 0.5)}
+
+RADIUS_OPTIONS = (
+    Option("n_taus", int, 13, "radii in the evaluation grid 0 .. tau_max", lo=2),
+    Option("tau_max", float, None, "largest radius of the grid (none: 1.25 times the window's upper end 1/sqrt(k))", lo=0.0, strict_lo=True,
+           optional=True),
+)
+N_DOWN = Option("n_down", int, 2048, "downstream training-set size drawn per run", lo=1)
+
+
+def radius_grid(cfg: Config, options: dict) -> np.ndarray:
+    """The evaluation radii: n_taus points from 0 to tau_max (default 1.25 x the window's top)."""
+    hi = options["tau_max"] or 1.25 * window(cfg.data, cfg.eval.norm)[1]
+    return np.linspace(0.0, float(hi), int(options["n_taus"]))
+
+
+def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[dict, list]:
+    """{'clean', 'fgm', 'pgd'}: the final parameters of supervised pre-training (clean, then
+    clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, and the failed pre-training runs."""
+    tau = cfg.hp.tau
+    sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
+    pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
+    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
+    return {"clean": ds.backbones(sup, rows=0), "fgm": ds.backbones(sup, rows=1), "pgd": ds.backbones(pgd, rows=0)}, failed
+
+
+def contrastive_config(cfg: Config, objective: str, attack: str) -> Config:
+    return cfg.set(**{"train.objective": objective, "train.attack": attack})
+
+
+def contrastive_name(objective: str, noise: float, mode: str) -> str:
+    return f"{objective}/σ={noise:g}/{mode}"
+
+
+def contrastive_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, seeds: int, task):
+    """One sweep over view noise x (0 and) the radius: rows (noise, tau), noise slowest."""
+    taus = [0.0, pcfg.hp.tau] if with_clean else [pcfg.hp.tau]
+    return ctx.sweep(pcfg, grid={"noise": list(noises), "tau": taus}, seeds=seeds, task=task)
+
+
+def down_config(cfg: Config, options: dict, **kw) -> ds.DownstreamConfig:
+    """Downstream sizes that scale with the pre-training config: a quarter of its steps, its
+    batch halved, its evaluation size and radii, and options['n_down'] training samples."""
+    base = {"steps": max(4, cfg.train.steps // 4), "probe_steps": max(4, cfg.train.steps // 8), "batch": max(8, cfg.train.batch // 2),
+            "n_max": int(options["n_down"]), "n_val": max(32, cfg.eval.n_eval // 2), "n_test": cfg.eval.n_eval,
+            "taus": tuple(cfg.eval.taus), "eval_pgd_steps": cfg.eval.pgd_steps, "pgd_steps": min(5, cfg.eval.pgd_steps),
+            "norm": cfg.eval.norm, "noise": cfg.hp.noise}
+    base.update(kw)
+    return ds.DownstreamConfig(**base)
+
+
+def snapshot_steps(cfg: Config, fractions) -> tuple[int, ...]:
+    """Steps adv_start + f (steps - adv_start): the adversarial phase cut at fractions f."""
+    a, n = cfg.train.adv_start, cfg.train.steps
+    return tuple(sorted({round(a + f * (n - a)) for f in fractions}))
+
+
+def oracle_backbone(task: Task) -> np.ndarray:
+    """The oracle pure representation's first layer: one unit per feature, W = M^T (d, d), unit
+    rows (thresholds by the relative rule: beta z_min)."""
+    return np.asarray(task.M).T.copy()
+
+
+def weighted_purity(W: np.ndarray, M) -> np.ndarray:
+    """Norm-weighted mean purity of each backbone in W (..., m, d)."""
+    W = np.asarray(W)
+    flat = W.reshape((-1,) + W.shape[-2:])
+    out = [float(metrics.weighted_mean(metrics.purity(metrics.feature_coefficients(w, M)), np.linalg.norm(w, axis=-1))) for w in flat]
+    return np.asarray(out).reshape(W.shape[:-2])
+
+
+def features_per_neuron(W: np.ndarray, M) -> np.ndarray:
+    """Features per neuron n_i(0.5) of each neuron of each backbone: (..., m)."""
+    W = np.asarray(W)
+    flat = W.reshape((-1,) + W.shape[-2:])
+    out = [np.asarray(metrics.features_per_neuron(metrics.feature_coefficients(w, M))) for w in flat]
+    return np.asarray(out).reshape(W.shape[:-1])
+
+
+def probe(ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, theta: np.ndarray, **kw) -> dict:
+    """Fit and evaluate downstream models on backbones {'W': (R, m, d), ...} with per-run seeds (R,)."""
+    return ctx.downstream(cfg, dc, task.M, seeds=seeds, backbone=backbone, beta=cfg.hp.beta, theta=theta, **kw)
+
+
+def broadcast_backbone(backbone: dict, lead: tuple[int, ...], axes: tuple[int, ...]) -> dict:
+    """Each parameter of a backbone batch with its leading axes placed at `axes` of the run
+    grid `lead` and broadcast over the others, then flattened into one run axis."""
+    out = {}
+    for name, a in backbone.items():
+        a = np.asarray(a)
+        n_lead = a.ndim - (2 if name == "W" else 1)
+        shape = [1] * len(lead)
+        for ax, size in zip(axes, a.shape[:n_lead]):
+            shape[ax] = size
+        a = a.reshape(tuple(shape) + a.shape[n_lead:])
+        out[name] = np.broadcast_to(a, tuple(lead) + a.shape[len(lead):]).reshape((-1,) + a.shape[len(lead):])
+    return out
+
+
+def clean_heads(ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, thetas: dict,
+                lrs) -> tuple[dict, int]:
+    """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
+    (d,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
+    rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean'}}
+    with (B, S) test accuracies (robust at the first radius) and the number of non-finite fits."""
+    names = list(thetas)
+    B, S, d = *backbone["W"].shape[:2], backbone["W"].shape[-1]
+    L, K = len(lrs), len(names)
+    shape = (K, B, S, L)
+    bb = broadcast_backbone(backbone, shape, (1, 2))
+    th = np.broadcast_to(np.stack([thetas[n] for n in names])[:, None, None, None], (*shape, d)).reshape(-1, d)
+    sd = np.broadcast_to(np.asarray(seeds)[None, None, :, None], shape).ravel()
+    lr = np.broadcast_to(np.asarray(lrs, np.float32), shape).ravel()
+    out = probe(ctx, cfg, dc, task, bb, sd, th, n=dc.n_max, lr=lr)
+    _, (robust, clean) = select_by_validation(out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
+    return {n: {"robust": robust[i], "clean": clean[i]} for i, n in enumerate(names)}, int(out["failed"].sum())
+
+
+def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds: int) -> dict:
+    """The reference a transferred head is held against: the network trained end to end on each
+    downstream task with cfg's schedule at hp.tau (clean, then the attack). Returns {task:
+    {'robust', 'clean'}} with (S,) accuracies at the first evaluation radius."""
+    import jax.numpy as jnp
+
+    from purify.evaluate import network_curves
+
+    out = {}
+    for name, theta in thetas.items():
+        dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
+        res = ctx.sweep(cfg, grid={"tau": [cfg.hp.tau]}, seeds=seeds, task=dtask)
+        curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
+        out[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
+    return out

@@ -1,0 +1,263 @@
+"""The experiment protocol and its registry.
+
+An `Experiment` is a claim, presets ('cpu': minutes on 2 cores; 'gpu': paper scale), declared
+options (`Option`: type, default, allowed range; set with `--set exp.NAME=VALUE`), a `run`
+that returns the numbers and verdicts, and a `plot` that redraws the figure from those numbers
+alone. `run_experiment` validates every setting and option before anything trains, then
+writes `<out>/<id>.json` (numbers, verdicts, full config, seeds, provenance) and `<out>/<id>.png`.
+
+Experiments are found through the entry-point group `purify.experiments` (name = experiment
+id, value = `module:EXPERIMENT`): the toolkit's own live in the top-level `experiments`
+package, and a researcher registers more from their own package the same way:
+
+    [project.entry-points."purify.experiments"]
+    my-claim = "mypackage.my_claim:EXPERIMENT"
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import numbers
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+from .provenance import provenance
+from .results import atomic_write_bytes, atomic_write_json
+
+ENTRY_POINT_GROUP = "purify.experiments"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One experiment option: its type (int, float, str, bool or dict), default, rule and meaning.
+
+    many: a tuple of values (a single value is accepted and becomes a 1-tuple). optional: None
+    is allowed (and means what `doc` says). lo/hi bound numbers (strict_lo: > lo); choices lists
+    the allowed values. A dict option (a table, e.g. learning rates per method) is set in a
+    preset only, not from the command line.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    strict_lo: bool = False
+    choices: tuple | None = None
+    many: bool = False
+    optional: bool = False
+
+    def rule(self) -> str:
+        if self.kind is dict:
+            return "a table set in a preset"
+        what = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[self.kind]
+        parts = [what]
+        if self.lo is not None:
+            parts.append(f"{'>' if self.strict_lo else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"<= {self.hi:g}")
+        if self.choices:
+            parts = [f"one of {', '.join(map(repr, self.choices))}"]
+        text = " ".join(parts)
+        if self.many:
+            text = f"a non-empty list of {text.replace('an integer', 'integers').replace('a finite number', 'finite numbers')}"
+        return text + (", or none" if self.optional else "")
+
+    def check(self, value: Any, where: str) -> Any:
+        """The value normalized (a tuple for `many`), or ConfigError naming it and the rule."""
+        name = f"exp.{self.name}"
+        bad = lambda: ConfigError(f"{name}={value!r} is not allowed{where}: must be {self.rule()}")
+        if value is None:
+            if self.optional:
+                return None
+            raise bad()
+        if self.kind is dict:
+            if not isinstance(value, Mapping):
+                raise bad()
+            return dict(value)
+        items = value if self.many and isinstance(value, (tuple, list)) else (value,)
+        if self.many and len(items) == 0 or (not self.many and isinstance(value, (tuple, list))):
+            raise bad()
+        out = []
+        for v in items:
+            if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # NumPy scalars are numbers too
+                v = v.item()
+            if self.kind is bool:
+                if not isinstance(v, bool):
+                    raise bad()
+            elif self.kind is int:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise bad()
+                v = int(v)
+            elif self.kind is float:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                    raise bad()
+                v = float(v)
+            elif not isinstance(v, str):
+                raise bad()
+            if self.choices is not None and v not in self.choices:
+                raise bad()
+            if self.lo is not None and (v <= self.lo if self.strict_lo else v < self.lo):
+                raise bad()
+            if self.hi is not None and v > self.hi:
+                raise bad()
+            out.append(v)
+        return tuple(out) if self.many else out[0]
+
+
+@dataclass
+class Context:
+    """Where an experiment keeps its runs, how it reports progress, how it splits the work."""
+
+    runs_dir: Path | None = Path("runs")
+    progress: bool = True
+    options: dict = field(default_factory=dict)
+    chunk_size: int | None = None
+    run_slice: tuple[int, int] | None = None
+
+    def sweep(self, cfg: Config, **kwargs):
+        from .sweeps import sweep
+
+        return sweep(cfg, out_dir=self.runs_dir, progress=self.progress, chunk_size=self.chunk_size, run_slice=self.run_slice, **kwargs)
+
+    def downstream(self, cfg: Config, dc, M, **kwargs):
+        """`purify.downstream.fit_and_evaluate`, resumable in this context's runs folder."""
+        from .downstream import fit_and_evaluate
+
+        return fit_and_evaluate(cfg, dc, M, out_dir=self.runs_dir, **kwargs)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    claim: str
+    title: str
+    summary: str
+    presets: dict[str, dict]  # name -> {"config": {dotted: value}, "seeds": int, "options": {name: value}}
+    run: Callable[[Config, int, Context], dict]
+    plot: Callable[[dict], object]  # record -> matplotlib Figure, from the JSON alone
+    options: tuple[Option, ...] = ()
+    check: Callable[[Config, dict], None] | None = None  # relations between options and settings
+
+    def option(self, name: str) -> Option:
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise ConfigError(f"exp.{name} is not allowed: {self.id} options are {sorted('exp.' + o.name for o in self.options) or 'none'}")
+
+    def config(self, preset: str, overrides: dict | None = None) -> tuple[Config, int, dict]:
+        """The validated config, seed count and options of a preset with overrides applied.
+        Every setting and every option is checked here, before anything compiles."""
+        if preset not in self.presets:
+            raise ConfigError(f"preset={preset!r} is not allowed for {self.id}: must be one of {sorted(self.presets)}")
+        p = self.presets[preset]
+        values = {o.name: o.default for o in self.options}
+        for name, value in p.get("options", {}).items():
+            self.option(name)
+            values[name] = value
+        settings = dict(p["config"])
+        for key, value in (overrides or {}).items():
+            if key.startswith("exp."):
+                opt = self.option(key[4:])
+                if opt.kind is dict:
+                    raise ConfigError(f"{key}={value!r} is not allowed: {key} is {opt.rule()} (see `purify list --settings`)")
+                values[opt.name] = value
+            else:
+                settings[key] = value
+        cfg = Config().set(**settings).validate()
+        options = {o.name: o.check(values[o.name], f" for {self.id}") for o in self.options}
+        if self.check is not None:
+            self.check(cfg, options)
+        return cfg, int(p["seeds"]), options
+
+
+def _entry_points():
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def all_experiments() -> dict[str, Experiment]:
+    """Every registered experiment, by id, in registration order."""
+    out = {}
+    for ep in _entry_points():
+        exp = ep.load()
+        if not isinstance(exp, Experiment) or exp.id != ep.name:
+            raise RuntimeError(f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} is not an Experiment with id {ep.name!r}")
+        out[exp.id] = exp
+    if not out:
+        raise RuntimeError(f"no experiments are registered in the entry-point group {ENTRY_POINT_GROUP!r}: "
+                           "install the package (pip install -e .) so its entry points exist")
+    return out
+
+
+def get(exp_id: str) -> Experiment:
+    for ep in _entry_points():
+        if ep.name == exp_id:
+            return all_experiments()[exp_id]
+    raise ConfigError(f"experiment={exp_id!r} is not allowed: must be one of {sorted(ep.name for ep in _entry_points())}")
+
+
+def run_experiment(exp_id: str, preset: str = "cpu", seeds: int | None = None, out: str | Path = "figures",
+                   runs_dir: str | Path | None = "runs", overrides: dict | None = None, progress: bool = True,
+                   chunk_size: int | None = None, run_slice: tuple[int, int] | None = None) -> dict:
+    """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
+
+    Under jax.distributed every process runs this; the sweeps split the runs among them and
+    gather the results, and only process 0 writes files.
+    """
+    import jax
+
+    exp = get(exp_id)
+    cfg, default_seeds, options = exp.config(preset, overrides)
+    seeds = default_seeds if seeds is None else seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 2:
+        raise ConfigError(f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)")
+    seeds = int(seeds)
+    ctx = Context(runs_dir=Path(runs_dir) if runs_dir else None, progress=progress and jax.process_index() == 0, options=options,
+                  chunk_size=chunk_size, run_slice=run_slice)
+    t0 = time.time()
+    body = exp.run(cfg, seeds, ctx)
+    record = {
+        "experiment": exp.id, "claim": exp.claim, "title": exp.title, "preset": preset,
+        "seeds": list(range(seeds)), "options": options, "overrides": overrides or {},
+        "config": cfg.to_dict(), "provenance": provenance(), "wall_seconds": round(time.time() - t0, 2),
+        **body,
+    }
+    if jax.process_index() == 0:
+        out = Path(out)
+        atomic_write_json(out / f"{exp.id}.json", record)
+        save_figure(exp, record, out / f"{exp.id}.png")
+    return record
+
+
+def save_figure(exp: Experiment, record: dict, path: Path) -> None:
+    """Draw into memory, then write atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = exp.plot(record)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def print_verdicts(record: dict) -> None:
+    for v in record.get("verdicts", []):
+        lo, hi = v["ci95"]
+        print(f"  [{v['verdict']:>12}] {v['claim']}: {v['mean']:+.4f}  (95% CI {lo:+.4f} .. {hi:+.4f}, n={v['n']})")
+
+
+def main_for(exp_id: str) -> None:
+    """`python -m experiments.<module>` runs the experiment with the CLI's options."""
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["run", exp_id, *sys.argv[1:]]))
