@@ -23,15 +23,38 @@ from purify.landmarks import window
 # The purification protocol (fp-dynamics): clean for adv_start steps, then FGM at hp.tau.
 PURIFICATION_PRESETS = {
     "cpu": {
-        "config": {"data.d": 64, "data.k": 4, "model.width": 256, "train.steps": 4000, "train.adv_start": 2000,
-                   "train.batch": 256, "train.attack": "fgm", "hp.tau": 0.25, "hp.lr": 0.1, "hp.beta": 0.6,
-                   "eval.taus": (0.25,), "eval.n_eval": 1024},
+        "config": {
+            "data.d": 64,
+            "data.k": 4,
+            "model.width": 256,
+            "train.steps": 4000,
+            "train.adv_start": 2000,
+            "train.batch": 256,
+            "train.attack": "fgm",
+            "hp.tau": 0.25,
+            "hp.lr": 0.1,
+            "hp.beta": 0.6,
+            "eval.taus": (0.25,),
+            "eval.n_eval": 1024,
+        },
         "seeds": 8,
     },
     "gpu": {
-        "config": {"data.d": 256, "data.k": 8, "model.width": 1024, "train.steps": 20000, "train.adv_start": 10000,
-                   "train.batch": 512, "train.attack": "fgm", "hp.tau": 0.177, "hp.lr": 0.1, "hp.beta": 0.6,
-                   "eval.taus": (0.177,), "eval.n_eval": 4096, "train.n_log": 40},
+        "config": {
+            "data.d": 256,
+            "data.k": 8,
+            "model.width": 1024,
+            "train.steps": 20000,
+            "train.adv_start": 10000,
+            "train.batch": 512,
+            "train.attack": "fgm",
+            "hp.tau": 0.177,
+            "hp.lr": 0.1,
+            "hp.beta": 0.6,
+            "eval.taus": (0.177,),
+            "eval.n_eval": 4096,
+            "train.n_log": 40,
+        },
         "seeds": 32,
     },
 }
@@ -45,8 +68,15 @@ CONTRASTIVE_VIEW_NOISES = {"cpu": (0.1, 0.5), "gpu": (0.1, 0.3, 0.5)}
 
 RADIUS_OPTIONS = (
     Option("n_taus", int, 13, "radii in the evaluation grid 0 .. tau_max", lo=2),
-    Option("tau_max", float, None, "largest radius of the grid (none: 1.25 times the window's upper end 1/sqrt(k))", lo=0.0, strict_lo=True,
-           optional=True),
+    Option(
+        "tau_max",
+        float,
+        None,
+        "largest radius of the grid (none: 1.25 times the window's upper end 1/sqrt(k))",
+        lo=0.0,
+        strict_lo=True,
+        optional=True,
+    ),
 )
 N_DOWN = Option("n_down", int, 2048, "downstream training-set size drawn per run", lo=1)
 
@@ -63,8 +93,14 @@ def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[d
     tau = cfg.hp.tau
     sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
     pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
-    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
-    return {"clean": ds.backbones(sup, rows=0), "fgm": ds.backbones(sup, rows=1), "pgd": ds.backbones(pgd, rows=0)}, failed
+    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [
+        ["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()
+    ]
+    return {
+        "clean": ds.backbones(sup, rows=0),
+        "fgm": ds.backbones(sup, rows=1),
+        "pgd": ds.backbones(pgd, rows=0),
+    }, failed
 
 
 def contrastive_config(cfg: Config, objective: str, attack: str) -> Config:
@@ -84,10 +120,19 @@ def contrastive_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, 
 def down_config(cfg: Config, options: dict, **kw) -> ds.DownstreamConfig:
     """Downstream sizes that scale with the pre-training config: a quarter of its steps, its
     batch halved, its evaluation size and radii, and options['n_down'] training samples."""
-    base = {"steps": max(4, cfg.train.steps // 4), "probe_steps": max(4, cfg.train.steps // 8), "batch": max(8, cfg.train.batch // 2),
-            "n_max": int(options["n_down"]), "n_val": max(32, cfg.eval.n_eval // 2), "n_test": cfg.eval.n_eval,
-            "taus": tuple(cfg.eval.taus), "eval_pgd_steps": cfg.eval.pgd_steps, "pgd_steps": min(5, cfg.eval.pgd_steps),
-            "norm": cfg.eval.norm, "noise": cfg.hp.noise}
+    base = {
+        "steps": max(4, cfg.train.steps // 4),
+        "probe_steps": max(4, cfg.train.steps // 8),
+        "batch": max(8, cfg.train.batch // 2),
+        "n_max": int(options["n_down"]),
+        "n_val": max(32, cfg.eval.n_eval // 2),
+        "n_test": cfg.eval.n_eval,
+        "taus": tuple(cfg.eval.taus),
+        "eval_pgd_steps": cfg.eval.pgd_steps,
+        "pgd_steps": min(5, cfg.eval.pgd_steps),
+        "norm": cfg.eval.norm,
+        "noise": cfg.hp.noise,
+    }
     base.update(kw)
     return ds.DownstreamConfig(**base)
 
@@ -108,7 +153,10 @@ def weighted_purity(W: np.ndarray, M) -> np.ndarray:
     """Norm-weighted mean purity of each backbone in W (..., m, d)."""
     W = np.asarray(W)
     flat = W.reshape((-1,) + W.shape[-2:])
-    out = [float(metrics.weighted_mean(metrics.purity(metrics.feature_coefficients(w, M)), np.linalg.norm(w, axis=-1))) for w in flat]
+    out = [
+        float(metrics.weighted_mean(metrics.purity(metrics.feature_coefficients(w, M)), np.linalg.norm(w, axis=-1)))
+        for w in flat
+    ]
     return np.asarray(out).reshape(W.shape[:-2])
 
 
@@ -120,7 +168,16 @@ def features_per_neuron(W: np.ndarray, M) -> np.ndarray:
     return np.asarray(out).reshape(W.shape[:-1])
 
 
-def probe(ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, theta: np.ndarray, **kw) -> dict:
+def probe(
+    ctx: Context,
+    cfg: Config,
+    dc: ds.DownstreamConfig,
+    task: Task,
+    backbone: dict,
+    seeds: np.ndarray,
+    theta: np.ndarray,
+    **kw,
+) -> dict:
     """Fit and evaluate downstream models on backbones {'W': (R, m, d), ...} with per-run seeds (R,)."""
     return ctx.downstream(cfg, dc, task.M, seeds=seeds, backbone=backbone, beta=cfg.hp.beta, theta=theta, **kw)
 
@@ -136,12 +193,13 @@ def broadcast_backbone(backbone: dict, lead: tuple[int, ...], axes: tuple[int, .
         for ax, size in zip(axes, a.shape[:n_lead]):
             shape[ax] = size
         a = a.reshape(tuple(shape) + a.shape[n_lead:])
-        out[name] = np.broadcast_to(a, tuple(lead) + a.shape[len(lead):]).reshape((-1,) + a.shape[len(lead):])
+        out[name] = np.broadcast_to(a, tuple(lead) + a.shape[len(lead) :]).reshape((-1,) + a.shape[len(lead) :])
     return out
 
 
-def clean_heads(ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, thetas: dict,
-                lrs) -> tuple[dict, int]:
+def clean_heads(
+    ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, thetas: dict, lrs
+) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
     (d,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
     rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean'}}
@@ -155,7 +213,9 @@ def clean_heads(ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, 
     sd = np.broadcast_to(np.asarray(seeds)[None, None, :, None], shape).ravel()
     lr = np.broadcast_to(np.asarray(lrs, np.float32), shape).ravel()
     out = probe(ctx, cfg, dc, task, bb, sd, th, n=dc.n_max, lr=lr)
-    _, (robust, clean) = select_by_validation(out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
+    _, (robust, clean) = select_by_validation(
+        out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape)
+    )
     return {n: {"robust": robust[i], "clean": clean[i]} for i, n in enumerate(names)}, int(out["failed"].sum())
 
 

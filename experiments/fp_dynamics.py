@@ -43,10 +43,28 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     diff = lambda n: final[n]["adversarial"] - final[n]["clean"]
     eval_tau = cfg.eval.taus[0]
     verdicts = [
-        verdict(diff("purity_nw"), ">", 0.0, "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by seed)"),
-        verdict(diff("rho_nw"), "<", 0.0, "FGM training lowers the dense-mixture coherence rho (final, adversarial - clean)"),
-        verdict(diff("robust_acc"), ">", 0.0, f"FGM training raises {cfg.eval.norm} robust accuracy at tau={eval_tau:g} (final, adversarial - clean)"),
-        verdict(final["clean_acc"]["adversarial"] - 0.9, ">", 0.0, "the adversarially trained network stays accurate: clean accuracy - 0.9 > 0"),
+        verdict(
+            diff("purity_nw"),
+            ">",
+            0.0,
+            "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by "
+            "seed)",
+        ),
+        verdict(
+            diff("rho_nw"), "<", 0.0, "FGM training lowers the dense-mixture coherence rho (final, adversarial - clean)"
+        ),
+        verdict(
+            diff("robust_acc"),
+            ">",
+            0.0,
+            f"FGM training raises {cfg.eval.norm} robust accuracy at tau={eval_tau:g} (final, adversarial - clean)",
+        ),
+        verdict(
+            final["clean_acc"]["adversarial"] - 0.9,
+            ">",
+            0.0,
+            "the adversarially trained network stays accurate: clean accuracy - 0.9 > 0",
+        ),
     ]
     failed = np.argwhere(res.failed()).tolist()
     constant = res["constant_predictor"][:, :, -1]
@@ -57,10 +75,16 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "eval_tau": eval_tau,
         "window": list(window(cfg.data, cfg.eval.norm)),
         "norm": cfg.eval.norm,
-        "modes": {"clean": "clean throughout (tau = 0)", "adversarial": f"clean, then FGM {cfg.train.norm} tau = {tau:g} from step {cfg.train.adv_start}"},
+        "modes": {
+            "clean": "clean throughout (tau = 0)",
+            "adversarial": f"clean, then FGM {cfg.train.norm} tau = {tau:g} from step {cfg.train.adv_start}",
+        },
         "curves": {n: {m: v.tolist() for m, v in d.items()} for n, d in curves.items()},
         "at_switch": {n: {m: v[:, switch].tolist() for m, v in d.items()} for n, d in curves.items()},
-        "final": {n: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v.tolist()} for m, v in d.items()} for n, d in final.items()},
+        "final": {
+            n: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v.tolist()} for m, v in d.items()}
+            for n, d in final.items()
+        },
         "failed_runs": failed,
         "constant_predictor_final": {"clean": constant[0].tolist(), "adversarial": constant[1].tolist()},
         "verdicts": verdicts,
@@ -80,7 +104,9 @@ def plot(record: dict):
             band(ax, steps, np.asarray(record["curves"][name][mode], dtype=float), label=label, color=colors[mode])
         ax.axvline(record["adv_start"], color="k", lw=0.8, ls=":")
         norm = {"l2": "ℓ2", "linf": "ℓ∞"}[record.get("norm", "l2")]
-        ax.set_title(f"{title}" + (f" ({norm}) at τ = {record['eval_tau']:g}" if name == "robust_acc" else ""), fontsize=10)
+        ax.set_title(
+            f"{title}" + (f" ({norm}) at τ = {record['eval_tau']:g}" if name == "robust_acc" else ""), fontsize=10
+        )
         ax.set_ylabel(formula, fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
@@ -102,9 +128,13 @@ def plot(record: dict):
 PRESETS = PURIFICATION_PRESETS
 
 EXPERIMENT = Experiment(
-    id="fp-dynamics", claim="FP", title="Clean then FGM training: per-neuron purity, mixtures and robustness over time",
+    id="fp-dynamics",
+    claim="FP",
+    title="Clean then FGM training: per-neuron purity, mixtures and robustness over time",
     summary="clean then FGM training; purity, features/neuron, rho, clean and robust accuracy over time",
-    presets=PRESETS, run=run, plot=plot,
+    presets=PRESETS,
+    run=run,
+    plot=plot,
 )
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The data use a Haar (dense) dictionary, so no input coordinate is a feature. Training and
 evaluation attacks are l-inf; radii are the l2 ones divided by sqrt(2d/pi), the l-inf radius
-that moves a dense unit direction as far (SCIENCE section 4). It runs fp-dynamics and
+that moves a dense unit direction as far (docs/science.md section 4). It runs fp-dynamics and
 fp-robustness with these settings (one sweep, shared) and draws both in one figure.
 """
 
@@ -23,8 +23,12 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     # the two experiments' own protocols, through the registry, with this experiment's settings
     dyn = get("fp-dynamics").run(cfg, seeds, ctx)
     rob = get("fp-robustness").run(cfg, seeds, ctx)
-    return {"dynamics": {k: v for k, v in dyn.items() if k != "verdicts"}, "robustness": {k: v for k, v in rob.items() if k != "verdicts"},
-            "failed_runs": dyn["failed_runs"], "verdicts": dyn["verdicts"] + rob["verdicts"]}
+    return {
+        "dynamics": {k: v for k, v in dyn.items() if k != "verdicts"},
+        "robustness": {k: v for k, v in rob.items() if k != "verdicts"},
+        "failed_runs": dyn["failed_runs"],
+        "verdicts": dyn["verdicts"] + rob["verdicts"],
+    }
 
 
 def plot(record: dict):
@@ -36,7 +40,10 @@ def plot(record: dict):
     steps = np.asarray(dyn["steps"])
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     colors = {"clean": "tab:blue", "adversarial": "tab:red"}
-    for ax, name, ylabel in ((axes[0], "purity_nw", "norm-weighted purity"), (axes[1], "robust_acc", f"ℓ∞ robust accuracy at τ = {dyn['eval_tau']:.4g}")):
+    for ax, name, ylabel in (
+        (axes[0], "purity_nw", "norm-weighted purity"),
+        (axes[1], "robust_acc", f"ℓ∞ robust accuracy at τ = {dyn['eval_tau']:.4g}"),
+    ):
         for mode, label in dyn["modes"].items():
             band(ax, steps, np.asarray(dyn["curves"][name][mode], dtype=float), label=label, color=colors[mode])
         ax.axvline(dyn["adv_start"], color="k", lw=0.8, ls=":")
@@ -60,8 +67,11 @@ def plot(record: dict):
     ax.legend(fontsize=7)
     ax.set_title("robust accuracy against the radius", fontsize=10)
     c = record["config"]
-    fig.suptitle(f"Feature purification in ℓ∞ with a dense (Haar) dictionary: d={c['data']['d']}, k={c['data']['k']}, "
-                 f"width={c['model']['width']}; mean and min–max band over {len(record['seeds'])} seeds", fontsize=11)
+    fig.suptitle(
+        f"Feature purification in ℓ∞ with a dense (Haar) dictionary: d={c['data']['d']}, k={c['data']['k']}, "
+        f"width={c['model']['width']}; mean and min–max band over {len(record['seeds'])} seeds",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -69,15 +79,27 @@ def plot(record: dict):
 def _linf(preset: dict) -> dict:
     cfg = dict(preset["config"])
     s = math.sqrt(2 * cfg["data.d"] / math.pi)
-    cfg.update({"data.dictionary": "haar", "train.norm": "linf", "eval.norm": "linf",
-                "hp.tau": round(cfg["hp.tau"] / s, 5), "eval.taus": tuple(round(t / s, 5) for t in cfg["eval.taus"])})
+    cfg.update(
+        {
+            "data.dictionary": "haar",
+            "train.norm": "linf",
+            "eval.norm": "linf",
+            "hp.tau": round(cfg["hp.tau"] / s, 5),
+            "eval.taus": tuple(round(t / s, 5) for t in cfg["eval.taus"]),
+        }
+    )
     return {**preset, "config": cfg, "options": {"n_taus": 13, "tau_max": None}}
 
 
 EXPERIMENT = Experiment(
-    id="fp-linf", claim="FP", title="Feature purification in l-inf with a dense dictionary",
+    id="fp-linf",
+    claim="FP",
+    title="Feature purification in l-inf with a dense dictionary",
     summary="fp-dynamics and fp-robustness in l-inf with a Haar dictionary, radii divided by sqrt(2d/pi)",
-    presets={name: _linf(p) for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot, options=RADIUS_OPTIONS,
+    presets={name: _linf(p) for name, p in DYNAMICS_PRESETS.items()},
+    run=run,
+    plot=plot,
+    options=RADIUS_OPTIONS,
 )
 
 if __name__ == "__main__":

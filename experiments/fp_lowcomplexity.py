@@ -19,7 +19,7 @@ import numpy as np
 
 from purify import attacks, baselines, make_task, sample
 from purify.config import Config
-from purify.evaluate import eval_keys, landmark_curves, network_curves
+from purify.evaluate import eval_keys, eval_spec, landmark_curves, network_curves
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import window
 from purify.stats import verdict
@@ -28,8 +28,12 @@ from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 from .common import RADIUS_OPTIONS, radius_grid
 
 COLLAPSED_BELOW = 0.75  # clean accuracy under this (halfway from chance to a working model): collapsed
-MODELS = {"linear": "linear", "poly2": "polynomial, degree ≤ 2 (random features)", "poly3": "polynomial, degree ≤ 3 (random features)",
-          "ntk": "NTK-linearized network"}
+MODELS = {
+    "linear": "linear",
+    "poly2": "polynomial, degree ≤ 2 (random features)",
+    "poly3": "polynomial, degree ≤ 3 (random features)",
+    "ntk": "NTK-linearized network",
+}
 
 
 def build(name: str, cfg: Config, key: jax.Array):
@@ -42,7 +46,7 @@ def build(name: str, cfg: Config, key: jax.Array):
 
 def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: float):
     """Robust accuracy (2 trainings: clean, adversarial) x (seeds,) x (n_tau,) of one baseline."""
-    ec = cfg.eval
+    ec, spec = cfg.eval, eval_spec(cfg, taus)
 
     def one(seed_key, kd, ka, tau):
         k_init, k_data = jax.random.split(jax.random.fold_in(seed_key, 1000 + index))
@@ -50,7 +54,7 @@ def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: f
         params = baselines.train(cfg, task, logits, params, k_data, tau, lr)
         x, _, y = sample(kd, cfg.data, task, ec.n_eval, cfg.hp.noise)
         margin = lambda v: y[:, 0] * logits(params, v)
-        return attacks.robust_accuracy(margin, x, y[:, 0], taus, task.label_directions[0], ka, ec.norm, ec.pgd_steps, ec.restarts)
+        return attacks.robust_accuracy(margin, x, y[:, 0], task.label_directions[0], ka, spec)
 
     seed_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
     kd, ka = (jnp.stack(k) for k in zip(*(eval_keys(s) for s in seeds)))
@@ -86,17 +90,32 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     relu = curves["ReLU net"]["adversarial"][:, j]
     verdicts = []
     for n, description in MODELS.items():
-        best = np.maximum.reduce([np.where(collapsed[n][m], -np.inf, curves[n][m][:, j]) for m in ("clean", "adversarial")])
+        best = np.maximum.reduce(
+            [np.where(collapsed[n][m], -np.inf, curves[n][m][:, j]) for m in ("clean", "adversarial")]
+        )
         best = np.where(np.isfinite(best), best, majority)
-        verdicts.append(verdict(relu - best, ">", 0.0, f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {description}, "
-                                f"however trained (its better non-collapsed training, clean accuracy >= {COLLAPSED_BELOW})"))
+        verdicts.append(
+            verdict(
+                relu - best,
+                ">",
+                0.0,
+                f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {description}, "
+                f"however trained (its better non-collapsed training, clean accuracy >= {COLLAPSED_BELOW})",
+            )
+        )
     return {
-        "taus": list(taus), "window": [lo, hi], "norm": cfg.eval.norm, "tau_for_verdicts": taus[j], "train_tau": cfg.hp.tau,
-        "models": MODELS, "optimizer": f"baselines: Adam, learning rate {ctx.options['lr']}; ReLU nets: SGD as configured",
+        "taus": list(taus),
+        "window": [lo, hi],
+        "norm": cfg.eval.norm,
+        "tau_for_verdicts": taus[j],
+        "train_tau": cfg.hp.tau,
+        "models": MODELS,
+        "optimizer": f"baselines: Adam, learning rate {ctx.options['lr']}; ReLU nets: SGD as configured",
         "curves": {n: {m: v.tolist() for m, v in d.items()} for n, d in curves.items()},
         "clean_accuracy": {n: {m: v.tolist() for m, v in d.items()} for n, d in clean_acc.items()},
         "oracle": lm["oracle"].tolist(),
-        "majority_rate": majority.tolist(), "collapsed_below_clean_accuracy": COLLAPSED_BELOW,
+        "majority_rate": majority.tolist(),
+        "collapsed_below_clean_accuracy": COLLAPSED_BELOW,
         "collapsed": {n: {m: v.tolist() for m, v in d.items()} for n, d in collapsed.items()},
         "failed_runs": np.argwhere(res.failed()).tolist(),
         "verdicts": verdicts,
@@ -114,35 +133,57 @@ def plot(record: dict):
     colors = {"ReLU net": "tab:red", "linear": "k", "poly2": "tab:orange", "poly3": "tab:brown", "ntk": "tab:purple"}
     for ax, mode in zip(axes, ("clean", "adversarial")):
         ax.axvspan(lo, hi, color="0.9", zorder=0, label=f"window {lo:.3g} .. {hi:.3g}")
-        ax.axhline(np.mean(record["majority_rate"]), color="0.3", lw=1, ls="-.", label="constant predictor (majority rate)")
+        ax.axhline(
+            np.mean(record["majority_rate"]), color="0.3", lw=1, ls="-.", label="constant predictor (majority rate)"
+        )
         for name, d in record["curves"].items():
             label = name if name == "ReLU net" else record["models"][name]
             acc = np.mean(record["clean_accuracy"][name][mode])
             n_col = int(np.sum(record["collapsed"][name][mode]))
             note = f"; collapsed in {n_col}/{len(record['seeds'])} seeds" if n_col else ""
-            band(ax, taus, np.asarray(d[mode], dtype=float), label=f"{label} (clean acc {acc:.2f}{note})", color=colors[name], ls=":" if n_col else "-")
+            band(
+                ax,
+                taus,
+                np.asarray(d[mode], dtype=float),
+                label=f"{label} (clean acc {acc:.2f}{note})",
+                color=colors[name],
+                ls=":" if n_col else "-",
+            )
         band(ax, taus, np.asarray(record["oracle"], dtype=float), label="oracle pure net", color="tab:green", ls="--")
         ax.set_xlabel(f"{'ℓ2' if record['norm'] == 'l2' else 'ℓ∞'} attack radius τ")
-        ax.set_title(f"{'clean' if mode == 'clean' else 'adversarially (FGM, τ = ' + format(record['train_tau'], 'g') + ')'} trained", fontsize=10)
+        ax.set_title(
+            f"{'clean' if mode == 'clean' else 'adversarially (FGM, τ = ' + format(record['train_tau'], 'g') + ')'} "
+            "trained",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("robust accuracy (min over FGM, PGD, dense attack)")
     c = record["config"]
     held = sum(v["verdict"] == "holds" for v in record["verdicts"])
-    fig.suptitle(f"Claim: linear, polynomial and NTK models cannot be robust in the window, however trained "
-                 f"(holds for {held} of {len(record['verdicts'])} models at τ = {record['tau_for_verdicts']:.3g})\n"
-                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; {record['optimizer']}; bands: min–max over {len(record['seeds'])} seeds",
-                 fontsize=10)
+    fig.suptitle(
+        f"Claim: linear, polynomial and NTK models cannot be robust in the window, however trained "
+        f"(holds for {held} of {len(record['verdicts'])} models at τ = {record['tau_for_verdicts']:.3g})\n"
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; {record['optimizer']}; bands: "
+        f"min–max over {len(record['seeds'])} seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
 
 EXPERIMENT = Experiment(
-    id="fp-lowcomplexity", claim="FP", title="Linear, polynomial and NTK models against the ReLU network, clean and adversarial",
-    summary="linear, random-features polynomial (deg 2, 3) and NTK-linearized models, clean and adversarial, vs the ReLU net",
-    presets={name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()},
+    id="fp-lowcomplexity",
+    claim="FP",
+    title="Linear, polynomial and NTK models against the ReLU network, clean and adversarial",
+    summary="linear, random-features polynomial (deg 2, 3) and NTK-linearized models, clean and adversarial, vs the "
+    "ReLU net",
+    presets={
+        name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()
+    },
     options=(*RADIUS_OPTIONS, Option("lr", float, 0.01, "Adam learning rate of the baselines", lo=0.0, strict_lo=True)),
-    run=run, plot=plot,
+    run=run,
+    plot=plot,
 )
 
 if __name__ == "__main__":

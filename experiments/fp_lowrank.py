@@ -60,18 +60,51 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     proj_rob = network_curves(cfg, proj_res, make_task(cfg.data), cfg.eval.taus)["robust"][1, :, 0]
     energy1 = s_adv[:, 0] ** 2 / (s_adv**2).sum(-1)
     verdicts = [
-        verdict(a_adv[:, 0], ">", 0.5, "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ 1/sqrt(d))"),
-        verdict(energy1, ">", 0.5, "W_adv - W_clean is dominated by one direction (top singular value's share of the squared spectrum > 0.5)"),
-    ] + [verdict(per_rank[r]["recovered"], ">", 0.5, f"rank-{r} adversarial training recovers more than half of the full-rank robust-accuracy gain") for r in ranks]
+        verdict(
+            a_adv[:, 0],
+            ">",
+            0.5,
+            "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ "
+            "1/sqrt(d))",
+        ),
+        verdict(
+            energy1,
+            ">",
+            0.5,
+            "W_adv - W_clean is dominated by one direction (top singular value's share of the squared spectrum > 0.5)",
+        ),
+    ] + [
+        verdict(
+            per_rank[r]["recovered"],
+            ">",
+            0.5,
+            f"rank-{r} adversarial training recovers more than half of the full-rank robust-accuracy gain",
+        )
+        for r in ranks
+    ]
     return {
-        "adv_start": a, "steps": n, "train_tau": cfg.hp.tau, "eval_tau": cfg.eval.taus[0], "ranks": list(ranks),
+        "adv_start": a,
+        "steps": n,
+        "train_tau": cfg.hp.tau,
+        "eval_tau": cfg.eval.taus[0],
+        "ranks": list(ranks),
         "random_alignment": float(1 / np.sqrt(cfg.data.d)),
         "singular_values": {"adversarial": s_adv.tolist(), "clean": s_cln.tolist()},
         "label_alignment_top": {"adversarial": a_adv.tolist(), "clean": a_cln.tolist()},
-        "top_energy_share": {"adversarial": energy1.tolist(), "clean": (s_cln[:, 0] ** 2 / (s_cln**2).sum(-1)).tolist()},
-        "robust_acc": {"clean": clean_rob.tolist(), "full rank": full_rob.tolist(), **{f"rank {r}": v["robust_acc"].tolist() for r, v in per_rank.items()}},
+        "top_energy_share": {
+            "adversarial": energy1.tolist(),
+            "clean": (s_cln[:, 0] ** 2 / (s_cln**2).sum(-1)).tolist(),
+        },
+        "robust_acc": {
+            "clean": clean_rob.tolist(),
+            "full rank": full_rob.tolist(),
+            **{f"rank {r}": v["robust_acc"].tolist() for r, v in per_rank.items()},
+        },
         "recovered": {f"rank {r}": v["recovered"].tolist() for r, v in per_rank.items()},
-        "label_direction_removed": {"robust_acc": proj_rob.tolist(), "recovered": ((proj_rob - clean_rob) / (full_rob - clean_rob)).tolist()},
+        "label_direction_removed": {
+            "robust_acc": proj_rob.tolist(),
+            "recovered": ((proj_rob - clean_rob) / (full_rob - clean_rob)).tolist(),
+        },
         "failed_runs": failed,
         "verdicts": verdicts,
     }
@@ -113,15 +146,25 @@ def plot(record: dict):
     band(ax, x, runs, label="rank-r FGM phase", color="tab:red", marker="o")
     ax.axhline(rob["clean"].mean(), color="tab:blue", ls="--", label="clean training")
     proj = np.asarray(record["label_direction_removed"]["robust_acc"])
-    ax.axhline(proj.mean(), color="tab:green", ls=":", lw=2, label="clean weights with the label direction projected out (no training)")
+    ax.axhline(
+        proj.mean(),
+        color="tab:green",
+        ls=":",
+        lw=2,
+        label="clean weights with the label direction projected out (no training)",
+    )
     ax.set_xticks(x, [str(r) for r in ranks] + ["full"])
     ax.set_xlabel("rank of the adversarial update")
     ax.set_ylabel(f"robust accuracy at τ = {record['eval_tau']:g}")
     ax.set_title("how much robustness a rank-r update buys", fontsize=10)
     ax.legend(fontsize=8)
     c = record["config"]
-    fig.suptitle(f"What adversarial training changes: a low-rank update along the label direction? d={c['data']['d']}, k={c['data']['k']}, "
-                 f"width={c['model']['width']}; bands: min–max over {len(record['seeds'])} seeds", fontsize=11)
+    fig.suptitle(
+        f"What adversarial training changes: a low-rank update along the label direction? d={c['data']['d']}, "
+        f"k={c['data']['k']}, "
+        f"width={c['model']['width']}; bands: min–max over {len(record['seeds'])} seeds",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -129,13 +172,19 @@ def plot(record: dict):
 def _check_ranks(cfg: Config, options: dict) -> None:
     top = min(cfg.model.width, cfg.data.d)
     if max(options["ranks"]) > top:
-        raise ConfigError(f"exp.ranks={options['ranks']!r} is not allowed: every rank must be <= min(model.width, data.d) = {top}")
+        raise ConfigError(
+            f"exp.ranks={options['ranks']!r} is not allowed: every rank must be <= min(model.width, data.d) = {top}"
+        )
 
 
 EXPERIMENT = Experiment(
-    id="fp-lowrank", claim="FP", title="Low-rank structure of the adversarial weight change; rank-restricted adversarial training",
+    id="fp-lowrank",
+    claim="FP",
+    title="Low-rank structure of the adversarial weight change; rank-restricted adversarial training",
     summary="singular spectrum of W_adv - W_clean and its label alignment; adversarial training restricted to rank r",
-    presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()}, run=run, plot=plot,
+    presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()},
+    run=run,
+    plot=plot,
     options=(Option("ranks", int, (1, 2, 4, 8), "ranks r of the restricted adversarial update", lo=1, many=True),),
     check=lambda cfg, o: _check_ranks(cfg, o),
 )

@@ -26,7 +26,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     failed = []
     for a, d in enumerate(ds):
         for b, k in enumerate(ks):
-            c = cfg.set(**{"data.d": d, "data.k": k, "model.width": cfg.model.width // cfg.data.d * d, "eval.taus": taus})
+            c = cfg.set(
+                **{"data.d": d, "data.k": k, "model.width": cfg.model.width // cfg.data.d * d, "eval.taus": taus}
+            )
             res = ctx.sweep(c, grid={"tau": (0.0, *taus)}, seeds=seeds)
             final = res["robust_acc"][:, :, -1, :]  # (1 + n_tau rows, seeds, n_tau eval radii)
             for j in range(len(taus)):
@@ -39,16 +41,35 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         for b, k in enumerate(ks):
             mid = np.sqrt((1 / np.sqrt(d)) * (1 / np.sqrt(k)))  # geometric middle of the window
             j = int(np.argmin(np.abs(np.log(np.asarray(taus) / mid))))
-            verdicts.append(verdict(gap[a, b, j], ">", 0.0, f"d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={taus[j]:g} (mid-window)"))
+            verdicts.append(
+                verdict(
+                    gap[a, b, j],
+                    ">",
+                    0.0,
+                    f"d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={taus[j]:g} "
+                    "(mid-window)",
+                )
+            )
     mean = np.nanmean(gap, axis=-1)
-    ci = np.asarray([[[mean_ci(gap[a, b, j])[1:] for j in range(len(taus))] for b in range(len(ks))] for a in range(len(ds))])
+    ci = np.asarray(
+        [[[mean_ci(gap[a, b, j])[1:] for j in range(len(taus))] for b in range(len(ks))] for a in range(len(ds))]
+    )
     significant = ci[..., 0] > 0
-    boundary = {f"d={d}, k={k}": [float(t) for t, s in zip(taus, significant[a, b]) if s] for a, d in enumerate(ds) for b, k in enumerate(ks)}
+    boundary = {
+        f"d={d}, k={k}": [float(t) for t, s in zip(taus, significant[a, b]) if s]
+        for a, d in enumerate(ds)
+        for b, k in enumerate(ks)
+    }
     return {
-        "ks": list(ks), "ds": list(ds), "taus": list(taus),
-        "gap_mean": mean.tolist(), "gap_ci95": ci.tolist(), "gap_per_seed": gap.tolist(),
+        "ks": list(ks),
+        "ds": list(ds),
+        "taus": list(taus),
+        "gap_mean": mean.tolist(),
+        "gap_ci95": ci.tolist(),
+        "gap_per_seed": gap.tolist(),
         "clean_robust_acc_mean": np.nanmean(clean_acc, axis=-1).tolist(),
-        "rho_sqrt_k_mean": np.nanmean(rho_sqrt_k, axis=-1).tolist(), "rho_sqrt_k_per_seed": rho_sqrt_k.tolist(),
+        "rho_sqrt_k_mean": np.nanmean(rho_sqrt_k, axis=-1).tolist(),
+        "rho_sqrt_k_per_seed": rho_sqrt_k.tolist(),
         "radii_where_gap_is_significant": boundary,
         "failed_runs": failed,
         "verdicts": verdicts,
@@ -96,25 +117,50 @@ def plot(record: dict):
     ax.set_ylabel("ρ·√k (norm-weighted, final)")
     ax.set_title("dense mixture of the clean network", fontsize=9)
     ax.legend(fontsize=7)
-    fig.suptitle(f"Phase diagram: where FGM training beats clean training, over k and τ (mean over {len(record['seeds'])} seeds)", fontsize=11)
+    fig.suptitle(
+        f"Phase diagram: where FGM training beats clean training, over k and τ (mean over {len(record['seeds'])} "
+        "seeds)",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 PRESETS = {
     "cpu": {
-        "config": {"data.d": 64, "model.width": 256, "train.steps": 3000, "train.adv_start": 1500, "train.batch": 256,
-                   "train.attack": "fgm", "hp.lr": 0.1, "hp.beta": 0.6, "eval.n_eval": 512, "train.n_log": 6},
+        "config": {
+            "data.d": 64,
+            "model.width": 256,
+            "train.steps": 3000,
+            "train.adv_start": 1500,
+            "train.batch": 256,
+            "train.attack": "fgm",
+            "hp.lr": 0.1,
+            "hp.beta": 0.6,
+            "eval.n_eval": 512,
+            "train.n_log": 6,
+        },
         "seeds": 4,
         "options": {"ks": (2, 4, 8), "ds": None, "taus": (0.06, 0.125, 0.2, 0.3, 0.45, 0.6)},
     },
     "gpu": {
-        "config": {"data.d": 128, "model.width": 512, "train.steps": 12000, "train.adv_start": 6000, "train.batch": 512,
-                   "train.attack": "fgm", "hp.lr": 0.1, "hp.beta": 0.6, "eval.n_eval": 2048, "train.n_log": 12},
+        "config": {
+            "data.d": 128,
+            "model.width": 512,
+            "train.steps": 12000,
+            "train.adv_start": 6000,
+            "train.batch": 512,
+            "train.attack": "fgm",
+            "hp.lr": 0.1,
+            "hp.beta": 0.6,
+            "eval.n_eval": 2048,
+            "train.n_log": 12,
+        },
         "seeds": 16,
         "options": {"ks": (2, 4, 8, 16), "ds": (64, 128, 256), "taus": (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)},
     },
 }
+
 
 def _check_sizes(cfg: Config, options: dict) -> None:
     ds = options["ds"] or (cfg.data.d,)
@@ -123,12 +169,26 @@ def _check_sizes(cfg: Config, options: dict) -> None:
 
 
 EXPERIMENT = Experiment(
-    id="fp-phase", claim="FP", title="Phase diagram of the adversarial-training gap over k, d and tau",
+    id="fp-phase",
+    claim="FP",
+    title="Phase diagram of the adversarial-training gap over k, d and tau",
     summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
-    presets=PRESETS, run=run, plot=plot,
-    options=(Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),
-             Option("ds", int, None, "dimensions d (none: the config's data.d)", lo=1, many=True, optional=True),
-             Option("taus", float, (0.06, 0.125, 0.2, 0.3, 0.45, 0.6), "training and evaluation radii", lo=0.0, strict_lo=True, many=True)),
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=(
+        Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),
+        Option("ds", int, None, "dimensions d (none: the config's data.d)", lo=1, many=True, optional=True),
+        Option(
+            "taus",
+            float,
+            (0.06, 0.125, 0.2, 0.3, 0.45, 0.6),
+            "training and evaluation radii",
+            lo=0.0,
+            strict_lo=True,
+            many=True,
+        ),
+    ),
     check=lambda cfg, o: _check_sizes(cfg, o),
 )
 

@@ -6,7 +6,7 @@ w_i = beta_i w'_i + v_i with beta_i = <w_i, w'_i>/|w'_i|^2; the principle says |
 |v_i| for most neurons, and both w_i and w'_i are nearly uncorrelated with the init w_i^0. As a
 control, the same decomposition against clean training continued for as long.
 
-Tiny neurons that never grew keep their init direction; as SCIENCE section 3 asks, statistics
+Tiny neurons that never grew keep their init direction; as docs/science.md section 3 asks, statistics
 are norm-weighted (weights |w_i|), with the plain ones reported beside them.
 """
 
@@ -39,9 +39,12 @@ def summarize(parts: dict, weight: np.ndarray) -> dict[str, np.ndarray]:
     holds = (parts["along_norm"] > parts["residual_norm"]).astype(float)
     w = weight / weight.sum(-1, keepdims=True)
     return {
-        "holds_fraction": holds.mean(-1), "holds_fraction_nw": (holds * w).sum(-1),
-        "abs_cos_clean_init": np.abs(parts["cos_clean_init"]).mean(-1), "abs_cos_clean_init_nw": (np.abs(parts["cos_clean_init"]) * w).sum(-1),
-        "abs_cos_adv_init": np.abs(parts["cos_adv_init"]).mean(-1), "abs_cos_adv_init_nw": (np.abs(parts["cos_adv_init"]) * w).sum(-1),
+        "holds_fraction": holds.mean(-1),
+        "holds_fraction_nw": (holds * w).sum(-1),
+        "abs_cos_clean_init": np.abs(parts["cos_clean_init"]).mean(-1),
+        "abs_cos_clean_init_nw": (np.abs(parts["cos_clean_init"]) * w).sum(-1),
+        "abs_cos_adv_init": np.abs(parts["cos_adv_init"]).mean(-1),
+        "abs_cos_adv_init_nw": (np.abs(parts["cos_adv_init"]) * w).sum(-1),
     }
 
 
@@ -56,20 +59,46 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     weight = np.linalg.norm(W_clean, axis=-1)
     s_adv, s_ctl = summarize(adv, weight), summarize(control, weight)
     verdicts = [
-        verdict(s_adv["holds_fraction_nw"], ">", 0.5, "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)"),
-        verdict(s_adv["abs_cos_clean_init_nw"], "<", COS_LIMIT, f"clean weights nearly uncorrelated with init (norm-weighted mean |cos(w, w0)| < {COS_LIMIT})"),
-        verdict(s_adv["abs_cos_adv_init_nw"], "<", COS_LIMIT, f"adversarial weights nearly uncorrelated with init (norm-weighted mean |cos(w', w0)| < {COS_LIMIT})"),
+        verdict(
+            s_adv["holds_fraction_nw"],
+            ">",
+            0.5,
+            "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)",
+        ),
+        verdict(
+            s_adv["abs_cos_clean_init_nw"],
+            "<",
+            COS_LIMIT,
+            f"clean weights nearly uncorrelated with init (norm-weighted mean |cos(w, w0)| < {COS_LIMIT})",
+        ),
+        verdict(
+            s_adv["abs_cos_adv_init_nw"],
+            "<",
+            COS_LIMIT,
+            f"adversarial weights nearly uncorrelated with init (norm-weighted mean |cos(w', w0)| < {COS_LIMIT})",
+        ),
     ]
     ratio = np.log10(np.maximum(adv["along_norm"], 1e-30) / np.maximum(adv["residual_norm"], 1e-30))
     return {
         "config": cfg.to_dict(),  # as run: with the snapshots this experiment adds
-        "adv_start": a, "steps": n, "train_tau": cfg.hp.tau, "cos_limit": COS_LIMIT,
+        "adv_start": a,
+        "steps": n,
+        "train_tau": cfg.hp.tau,
+        "cos_limit": COS_LIMIT,
         # a neuron that grew along the feature where its random init was largest keeps
         # cos(w, w0) ~ that coordinate's share of the init, ~sqrt(2 ln d / d): the finite-d floor
         "reference_cos_top_feature": float(np.sqrt(2 * np.log(cfg.data.d) / cfg.data.d)),
-        "per_seed": {"adversarial": {k: v.tolist() for k, v in s_adv.items()}, "control_clean": {k: v.tolist() for k, v in s_ctl.items()}},
-        "neurons": {"log10_along_over_residual": ratio.tolist(), "beta": adv["beta"].tolist(), "cos_clean_init": adv["cos_clean_init"].tolist(),
-                    "cos_adv_init": adv["cos_adv_init"].tolist(), "clean_norm": weight.tolist()},
+        "per_seed": {
+            "adversarial": {k: v.tolist() for k, v in s_adv.items()},
+            "control_clean": {k: v.tolist() for k, v in s_ctl.items()},
+        },
+        "neurons": {
+            "log10_along_over_residual": ratio.tolist(),
+            "beta": adv["beta"].tolist(),
+            "cos_clean_init": adv["cos_clean_init"].tolist(),
+            "cos_adv_init": adv["cos_adv_init"].tolist(),
+            "clean_norm": weight.tolist(),
+        },
         "failed_runs": np.argwhere(res.failed()).tolist(),
         "verdicts": verdicts,
     }
@@ -97,23 +126,41 @@ def plot(record: dict):
     ax.set_title("scale of the adversarial weight inside the clean one", fontsize=10)
     ax = axes[2]
     bins = np.linspace(-1, 1, 41)
-    ax.hist(np.asarray(nr["cos_clean_init"]).ravel(), bins=bins, weights=weight / weight.sum(), alpha=0.6, label="clean w_i vs init")
-    ax.hist(np.asarray(nr["cos_adv_init"]).ravel(), bins=bins, weights=weight / weight.sum(), alpha=0.6, label="adversarial w'_i vs init")
+    ax.hist(
+        np.asarray(nr["cos_clean_init"]).ravel(),
+        bins=bins,
+        weights=weight / weight.sum(),
+        alpha=0.6,
+        label="clean w_i vs init",
+    )
+    ax.hist(
+        np.asarray(nr["cos_adv_init"]).ravel(),
+        bins=bins,
+        weights=weight / weight.sum(),
+        alpha=0.6,
+        label="adversarial w'_i vs init",
+    )
     lim = record["cos_limit"]
     ax.axvspan(-lim, lim, color="0.9", zorder=0, label=f"|cos| < {lim} (the claim)")
     ax.set_xlabel("cos(w, w⁰)")
     ax.set_ylabel("fraction of neurons (weighted by |w_i|)")
-    ax.set_title(f"correlation with init: mean |cos| {np.mean(pa['abs_cos_clean_init_nw']):.2f} (clean), "
-                 f"{np.mean(pa['abs_cos_adv_init_nw']):.2f} (adv.)", fontsize=10)
+    ax.set_title(
+        f"correlation with init: mean |cos| {np.mean(pa['abs_cos_clean_init_nw']):.2f} (clean), "
+        f"{np.mean(pa['abs_cos_adv_init_nw']):.2f} (adv.)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     c = record["config"]
     clean_init, adv_init = (v["verdict"] for v in record["verdicts"][1:3])
     init_note = {"holds": "both far from init", "fails": "but both stay correlated with init"}.get(
-        clean_init if clean_init == adv_init else "", "correlation with init unclear")
+        clean_init if clean_init == adv_init else "", "correlation with init unclear"
+    )
     fig.suptitle(
         "Purification principle: clean weight = β · adversarial weight + a smaller dense part, per neuron; "
-        + init_note + "\n"
-        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; FGM τ={record['train_tau']:g} from step {record['adv_start']} "
+        + init_note
+        + "\n"
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}; FGM τ={record['train_tau']:g} from "
+        f"step {record['adv_start']} "
         f"to {record['steps']}; all neurons of {len(record['seeds'])} seeds",
         fontsize=11,
     )
@@ -122,9 +169,13 @@ def plot(record: dict):
 
 
 EXPERIMENT = Experiment(
-    id="fp-principle", claim="FP", title="The purification principle per neuron: beta/v decomposition and correlation with init",
+    id="fp-principle",
+    claim="FP",
+    title="The purification principle per neuron: beta/v decomposition and correlation with init",
     summary="beta/v decomposition of clean vs FGM-continued weights; correlations with init; per-neuron histograms",
-    presets={k: dict(v) for k, v in DYNAMICS_PRESETS.items()}, run=run, plot=plot,
+    presets={k: dict(v) for k, v in DYNAMICS_PRESETS.items()},
+    run=run,
+    plot=plot,
 )
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """fp-robustness [FP]: l2 robust accuracy against the radius tau for five models.
 
 The best linear classifier sign<M w*, x> (its exact per-example robust accuracy on the
-held-out batch, the population closed form of SCIENCE section 4 when it applies, and the same
+held-out batch, the population closed form of docs/science.md section 4 when it applies, and the same
 classifier under the toolkit's attacks), the clean-trained and the FGM-trained networks (the
 fp-dynamics protocol, same seeds) and the oracle pure network. Seeds are bands; the window
 1/sqrt(d) .. 1/sqrt(k) is shaded.
@@ -29,7 +29,12 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     nets = network_curves(cfg, res, task, taus)
     lm = landmark_curves(cfg, task, res.coords["seed"], taus, noise=cfg.hp.noise, beta=cfg.hp.beta)
     closed = None  # the population closed form is an l2 statement
-    if cfg.eval.norm == "l2" and cfg.hp.noise == 0 and cfg.data.label == "rademacher" and cfg.data.sparsity == "exact_k":
+    if (
+        cfg.eval.norm == "l2"
+        and cfg.hp.noise == 0
+        and cfg.data.label == "rademacher"
+        and cfg.data.sparsity == "exact_k"
+    ):
         closed = [linear_robust_accuracy(cfg.data, float(t)) for t in taus]
     curves = {
         "linear (exact on the eval batch)": lm["linear_exact"],
@@ -42,9 +47,24 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     inside = (taus > lo) & (taus < hi)
     j = int(np.flatnonzero(inside)[len(np.flatnonzero(inside)) // 2]) if inside.any() else int(len(taus) // 2)
     verdicts = [
-        verdict(nets["robust"][1][:, j] - nets["robust"][0][:, j], ">", 0.0, f"FGM-trained net more robust than clean-trained at tau={taus[j]:.3g} (inside the window)"),
-        verdict(nets["robust"][0][:, j] - lm["linear_exact"][:, j], ">", 0.0, f"clean-trained net more robust than the best linear classifier at tau={taus[j]:.3g}"),
-        verdict(np.abs(lm["linear_attacked"] - lm["linear_exact"]).max(axis=1), "<", 0.005, "the attacks reproduce the linear classifier's exact robust accuracy: max abs error over the grid < 0.005"),
+        verdict(
+            nets["robust"][1][:, j] - nets["robust"][0][:, j],
+            ">",
+            0.0,
+            f"FGM-trained net more robust than clean-trained at tau={taus[j]:.3g} (inside the window)",
+        ),
+        verdict(
+            nets["robust"][0][:, j] - lm["linear_exact"][:, j],
+            ">",
+            0.0,
+            f"clean-trained net more robust than the best linear classifier at tau={taus[j]:.3g}",
+        ),
+        verdict(
+            np.abs(lm["linear_attacked"] - lm["linear_exact"]).max(axis=1),
+            "<",
+            0.005,
+            "the attacks reproduce the linear classifier's exact robust accuracy: max abs error over the grid < 0.005",
+        ),
     ]
     return {
         "norm": cfg.eval.norm,
@@ -53,8 +73,12 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "train_tau": cfg.hp.tau,
         "tau_for_verdicts": float(taus[j]),
         "curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
-        "clean_accuracy": {"clean-trained net": nets["clean"][0].tolist(), "FGM-trained net": nets["clean"][1].tolist(),
-                           "linear": lm["linear_attacked_clean"].tolist(), "oracle pure net": lm["oracle_clean"].tolist()},
+        "clean_accuracy": {
+            "clean-trained net": nets["clean"][0].tolist(),
+            "FGM-trained net": nets["clean"][1].tolist(),
+            "linear": lm["linear_attacked_clean"].tolist(),
+            "oracle pure net": lm["oracle_clean"].tolist(),
+        },
         "linear_population_closed_form": closed,
         "by_attack_fgm_net": {"attacks": ["fgm", "pgd", "dense"], "acc": nets["by_attack"][1].tolist()},
         "failed_runs": np.argwhere(res.failed()).tolist(),
@@ -77,7 +101,14 @@ def plot(record: dict):
         kw = {"ls": "--", "lw": 2.5, "zorder": 5} if name.startswith("linear (exact") else {}
         band(ax, taus, np.asarray(runs, dtype=float), label=name, color=color, **kw)
     if record.get("linear_population_closed_form"):
-        ax.plot(taus, record["linear_population_closed_form"], ":", color="tab:purple", lw=2, label="linear, population closed form")
+        ax.plot(
+            taus,
+            record["linear_population_closed_form"],
+            ":",
+            color="tab:purple",
+            lw=2,
+            label="linear, population closed form",
+        )
     ax.set_xlabel(f"{'ℓ2' if record.get('norm', 'l2') == 'l2' else 'ℓ∞'} attack radius τ")
     ax.set_ylabel("robust accuracy (min over FGM, PGD, dense attack)")
     ax.set_ylim(-0.02, 1.02)
@@ -95,12 +126,17 @@ def plot(record: dict):
 
 
 EXPERIMENT = Experiment(
-    id="fp-robustness", claim="FP", title="Robust accuracy vs radius: linear, clean, adversarial, oracle",
+    id="fp-robustness",
+    claim="FP",
+    title="Robust accuracy vs radius: linear, clean, adversarial, oracle",
     summary="robust accuracy vs tau for linear (closed form + attacked), clean, FGM-trained and oracle",
-    presets={"cpu": {**DYNAMICS_PRESETS["cpu"], "options": {"n_taus": 13, "tau_max": None}},
-             "gpu": {**DYNAMICS_PRESETS["gpu"], "options": {"n_taus": 17, "tau_max": None}}},
+    presets={
+        "cpu": {**DYNAMICS_PRESETS["cpu"], "options": {"n_taus": 13, "tau_max": None}},
+        "gpu": {**DYNAMICS_PRESETS["gpu"], "options": {"n_taus": 17, "tau_max": None}},
+    },
     options=RADIUS_OPTIONS,
-    run=run, plot=plot,
+    run=run,
+    plot=plot,
 )
 
 if __name__ == "__main__":

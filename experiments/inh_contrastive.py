@@ -56,8 +56,12 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
                 name = contrastive_name(objective, float(noise), "clean" if t == 0 else attack)
                 bb = {k: v[None] for k, v in backbones(res, rows=h).items()}  # (1, S, ...)
-                entry = {"purity": weighted_purity(bb["W"][0], task.M).tolist(), "time": res.coords["time"].tolist(),
-                         "purity_trace": np.asarray(res["purity_nw"][h]).tolist(), "loss_trace": np.asarray(res["loss"][h]).tolist()}
+                entry = {
+                    "purity": weighted_purity(bb["W"][0], task.M).tolist(),
+                    "time": res.coords["time"].tolist(),
+                    "purity_trace": np.asarray(res["purity_nw"][h]).tolist(),
+                    "loss_trace": np.asarray(res["loss"][h]).tolist(),
+                }
                 fits, _ = clean_heads(ctx, pcfg, dc, task, bb, seed_ids, thetas, lrs)
                 entry.update({tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()})
                 out[name] = entry
@@ -74,15 +78,48 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 adv = out[contrastive_name(objective, noise, attack)]
                 for tname in ("dense", "sparse"):
                     gain = np.asarray(adv[tname]["robust"]) - np.asarray(clean[tname]["robust"])
-                    verdicts.append(verdict(gain, ">", 0.0, f"{objective}, view noise σ={noise:g}, task '{tname}': a clean head on the {attack.upper()}(τ={tau:g}) backbone is more robust than on the clean one"))
-                verdicts.append(verdict(np.asarray(adv["dense"]["robust"]) - e2e["dense"]["robust"], ">", -0.05,
-                                        f"{objective}, view noise σ={noise:g}, task 'dense': the clean head on the {attack.upper()} backbone comes within 0.05 of the end-to-end FGM-trained model"))
-                verdicts.append(verdict(np.asarray(adv["purity"]) - np.asarray(clean["purity"]), ">", 0.0,
-                                        f"{objective}, view noise σ={noise:g}: {attack.upper()} contrastive pre-training purifies (purity rises over clean, which reaches {np.mean(clean['purity']):.2f})"))
-    return {"tau_eval": float(cfg.eval.taus[0]), "train_tau": tau, "objectives": list(o["objectives"]), "variants": variants, "view_noises": noises,
-            "tasks": list(thetas), "backbones": out, "oracle": oracle,
-            "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()}, "down_lrs": lrs.tolist(), "down": dc.__dict__ | {"taus": list(dc.taus)},
-            "failed_runs": failed, "verdicts": verdicts}
+                    verdicts.append(
+                        verdict(
+                            gain,
+                            ">",
+                            0.0,
+                            f"{objective}, view noise σ={noise:g}, task '{tname}': a clean head on the "
+                            f"{attack.upper()}(τ={tau:g}) backbone is more robust than on the clean one",
+                        )
+                    )
+                verdicts.append(
+                    verdict(
+                        np.asarray(adv["dense"]["robust"]) - e2e["dense"]["robust"],
+                        ">",
+                        -0.05,
+                        f"{objective}, view noise σ={noise:g}, task 'dense': the clean head on the {attack.upper()} "
+                        "backbone comes within 0.05 of the end-to-end FGM-trained model",
+                    )
+                )
+                verdicts.append(
+                    verdict(
+                        np.asarray(adv["purity"]) - np.asarray(clean["purity"]),
+                        ">",
+                        0.0,
+                        f"{objective}, view noise σ={noise:g}: {attack.upper()} contrastive pre-training purifies "
+                        f"(purity rises over clean, which reaches {np.mean(clean['purity']):.2f})",
+                    )
+                )
+    return {
+        "tau_eval": float(cfg.eval.taus[0]),
+        "train_tau": tau,
+        "objectives": list(o["objectives"]),
+        "variants": variants,
+        "view_noises": noises,
+        "tasks": list(thetas),
+        "backbones": out,
+        "oracle": oracle,
+        "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()},
+        "down_lrs": lrs.tolist(),
+        "down": dc.__dict__ | {"taus": list(dc.taus)},
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
 
 
 def plot(record: dict):
@@ -101,7 +138,14 @@ def plot(record: dict):
         for vi, v in enumerate(variants):
             vals = [np.asarray(get(record["backbones"][contrastive_name(ob, nz, v)]), float) for ob, nz in groups]
             x = np.arange(len(groups)) + (vi - (len(variants) - 1) / 2) * w
-            ax.bar(x, [a.mean() for a in vals], w, color=colors.get(v, "gray"), alpha=0.85, label=f"{'clean' if v == 'clean' else v.upper()} pre-training")
+            ax.bar(
+                x,
+                [a.mean() for a in vals],
+                w,
+                color=colors.get(v, "gray"),
+                alpha=0.85,
+                label=f"{'clean' if v == 'clean' else v.upper()} pre-training",
+            )
             for xi, a in zip(x, vals):
                 ax.plot([xi] * len(a), a, "k.", ms=3)
         ax.set_xticks(np.arange(len(groups)), [f"{ob}\nview noise σ={nz:g}" for ob, nz in groups], fontsize=9)
@@ -110,10 +154,23 @@ def plot(record: dict):
 
     for ax, tname in ((axes[0, 0], "dense"), (axes[0, 1], "sparse")):
         bars(ax, lambda e, tname=tname: e[tname]["robust"], f"clean head's robust accuracy at ℓ2 τ={tau_e:g}")
-        ax.axhline(np.mean(record["oracle"][tname]["robust"]), color="tab:green", ls="--", label="oracle pure features + clean head")
-        ax.axhline(np.mean(record["end_to_end"][tname]["robust"]), color="0.3", ls=":", lw=2, label="end-to-end FGM-trained on the task")
+        ax.axhline(
+            np.mean(record["oracle"][tname]["robust"]),
+            color="tab:green",
+            ls="--",
+            label="oracle pure features + clean head",
+        )
+        ax.axhline(
+            np.mean(record["end_to_end"][tname]["robust"]),
+            color="0.3",
+            ls=":",
+            lw=2,
+            label="end-to-end FGM-trained on the task",
+        )
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"({'a' if tname == 'dense' else 'b'}) clean linear heads, new {tname} task (dots: seeds)", fontsize=10)
+        ax.set_title(
+            f"({'a' if tname == 'dense' else 'b'}) clean linear heads, new {tname} task (dots: seeds)", fontsize=10
+        )
     bars(axes[1, 0], lambda e: e["purity"], "backbone purity (norm-weighted)")
     axes[1, 0].legend(fontsize=8, loc="upper left")
     axes[1, 0].set_title("(c) purity reached by each pre-training", fontsize=10)
@@ -121,8 +178,15 @@ def plot(record: dict):
     for ob, nz in groups:
         for v in variants:
             e = record["backbones"][contrastive_name(ob, nz, v)]
-            band(ax, np.asarray(e["time"]), np.asarray(e["purity_trace"], float), label=f"{ob}, σ={nz:g}, {v}", color=colors.get(v, "gray"),
-                 ls="-" if ob == objectives[0] else "--", lw=2.5 if nz == noises[-1] else 1.2)
+            band(
+                ax,
+                np.asarray(e["time"]),
+                np.asarray(e["purity_trace"], float),
+                label=f"{ob}, σ={nz:g}, {v}",
+                color=colors.get(v, "gray"),
+                ls="-" if ob == objectives[0] else "--",
+                lw=2.5 if nz == noises[-1] else 1.2,
+            )
     ax.axvline(record["config"]["train"]["adv_start"], color="0.5", lw=0.8, ls=":")
     ax.set_xlabel("pre-training step (dotted: attack switched on)")
     ax.set_ylabel("backbone purity (norm-weighted)")
@@ -131,31 +195,81 @@ def plot(record: dict):
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("(d) purification during contrastive pre-training (thick: strong view noise)", fontsize=10)
     c = record["config"]
-    fig.suptitle("Robustness inheritance (contrastive): clean heads on adversarially vs clean contrastively pre-trained backbones\n"
-                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, temperature {c['train']['temperature']:g}, "
-                 f"τ={record['train_tau']:g}; {len(record['seeds'])} seeds, bands min–max", fontsize=11)
+    fig.suptitle(
+        "Robustness inheritance (contrastive): clean heads on adversarially vs clean contrastively pre-trained "
+        "backbones\n"
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, temperature "
+        f"{c['train']['temperature']:g}, "
+        f"τ={record['train_tau']:g}; {len(record['seeds'])} seeds, bands min–max",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 PRESETS = {
-    "cpu": {"config": {**PRETRAIN_PRESETS["cpu"]["config"], **CONTRASTIVE}, "seeds": 6,
-            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm",), "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"], "n_down": 2048, "down_lrs": (0.003, 0.01, 0.03)}},
-    "gpu": {"config": {**PRETRAIN_PRESETS["gpu"]["config"], **CONTRASTIVE}, "seeds": 16,
-            "options": {"objectives": ("infonce", "spectral"), "attacks": ("fgm", "pgd"), "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"], "n_down": 8192, "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
+    "cpu": {
+        "config": {**PRETRAIN_PRESETS["cpu"]["config"], **CONTRASTIVE},
+        "seeds": 6,
+        "options": {
+            "objectives": ("infonce", "spectral"),
+            "attacks": ("fgm",),
+            "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"],
+            "n_down": 2048,
+            "down_lrs": (0.003, 0.01, 0.03),
+        },
+    },
+    "gpu": {
+        "config": {**PRETRAIN_PRESETS["gpu"]["config"], **CONTRASTIVE},
+        "seeds": 16,
+        "options": {
+            "objectives": ("infonce", "spectral"),
+            "attacks": ("fgm", "pgd"),
+            "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"],
+            "n_down": 8192,
+            "down_lrs": (0.001, 0.003, 0.01, 0.03),
+        },
+    },
 }
 
 EXPERIMENT = Experiment(
-    id="inh-contrastive", claim="INH", title="Robustness inheritance after contrastive pre-training",
-    summary="clean vs adversarial contrastive pre-training (InfoNCE and spectral loss, two view-noise levels) -> clean linear heads on new tasks",
-    presets=PRESETS, run=run, plot=plot,
-    options=(Option("objectives", str, ("infonce", "spectral"), "contrastive objectives", choices=("infonce", "spectral"), many=True),
-             Option("attacks", str, ("fgm",), "attacks of adversarial pre-training (the first also gets a clean twin)", choices=("fgm", "pgd"),
-                    many=True),
-             Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ", lo=0.0, many=True),
-             N_DOWN,
-             Option("down_lrs", float, (0.003, 0.01, 0.03), "learning rates of the clean heads (chosen on validation)", lo=0.0, strict_lo=True,
-                    many=True)),
+    id="inh-contrastive",
+    claim="INH",
+    title="Robustness inheritance after contrastive pre-training",
+    summary="clean vs adversarial contrastive pre-training (InfoNCE and spectral loss, two view-noise levels) -> "
+    "clean linear heads on new tasks",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=(
+        Option(
+            "objectives",
+            str,
+            ("infonce", "spectral"),
+            "contrastive objectives",
+            choices=("infonce", "spectral"),
+            many=True,
+        ),
+        Option(
+            "attacks",
+            str,
+            ("fgm",),
+            "attacks of adversarial pre-training (the first also gets a clean twin)",
+            choices=("fgm", "pgd"),
+            many=True,
+        ),
+        Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ", lo=0.0, many=True),
+        N_DOWN,
+        Option(
+            "down_lrs",
+            float,
+            (0.003, 0.01, 0.03),
+            "learning rates of the clean heads (chosen on validation)",
+            lo=0.0,
+            strict_lo=True,
+            many=True,
+        ),
+    ),
 )
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         failed += [["supervised", "pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
     ccfg = cfg.set(**CONTRASTIVE)
     for objective in o["objectives"]:
-        res = contrastive_backbones(ctx, contrastive_config(ccfg, objective, "fgm"), o["view_noises"], True, seeds, task)
+        res = contrastive_backbones(
+            ctx, contrastive_config(ccfg, objective, "fgm"), o["view_noises"], True, seeds, task
+        )
         for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
             backbones[contrastive_name(objective, float(noise), "clean" if t == 0 else "fgm")] = res["W_final"][h]
         failed += [[objective, "fgm", *ij] for ij in np.argwhere(res.failed()).tolist()]
@@ -70,14 +72,33 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         kind, mode = name.rsplit("/", 1)
         if mode == "clean":
             continue
-        verdicts.append(verdict(few(stats[name]) - few(stats[f"{kind}/clean"]), ">", 0.0,
-                                f"{kind}: {mode.upper()} pre-training leaves more nodes with <= {FEW} features than clean (norm-weighted fraction)"))
-        verdicts.append(verdict(wpur(stats[name]) - wpur(stats[f"{kind}/clean"]), ">", 0.0, f"{kind}: {mode.upper()} pre-training gives purer nodes than clean"))
+        verdicts.append(
+            verdict(
+                few(stats[name]) - few(stats[f"{kind}/clean"]),
+                ">",
+                0.0,
+                f"{kind}: {mode.upper()} pre-training leaves more nodes with <= {FEW} features than clean "
+                "(norm-weighted fraction)",
+            )
+        )
+        verdicts.append(
+            verdict(
+                wpur(stats[name]) - wpur(stats[f"{kind}/clean"]),
+                ">",
+                0.0,
+                f"{kind}: {mode.upper()} pre-training gives purer nodes than clean",
+            )
+        )
     return {
-        "train_tau": tau, "few": FEW, "backbones": list(backbones), "view_noises": list(o["view_noises"]),
+        "train_tau": tau,
+        "few": FEW,
+        "backbones": list(backbones),
+        "view_noises": list(o["view_noises"]),
         "nodes": {n: {k: np.asarray(v).tolist() for k, v in s.items()} for n, s in stats.items()},
-        "few_fraction": {n: few(s).tolist() for n, s in stats.items()}, "weighted_purity": {n: wpur(s).tolist() for n, s in stats.items()},
-        "failed_runs": failed, "verdicts": verdicts,
+        "few_fraction": {n: few(s).tolist() for n, s in stats.items()},
+        "weighted_purity": {n: wpur(s).tolist() for n, s in stats.items()},
+        "failed_runs": failed,
+        "verdicts": verdicts,
     }
 
 
@@ -95,12 +116,26 @@ def plot(record: dict):
             s = record["nodes"][name]
             feats, pur, w = (np.asarray(s[k], float).ravel() for k in ("features", "purity", "norm"))
             heavy = variant.endswith(f"={record['view_noises'][-1]:g}, ") if variant else True
-            style = {"histtype": "step", "lw": 2.2 if heavy else 1.2, "ls": "-" if heavy else "--", "color": colors[mode]}
-            label = f"{variant}{mode.upper() if mode != 'clean' else 'clean'} (≤{record['few']} features: {np.mean(record['few_fraction'][name]):.2f})"
+            style = {
+                "histtype": "step",
+                "lw": 2.2 if heavy else 1.2,
+                "ls": "-" if heavy else "--",
+                "color": colors[mode],
+            }
+            tag = mode.upper() if mode != "clean" else "clean"
+            label = f"{variant}{tag} (≤{record['few']} features: {np.mean(record['few_fraction'][name]):.2f})"
             axes[0, c].hist(feats, bins=np.arange(0.5, top + 1.5), weights=w / w.sum(), label=label, **style)
-            axes[1, c].hist(pur, bins=np.linspace(0, 1, 26), weights=w / w.sum(), **style,
-                            label=f"{variant}{mode.upper() if mode != 'clean' else 'clean'} (weighted mean {np.mean(record['weighted_purity'][name]):.2f})")
-        axes[0, c].set_title(f"{kind} pre-training" + (" (dashed: weak view noise)" if kind != "supervised" else ""), fontsize=10)
+            axes[1, c].hist(
+                pur,
+                bins=np.linspace(0, 1, 26),
+                weights=w / w.sum(),
+                **style,
+                label=f"{variant}{mode.upper() if mode != 'clean' else 'clean'} "
+                f"(weighted mean {np.mean(record['weighted_purity'][name]):.2f})",
+            )
+        axes[0, c].set_title(
+            f"{kind} pre-training" + (" (dashed: weak view noise)" if kind != "supervised" else ""), fontsize=10
+        )
         axes[0, c].set_xlabel("features per node n_i(0.5)")
         axes[1, c].set_xlabel("node purity max_j c_ij² / |w_i|²")
         for r in range(2):
@@ -108,25 +143,57 @@ def plot(record: dict):
             axes[r, c].legend(fontsize=8)
             axes[r, c].grid(alpha=0.3)
     cf = record["config"]
-    fig.suptitle("Adversarial pre-training leaves each node with one or a few features; clean pre-training leaves mixtures\n"
-                 f"d={cf['data']['d']}, k={cf['data']['k']}, width={cf['model']['width']}, τ={record['train_tau']:g}; "
-                 f"all nodes of {len(record['seeds'])} seeds pooled", fontsize=11)
+    fig.suptitle(
+        "Adversarial pre-training leaves each node with one or a few features; clean pre-training leaves mixtures\n"
+        f"d={cf['data']['d']}, k={cf['data']['k']}, width={cf['model']['width']}, τ={record['train_tau']:g}; "
+        f"all nodes of {len(record['seeds'])} seeds pooled",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"]}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"]}},
+    "cpu": {
+        **PRETRAIN_PRESETS["cpu"],
+        "seeds": 6,
+        "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["cpu"]},
+    },
+    "gpu": {
+        **PRETRAIN_PRESETS["gpu"],
+        "seeds": 16,
+        "options": {"pgd": True, "objectives": ("infonce", "spectral"), "view_noises": CONTRASTIVE_VIEW_NOISES["gpu"]},
+    },
 }
 
 EXPERIMENT = Experiment(
-    id="inh-nodes", claim="INH", title="Features per node and purity after each pre-training",
-    summary="histograms of features per node and purity for supervised (clean/FGM/PGD) and contrastive (clean/FGM) pre-training",
-    presets=PRESETS, run=run, plot=plot,
-    options=(Option("pgd", bool, True, "also pre-train with PGD (supervised)"),
-             Option("objectives", str, ("infonce", "spectral"), "contrastive objectives", choices=("infonce", "spectral"), many=True),
-             Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ of contrastive pre-training", lo=0.0, many=True)),
+    id="inh-nodes",
+    claim="INH",
+    title="Features per node and purity after each pre-training",
+    summary="histograms of features per node and purity for supervised (clean/FGM/PGD) and contrastive (clean/FGM) "
+    "pre-training",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=(
+        Option("pgd", bool, True, "also pre-train with PGD (supervised)"),
+        Option(
+            "objectives",
+            str,
+            ("infonce", "spectral"),
+            "contrastive objectives",
+            choices=("infonce", "spectral"),
+            many=True,
+        ),
+        Option(
+            "view_noises",
+            float,
+            CONTRASTIVE_VIEW_NOISES["cpu"],
+            "view-noise levels σ of contrastive pre-training",
+            lo=0.0,
+            many=True,
+        ),
+    ),
 )
 
 if __name__ == "__main__":

@@ -77,8 +77,16 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     variant_runs = (("multi-task", multi), ("trainable bias", trainable))
     relative = np.concatenate([grid_W, multi["W_final"]])
     fits, n_bad = clean_heads(ctx, cfg, dc, task, {"W": relative}, seed_ids, thetas, lrs)
-    fits_tb, n_bad_tb = clean_heads(ctx, bias_cfg, dc, task, {k: v.reshape((2, S) + v.shape[1:]) for k, v in backbones(trainable).items()},
-                                    seed_ids, thetas, lrs)
+    fits_tb, n_bad_tb = clean_heads(
+        ctx,
+        bias_cfg,
+        dc,
+        task,
+        {k: v.reshape((2, S) + v.shape[1:]) for k, v in backbones(trainable).items()},
+        seed_ids,
+        thetas,
+        lrs,
+    )
     fits = {name: {k: np.concatenate([v, fits_tb[name][k]]) for k, v in h.items()} for name, h in fits.items()}
     n_bad += n_bad_tb
     G = H * n_snap
@@ -86,9 +94,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     variants = {}
     for i, (label, res) in enumerate(variant_runs):
         rows = slice(G + 2 * i, G + 2 * i + 2)
-        variants[label] = {"robust": fits["dense"]["robust"][rows], "clean": fits["dense"]["clean"][rows],
-                           "other_tasks": {n: {k: v[rows] for k, v in h.items()} for n, h in fits.items() if n != "dense"},
-                           "purity": weighted_purity(res["W_final"], task.M), "pretrain_clean_acc": final_clean_accuracy(res)}
+        variants[label] = {
+            "robust": fits["dense"]["robust"][rows],
+            "clean": fits["dense"]["clean"][rows],
+            "other_tasks": {n: {k: v[rows] for k, v in h.items()} for n, h in fits.items() if n != "dense"},
+            "purity": weighted_purity(res["W_final"], task.M),
+            "pretrain_clean_acc": final_clean_accuracy(res),
+        }
     W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
     fits, _ = clean_heads(ctx, cfg, dc, task, {"W": W_or}, seed_ids, thetas, lrs)
     oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
@@ -101,11 +113,33 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     verdicts = []
     for name in thetas:
         gain = heads[name]["robust"][i_adv, last] - heads[name]["robust"][i_clean, last]
-        verdicts.append(verdict(gain, ">", 0.0, f"task '{name}': a clean head on the FGM(τ={tau:g}) backbone is more robust than on the clean backbone"))
+        verdicts.append(
+            verdict(
+                gain,
+                ">",
+                0.0,
+                f"task '{name}': a clean head on the FGM(τ={tau:g}) backbone is more robust than on the clean backbone",
+            )
+        )
     gap = heads["dense"]["robust"][i_adv, last] - e2e["dense"]["robust"]
-    verdicts.append(verdict(gap, ">", -0.05, "task 'dense': the clean head on the FGM backbone comes within 0.05 of the end-to-end adversarially trained model"))
+    verdicts.append(
+        verdict(
+            gap,
+            ">",
+            -0.05,
+            "task 'dense': the clean head on the FGM backbone comes within 0.05 of the end-to-end adversarially "
+            "trained model",
+        )
+    )
     for label, v in variants.items():
-        verdicts.append(verdict(v["robust"][1] - v["robust"][0], ">", 0.0, f"{label} pre-training: FGM backbone's clean head more robust than clean backbone's (task 'dense')"))
+        verdicts.append(
+            verdict(
+                v["robust"][1] - v["robust"][0],
+                ">",
+                0.0,
+                f"{label} pre-training: FGM backbone's clean head more robust than clean backbone's (task 'dense')",
+            )
+        )
     # where inheritance holds: per (pre-training radius, adversarial length) cell, the gain over the clean backbone
     base = heads["dense"]["robust"][i_clean, last]
     cell = {}
@@ -115,18 +149,46 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             cell[f"{t:g}@{step}"] = {"verdict": v["verdict"], "mean": v["mean"], "purity": float(purity[i, j].mean())}
     holds = [k for k, v in cell.items() if v["verdict"] == "holds"]
     corr = [np.corrcoef(purity[:, :, s].ravel(), heads["dense"]["robust"][:, :, s].ravel())[0, 1] for s in range(S)]
-    verdicts.append(verdict(np.asarray(corr), ">", 0.0, f"inherited robustness rises with backbone purity (per-seed correlation over radii x lengths); gain holds at {len(holds)}/{len(cell)} cells"))
+    verdicts.append(
+        verdict(
+            np.asarray(corr),
+            ">",
+            0.0,
+            "inherited robustness rises with backbone purity (per-seed correlation over radii x lengths); gain "
+            f"holds at {len(holds)}/{len(cell)} cells",
+        )
+    )
     return {
-        "tau_eval": float(cfg.eval.taus[0]), "train_tau": tau, "pre_taus": pre_taus, "snapshot_steps": list(snaps), "adv_start": cfg.train.adv_start,
-        "tasks": list(thetas), "bayes_accuracy": {n: bayes_accuracy(cfg.data, t) for n, t in thetas.items()} if cfg.data.magnitude == "uniform" and cfg.data.sparsity == "exact_k" else None,
-        "down_lrs": lrs.tolist(), "down": dc.__dict__ | {"taus": list(dc.taus)},
+        "tau_eval": float(cfg.eval.taus[0]),
+        "train_tau": tau,
+        "pre_taus": pre_taus,
+        "snapshot_steps": list(snaps),
+        "adv_start": cfg.train.adv_start,
+        "tasks": list(thetas),
+        "bayes_accuracy": {n: bayes_accuracy(cfg.data, t) for n, t in thetas.items()}
+        if cfg.data.magnitude == "uniform" and cfg.data.sparsity == "exact_k"
+        else None,
+        "down_lrs": lrs.tolist(),
+        "down": dc.__dict__ | {"taus": list(dc.taus)},
         "purity": purity.tolist(),
         "heads": {n: {k: np.asarray(v).tolist() for k, v in h.items()} for n, h in heads.items()},
         "oracle": {n: {k: v.tolist() for k, v in h.items()} for n, h in oracle.items()},
         "end_to_end": {n: {k: v.tolist() for k, v in h.items()} for n, h in e2e.items()},
-        "variants": {n: {k: (v.tolist() if k != "other_tasks" else {t: {a: b.tolist() for a, b in r.items()} for t, r in v.items()}) for k, v in h.items()}
-                     for n, h in variants.items()},
-        "inheritance_map": cell, "failed_runs": failed, "n_failed_downstream": n_bad, "verdicts": verdicts,
+        "variants": {
+            n: {
+                k: (
+                    v.tolist()
+                    if k != "other_tasks"
+                    else {t: {a: b.tolist() for a, b in r.items()} for t, r in v.items()}
+                )
+                for k, v in h.items()
+            }
+            for n, h in variants.items()
+        },
+        "inheritance_map": cell,
+        "failed_runs": failed,
+        "n_failed_downstream": n_bad,
+        "verdicts": verdicts,
     }
 
 
@@ -141,10 +203,12 @@ def plot(record: dict):
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     ax = axes[0, 0]
     tasks = record["tasks"]
-    bars = [("clean backbone + clean head", lambda n: record["heads"][n]["robust"][i_clean][-1], "tab:blue"),
-            (f"FGM backbone (τ={tau:g}) + clean head", lambda n: record["heads"][n]["robust"][i_adv][-1], "tab:red"),
-            ("oracle pure features + clean head", lambda n: record["oracle"][n]["robust"], "tab:green"),
-            ("end-to-end FGM-trained on the task", lambda n: record["end_to_end"][n]["robust"], "tab:gray")]
+    bars = [
+        ("clean backbone + clean head", lambda n: record["heads"][n]["robust"][i_clean][-1], "tab:blue"),
+        (f"FGM backbone (τ={tau:g}) + clean head", lambda n: record["heads"][n]["robust"][i_adv][-1], "tab:red"),
+        ("oracle pure features + clean head", lambda n: record["oracle"][n]["robust"], "tab:green"),
+        ("end-to-end FGM-trained on the task", lambda n: record["end_to_end"][n]["robust"], "tab:gray"),
+    ]
     w = 0.2
     for b, (label, get, color) in enumerate(bars):
         vals = [np.asarray(get(n), float) for n in tasks]
@@ -162,7 +226,13 @@ def plot(record: dict):
     rob = np.asarray(record["heads"]["dense"]["robust"], float)  # (H, n_snap, S)
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(snaps)))
     for j, step in enumerate(snaps):
-        band(ax, np.asarray(pre_taus), rob[:, j].T, label=f"{step - record['adv_start']} adversarial steps", color=colors[j])
+        band(
+            ax,
+            np.asarray(pre_taus),
+            rob[:, j].T,
+            label=f"{step - record['adv_start']} adversarial steps",
+            color=colors[j],
+        )
     ax.set_xlabel("pre-training radius τ_pre (0 = clean pre-training)")
     ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
     ax.set_ylim(0, 1)
@@ -174,9 +244,18 @@ def plot(record: dict):
     pur = np.asarray(record["purity"], float)
     sc = None
     for i, t in enumerate(pre_taus):
-        sc = ax.scatter(pur[i].ravel(), rob[i].ravel(), c=[t] * pur[i].size, vmin=0, vmax=max(pre_taus), cmap="plasma", s=14)
+        sc = ax.scatter(
+            pur[i].ravel(), rob[i].ravel(), c=[t] * pur[i].size, vmin=0, vmax=max(pre_taus), cmap="plasma", s=14
+        )
     for label, v in record["variants"].items():
-        ax.scatter(v["purity"], v["robust"], marker="x" if label == "multi-task" else "+", s=40, color="k", label=f"{label} (clean and FGM)")
+        ax.scatter(
+            v["purity"],
+            v["robust"],
+            marker="x" if label == "multi-task" else "+",
+            s=40,
+            color="k",
+            label=f"{label} (clean and FGM)",
+        )
     fig.colorbar(sc, ax=ax, label="pre-training radius τ_pre")
     ax.set_xlabel("backbone purity (norm-weighted mean of max_j c_ij² / |w_i|²)")
     ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
@@ -203,34 +282,76 @@ def plot(record: dict):
     ax.set_ylim(0, 1)
     ax.set_title("(d) pre-training variants: multi-task head, trainable thresholds", fontsize=10)
     c = record["config"]
-    fig.suptitle("Robustness inheritance (supervised): a clean linear head on an adversarially pre-trained backbone is robust\n"
-                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds, "
-                 f"{record['down']['n_max']} downstream samples", fontsize=11)
+    fig.suptitle(
+        "Robustness inheritance (supervised): a clean linear head on an adversarially pre-trained backbone is robust\n"
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds, "
+        f"{record['down']['n_max']} downstream samples",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6,
-            "options": {"pre_taus": (0.125, 0.375), "adv_fractions": (0.125, 0.5, 1.0), "n_tasks": 3, "n_down": 2048, "down_lrs": (0.003, 0.01, 0.03)}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16,
-            "options": {"pre_taus": (0.06, 0.12, 0.25, 0.35), "adv_fractions": (0.05, 0.1, 0.25, 0.5, 1.0), "n_tasks": 4, "n_down": 8192,
-                        "down_lrs": (0.001, 0.003, 0.01, 0.03)}},
+    "cpu": {
+        **PRETRAIN_PRESETS["cpu"],
+        "seeds": 6,
+        "options": {
+            "pre_taus": (0.125, 0.375),
+            "adv_fractions": (0.125, 0.5, 1.0),
+            "n_tasks": 3,
+            "n_down": 2048,
+            "down_lrs": (0.003, 0.01, 0.03),
+        },
+    },
+    "gpu": {
+        **PRETRAIN_PRESETS["gpu"],
+        "seeds": 16,
+        "options": {
+            "pre_taus": (0.06, 0.12, 0.25, 0.35),
+            "adv_fractions": (0.05, 0.1, 0.25, 0.5, 1.0),
+            "n_tasks": 4,
+            "n_down": 8192,
+            "down_lrs": (0.001, 0.003, 0.01, 0.03),
+        },
+    },
 }
 
 OPTIONS = (
     Option("pre_taus", float, (0.125, 0.375), "further pre-training radii (besides 0 and hp.tau)", lo=0.0, many=True),
-    Option("adv_fractions", float, (0.125, 0.5, 1.0), "cuts of the adversarial phase, as fractions of its length", lo=0.0, hi=1.0, many=True),
+    Option(
+        "adv_fractions",
+        float,
+        (0.125, 0.5, 1.0),
+        "cuts of the adversarial phase, as fractions of its length",
+        lo=0.0,
+        hi=1.0,
+        many=True,
+    ),
     Option("n_tasks", int, 3, "tasks of the multi-task backbone", lo=2),
     N_DOWN,
-    Option("down_lrs", float, (0.003, 0.01, 0.03), "learning rates of the clean heads (chosen on validation)", lo=0.0, strict_lo=True, many=True),
+    Option(
+        "down_lrs",
+        float,
+        (0.003, 0.01, 0.03),
+        "learning rates of the clean heads (chosen on validation)",
+        lo=0.0,
+        strict_lo=True,
+        many=True,
+    ),
 )
 
 
 EXPERIMENT = Experiment(
-    id="inh-supervised", claim="INH", title="Robustness inheritance after supervised pre-training",
-    summary="clean vs adversarial supervised pre-training (single, multi-task, trainable bias) -> clean linear heads on new tasks",
-    presets=PRESETS, run=run, plot=plot, options=OPTIONS,
+    id="inh-supervised",
+    claim="INH",
+    title="Robustness inheritance after supervised pre-training",
+    summary="clean vs adversarial supervised pre-training (single, multi-task, trainable bias) -> clean linear "
+    "heads on new tasks",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=OPTIONS,
 )
 
 if __name__ == "__main__":

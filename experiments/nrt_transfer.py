@@ -25,8 +25,13 @@ from purify.stats import verdict
 
 from .common import N_DOWN, PRETRAIN_PRESETS, broadcast_backbone, down_config, probe, supervised_backbones
 
-MODELS = ("fine-tuned (clean backbone)", "from scratch", "linear probe (clean backbone)", "linear probe (FGM backbone)",
-          "fine-tuned (FGM backbone)")
+MODELS = (
+    "fine-tuned (clean backbone)",
+    "from scratch",
+    "linear probe (clean backbone)",
+    "linear probe (FGM backbone)",
+    "fine-tuned (FGM backbone)",
+)
 
 
 def remedy_name(lam: float) -> str:
@@ -46,8 +51,12 @@ def _extra_metrics(cfg: Config, dc, task, theta, eps):
         g_pre = lambda v: network.hidden(arch, pre, v, beta)
         obj = lambda v: ((g_pre(v) - g_pre(x)) ** 2).sum(-1)
         rep_delta = attacks.pgd(obj, x, eps, dc.norm, 2 * dc.eval_pgd_steps, key=k2, restarts=2)
-        return {"conf_clean": jax.nn.sigmoid(jnp.abs(f(x))).mean(), "conf_attacked": jax.nn.sigmoid(jnp.abs(f(x + delta))).mean(),
-                "acc_transfer": (y * f(x + rep_delta) > 0).mean(), "acc_random": (y * f(x + attacks.random_start(k2, x.shape, eps, dc.norm)) > 0).mean()}
+        return {
+            "conf_clean": jax.nn.sigmoid(jnp.abs(f(x))).mean(),
+            "conf_attacked": jax.nn.sigmoid(jnp.abs(f(x + delta))).mean(),
+            "acc_transfer": (y * f(x + rep_delta) > 0).mean(),
+            "acc_random": (y * f(x + attacks.random_start(k2, x.shape, eps, dc.norm)) > 0).mean(),
+        }
 
     return jax.jit(jax.vmap(one))
 
@@ -66,8 +75,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     if "b" in bbs["clean"]:  # fixed or trainable thresholds start where the relative rule would be
         scratch["b"] = (cfg.hp.beta * cfg.data.min_magnitude * np.linalg.norm(scratch["W"], axis=-1)).astype(np.float32)
     lams = [float(v) for v in o["lams"]]
-    starts = {MODELS[0]: ("full", bbs["clean"], 0.0), MODELS[1]: ("full", scratch, 0.0), MODELS[2]: ("probe", bbs["clean"], 0.0),
-              MODELS[3]: ("probe", bbs["fgm"], 0.0), MODELS[4]: ("full", bbs["fgm"], 0.0)}
+    starts = {
+        MODELS[0]: ("full", bbs["clean"], 0.0),
+        MODELS[1]: ("full", scratch, 0.0),
+        MODELS[2]: ("probe", bbs["clean"], 0.0),
+        MODELS[3]: ("probe", bbs["fgm"], 0.0),
+        MODELS[4]: ("full", bbs["fgm"], 0.0),
+    }
     starts.update({remedy_name(lam): ("full+dm", bbs["fgm"], lam) for lam in lams})
     extra = None
     res = {}
@@ -75,7 +89,14 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     for name, (method, W0, lam) in starts.items():
         lrs = np.asarray(o["lrs"]["probe" if method == "probe" else "full"], np.float32)
         L = len(lrs)
-        dc = down_config(cfg, o, method="full" if method == "full+dm" else method, n_max=max(sizes), taus=(eps,), discrepancy=method == "full+dm")
+        dc = down_config(
+            cfg,
+            o,
+            method="full" if method == "full+dm" else method,
+            n_max=max(sizes),
+            taus=(eps,),
+            discrepancy=method == "full+dm",
+        )
         shape = (N, S, L)
         bb = broadcast_backbone(W0, shape, (1,))
         sd = np.broadcast_to(np.arange(S)[None, :, None], shape).ravel()
@@ -85,24 +106,65 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         extra = extra or _extra_metrics(cfg, dc, task, jnp.asarray(theta), eps)
         pre = broadcast_backbone(bbs["clean"], shape, (1,))
         ex = {k: np.asarray(v) for k, v in extra(out["params"], run_keys(sd), pre).items()}
-        _, picked = select_by_validation(out["val_clean"].reshape(shape), out["clean"].reshape(shape), out["robust"][:, 0].reshape(shape),
-                                         *(ex[k].reshape(shape) for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")))
+        _, picked = select_by_validation(
+            out["val_clean"].reshape(shape),
+            out["clean"].reshape(shape),
+            out["robust"][:, 0].reshape(shape),
+            *(ex[k].reshape(shape) for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")),
+        )
         res[name] = dict(zip(("clean", "robust", "conf_clean", "conf_attacked", "acc_transfer", "acc_random"), picked))
     verdicts = []
     for ni, n in enumerate(sizes):
         ft, sc = res[MODELS[0]], res[MODELS[1]]
-        verdicts.append(verdict(sc["robust"][ni] - ft["robust"][ni], ">", 0.0, f"n={n}: fine-tuning the clean backbone ends less robust than training from scratch (NRT)"))
-        verdicts.append(verdict(res[remedy_name(lams[-1])]["robust"][ni] - ft["robust"][ni], ">", 0.0,
-                                f"n={n}: remedy: FGM backbone + discrepancy penalty (λ={lams[-1]:g}) more robust than fine-tuning the clean backbone"))
-        verdicts.append(verdict(sc["acc_transfer"][ni] - ft["acc_transfer"][ni], ">", 0.0,
-                                f"n={n}: the representation attack crafted on the clean backbone hurts its fine-tuned model more than the scratch model"))
+        verdicts.append(
+            verdict(
+                sc["robust"][ni] - ft["robust"][ni],
+                ">",
+                0.0,
+                f"n={n}: fine-tuning the clean backbone ends less robust than training from scratch (NRT)",
+            )
+        )
+        verdicts.append(
+            verdict(
+                res[remedy_name(lams[-1])]["robust"][ni] - ft["robust"][ni],
+                ">",
+                0.0,
+                f"n={n}: remedy: FGM backbone + discrepancy penalty (λ={lams[-1]:g}) more robust than fine-tuning "
+                "the clean backbone",
+            )
+        )
+        verdicts.append(
+            verdict(
+                sc["acc_transfer"][ni] - ft["acc_transfer"][ni],
+                ">",
+                0.0,
+                f"n={n}: the representation attack crafted on the clean backbone hurts its fine-tuned model more "
+                "than the scratch model",
+            )
+        )
         # the same, net of clean-accuracy differences: the attack's damage beyond random noise of the same norm
         excess = lambda r, ni=ni: r["acc_random"][ni] - r["acc_transfer"][ni]
-        verdicts.append(verdict(excess(ft) - excess(sc), ">", 0.0,
-                                f"n={n}: the transferred representation attack does more harm beyond random noise to the fine-tuned model than to the scratch model"))
-    return {"eps": eps, "train_tau": tau, "sizes": sizes, "models": list(starts), "lams": lams, "lrs": {k: list(v) for k, v in o["lrs"].items()},
-            "results": {name: {k: np.asarray(v).tolist() for k, v in r.items()} for name, r in res.items()},
-            "n_failed_downstream": n_failed, "failed_runs": failed, "verdicts": verdicts}
+        verdicts.append(
+            verdict(
+                excess(ft) - excess(sc),
+                ">",
+                0.0,
+                f"n={n}: the transferred representation attack does more harm beyond random noise to the fine-tuned "
+                "model than to the scratch model",
+            )
+        )
+    return {
+        "eps": eps,
+        "train_tau": tau,
+        "sizes": sizes,
+        "models": list(starts),
+        "lams": lams,
+        "lrs": {k: list(v) for k, v in o["lrs"].items()},
+        "results": {name: {k: np.asarray(v).tolist() for k, v in r.items()} for name, r in res.items()},
+        "n_failed_downstream": n_failed,
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
 
 
 def plot(record: dict):
@@ -112,16 +174,26 @@ def plot(record: dict):
 
     sizes = np.asarray(record["sizes"])
     colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red"]))
-    remedies = record["models"][len(colors):]
+    remedies = record["models"][len(colors) :]
     colors.update(zip(remedies, plt.cm.Purples(np.linspace(0.45, 0.95, len(remedies)))))
-    panels = [("robust", f"robust accuracy at ℓ2 ε={record['eps']:g}"), ("clean", "clean accuracy"),
-              ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)")]
+    panels = [
+        ("robust", f"robust accuracy at ℓ2 ε={record['eps']:g}"),
+        ("clean", "clean accuracy"),
+        ("acc_transfer", "accuracy under the representation attack\ncrafted on the clean backbone (transferred)"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     ax = axes[1, 1]
     for name in (record["models"][0], record["models"][1], record["models"][-1]):
         for key, ls, mk in (("conf_clean", "-", "o"), ("conf_attacked", ":", "x")):
-            band(ax, sizes, np.asarray(record["results"][name][key], float).T, color=colors[name], ls=ls, marker=mk,
-                 label=f"{name}, {'clean' if key == 'conf_clean' else 'PGD-attacked'} inputs")
+            band(
+                ax,
+                sizes,
+                np.asarray(record["results"][name][key], float).T,
+                color=colors[name],
+                ls=ls,
+                marker=mk,
+                label=f"{name}, {'clean' if key == 'conf_clean' else 'PGD-attacked'} inputs",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("downstream training samples n")
     ax.set_ylabel("confidence: mean σ(|f(x)|) of the predicted class")
@@ -129,25 +201,45 @@ def plot(record: dict):
     ax.legend(fontsize=7)
     for ax, (key, ylabel) in zip(axes.ravel()[:3], panels):
         for name in record["models"]:
-            band(ax, sizes, np.asarray(record["results"][name][key], float).T, label=name, color=colors[name], marker="o",
-                 ls="--" if "probe" in name else "-")
+            band(
+                ax,
+                sizes,
+                np.asarray(record["results"][name][key], float).T,
+                label=name,
+                color=colors[name],
+                marker="o",
+                ls="--" if "probe" in name else "-",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("downstream training samples n")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     c = record["config"]
-    fig.suptitle("Non-robustness transfer: clean fine-tuning from a clean backbone vs from scratch, probes, and the robust-backbone remedy\n"
-                 f"clean downstream training, learning rate chosen on validation clean accuracy; d={c['data']['d']}, k={c['data']['k']}, "
-                 f"width={c['model']['width']}; {len(record['seeds'])} seeds, bands min–max", fontsize=11)
+    fig.suptitle(
+        "Non-robustness transfer: clean fine-tuning from a clean backbone vs from scratch, probes, and the "
+        "robust-backbone remedy\n"
+        f"clean downstream training, learning rate chosen on validation clean accuracy; d={c['data']['d']}, "
+        f"k={c['data']['k']}, "
+        f"width={c['model']['width']}; {len(record['seeds'])} seeds, bands min–max",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 _LRS = {"probe": (0.003, 0.01, 0.03), "full": (0.001, 0.003, 0.01)}
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"sizes": (128, 512, 2048), "lrs": _LRS, "lams": (1.0, 10.0, 100.0), "n_down": 2048}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lams": (1.0, 10.0, 100.0, 1000.0), "n_down": 8192}},
+    "cpu": {
+        **PRETRAIN_PRESETS["cpu"],
+        "seeds": 6,
+        "options": {"sizes": (128, 512, 2048), "lrs": _LRS, "lams": (1.0, 10.0, 100.0), "n_down": 2048},
+    },
+    "gpu": {
+        **PRETRAIN_PRESETS["gpu"],
+        "seeds": 16,
+        "options": {"sizes": (128, 512, 2048, 8192), "lrs": _LRS, "lams": (1.0, 10.0, 100.0, 1000.0), "n_down": 8192},
+    },
 }
 
 OPTIONS = (
@@ -166,9 +258,16 @@ def _check(cfg: Config, o: dict) -> None:
 
 
 EXPERIMENT = Experiment(
-    id="nrt-transfer", claim="NRT", title="Non-robustness transfer in fine-tuning, and its remedy",
-    summary="fine-tuned vs from-scratch vs linear probe across downstream sizes; confidence; transferred representation attacks; DM remedy",
-    presets=PRESETS, run=run, plot=plot, options=OPTIONS, check=_check,
+    id="nrt-transfer",
+    claim="NRT",
+    title="Non-robustness transfer in fine-tuning, and its remedy",
+    summary="fine-tuned vs from-scratch vs linear probe across downstream sizes; confidence; transferred "
+    "representation attacks; DM remedy",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=OPTIONS,
+    check=_check,
 )
 
 if __name__ == "__main__":

@@ -33,9 +33,13 @@ def _per_seed(r: dict) -> dict:
     return {
         "violations_loss": (r["loss_increase"] > r["loss_bound"] * (1 + 1e-5) + 1e-6).sum(-1),
         "violations_criterion": (r["certified"] & ~r["robust"]).sum(-1),
-        "certified_acc": r["certified"].mean(-1), "robust_acc": r["robust"].mean(-1),
-        "median_ratio": np.median(ratio, axis=-1), "mean_loss_increase": r["loss_increase"].mean(-1), "mean_loss_bound": r["loss_bound"].mean(-1),
-        "shift_attack": r["shift_attack"].mean(-1), "shift_certified": r["shift_certified"].mean(-1),
+        "certified_acc": r["certified"].mean(-1),
+        "robust_acc": r["robust"].mean(-1),
+        "median_ratio": np.median(ratio, axis=-1),
+        "mean_loss_increase": r["loss_increase"].mean(-1),
+        "mean_loss_bound": r["loss_bound"].mean(-1),
+        "shift_attack": r["shift_attack"].mean(-1),
+        "shift_certified": r["shift_certified"].mean(-1),
     }
 
 
@@ -49,9 +53,26 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     u = task.label_directions[0]
     keys = run_keys(seed_ids)
-    report = jax.jit(jax.vmap(lambda bb, v, c, x, y, k, e: per_sample_report(arch, bb, beta, v, c, x, y, e, cfg.eval.norm, k,
-                                                                              pgd_steps=cfg.eval.pgd_steps, restarts=int(o["restarts"]), u=u),
-                              in_axes=(0, 0, 0, 0, 0, 0, None)))
+    report = jax.jit(
+        jax.vmap(
+            lambda bb, v, c, x, y, k, e: per_sample_report(
+                arch,
+                bb,
+                beta,
+                v,
+                c,
+                x,
+                y,
+                e,
+                cfg.eval.norm,
+                k,
+                pgd_steps=cfg.eval.pgd_steps,
+                restarts=int(o["restarts"]),
+                u=u,
+            ),
+            in_axes=(0, 0, 0, 0, 0, 0, None),
+        )
+    )
     eps_grid = sorted({round(float(f) * eps, 6) for f in o["eps_fractions"]} | {eps})
     eps_v = round(float(o["verdict_fraction"]) * eps, 6)
     eps_grid = sorted(set(eps_grid) | {eps_v})
@@ -61,8 +82,19 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         for bname, bb in backbones.items():
             name = f"{bname}/{head}"
             fit = probe(ctx, cfg, dc, task, bb, seed_ids, theta, n=dc.n_max, lr=float(o["down_lr"]), tau=eps)
-            tests = jax.vmap(lambda k, dc=dc: splits(jax.random.split(k, 4)[0], cfg.data, jnp.asarray(theta), task.M, dc, which=(2,))[2])(keys)
-            args = (bb, jnp.asarray(fit["params"]["v"]), jnp.asarray(fit["params"]["c"]), tests[0], tests[1], jax.vmap(lambda k: jax.random.fold_in(k, 99))(keys))
+            tests = jax.vmap(
+                lambda k, dc=dc: splits(
+                    jax.random.split(k, 4)[0], cfg.data, jnp.asarray(theta), task.M, dc, which=(2,)
+                )[2]
+            )(keys)
+            args = (
+                bb,
+                jnp.asarray(fit["params"]["v"]),
+                jnp.asarray(fit["params"]["c"]),
+                tests[0],
+                tests[1],
+                jax.vmap(lambda k: jax.random.fold_in(k, 99))(keys),
+            )
             curves[name] = []
             for e in eps_grid:
                 r = {k: np.asarray(v) for k, v in report(*args, jnp.float32(e)).items()}
@@ -74,19 +106,57 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     iv = eps_grid.index(eps_v)
     verdicts = []
     for name, s in at.items():
-        verdicts.append(verdict(s["violations_loss"].sum(0), "<", 0.5, f"{name}: the loss bound |v| Δ holds on every sample at every ε (violations per seed)"))
-        verdicts.append(verdict(s["violations_criterion"].sum(0), "<", 0.5, f"{name}: no certified sample flips under attack at any ε"))
+        verdicts.append(
+            verdict(
+                s["violations_loss"].sum(0),
+                "<",
+                0.5,
+                f"{name}: the loss bound |v| Δ holds on every sample at every ε (violations per seed)",
+            )
+        )
+        verdicts.append(
+            verdict(
+                s["violations_criterion"].sum(0), "<", 0.5, f"{name}: no certified sample flips under attack at any ε"
+            )
+        )
     for head in HEADS:
-        verdicts.append(verdict(at[f"fgm/{head}"]["certified_acc"][iv] - at[f"clean/{head}"]["certified_acc"][iv], ">", 0.0,
-                                f"{head}: at ε={eps_v:g} the FGM backbone certifies more samples than the clean backbone"))
-        verdicts.append(verdict(per_seed[f"fgm/{head}"]["median_ratio"], "<", 2.0, f"fgm/{head}: the certified shift is within 2x of the attacked one (median over samples, ε={eps:g})"))
+        verdicts.append(
+            verdict(
+                at[f"fgm/{head}"]["certified_acc"][iv] - at[f"clean/{head}"]["certified_acc"][iv],
+                ">",
+                0.0,
+                f"{head}: at ε={eps_v:g} the FGM backbone certifies more samples than the clean backbone",
+            )
+        )
+        verdicts.append(
+            verdict(
+                per_seed[f"fgm/{head}"]["median_ratio"],
+                "<",
+                2.0,
+                f"fgm/{head}: the certified shift is within 2x of the attacked one (median over samples, ε={eps:g})",
+            )
+        )
     keep = int(o["keep_samples"])
-    hist = {name: {"shift_attack": r["shift_attack"].ravel()[:keep].tolist(), "shift_certified": r["shift_certified"].ravel()[:keep].tolist()} for name, r in out.items()}
-    return {"eps": eps, "train_tau": tau, "norm": cfg.eval.norm, "n_test": int(out["clean/clean probe"]["robust"].shape[-1]),
-            "eps_grid": eps_grid, "eps_verdict": eps_v,
-            "per_seed": {n: {k: np.asarray(v).tolist() for k, v in s.items()} for n, s in per_seed.items()},
-            "per_seed_by_eps": {n: {k: v.tolist() for k, v in s.items()} for n, s in at.items()},
-            "samples": hist, "failed_runs": failed, "verdicts": verdicts}
+    hist = {
+        name: {
+            "shift_attack": r["shift_attack"].ravel()[:keep].tolist(),
+            "shift_certified": r["shift_certified"].ravel()[:keep].tolist(),
+        }
+        for name, r in out.items()
+    }
+    return {
+        "eps": eps,
+        "train_tau": tau,
+        "norm": cfg.eval.norm,
+        "n_test": int(out["clean/clean probe"]["robust"].shape[-1]),
+        "eps_grid": eps_grid,
+        "eps_verdict": eps_v,
+        "per_seed": {n: {k: np.asarray(v).tolist() for k, v in s.items()} for n, s in per_seed.items()},
+        "per_seed_by_eps": {n: {k: v.tolist() for k, v in s.items()} for n, s in at.items()},
+        "samples": hist,
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
 
 
 def short(name: str) -> str:
@@ -105,7 +175,14 @@ def plot(record: dict):
         s = record["samples"][name]
         if "clean probe" not in name:
             continue  # the shift is a property of the backbone: one head is enough
-        ax.scatter(s["shift_attack"], s["shift_certified"], s=3, alpha=0.4, color=colors[name.split("/")[0]], label=f"{name.split('/')[0]} backbone")
+        ax.scatter(
+            s["shift_attack"],
+            s["shift_certified"],
+            s=3,
+            alpha=0.4,
+            color=colors[name.split("/")[0]],
+            label=f"{name.split('/')[0]} backbone",
+        )
     lim = max(max(record["samples"][n]["shift_certified"]) for n in names)
     ax.plot([0, lim], [0, lim], "k--", lw=1, label="certified = attacked")
     ax.set_xlabel(f"attacked shift |g(x+δ) − g(x)|, ℓ2 ε={record['eps']:g} (lower bound)")
@@ -124,15 +201,39 @@ def plot(record: dict):
             continue  # the PGD backbone's curves lie on the FGM backbone's (see the JSON)
         s = record["per_seed_by_eps"][name]
         color, ls = colors[name.split("/")[0]], "-" if "clean probe" in name else "--"
-        band(ax, grid, np.asarray(s["robust_acc"], float).T, color=color, ls=ls, marker="o", ms=3, label=f"{short(name)}: robust (attacks)")
-        band(ax, grid, np.asarray(s["certified_acc"], float).T, color=color, ls=ls, marker="s", ms=3, lw=2.5, alpha=0.6, label=f"{short(name)}: certified")
+        band(
+            ax,
+            grid,
+            np.asarray(s["robust_acc"], float).T,
+            color=color,
+            ls=ls,
+            marker="o",
+            ms=3,
+            label=f"{short(name)}: robust (attacks)",
+        )
+        band(
+            ax,
+            grid,
+            np.asarray(s["certified_acc"], float).T,
+            color=color,
+            ls=ls,
+            marker="s",
+            ms=3,
+            lw=2.5,
+            alpha=0.6,
+            label=f"{short(name)}: certified",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("ℓ2 radius ε (log scale)")
     ax.set_ylabel("accuracy: under attacks (upper bound) / REP-certified (lower bound)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title("(b) what the criterion certifies, against what the attacks leave\n(PGD backbone omitted: it lies on the FGM one)", fontsize=10)
+    ax.set_title(
+        "(b) what the criterion certifies, against what the attacks leave\n(PGD backbone omitted: it lies on the "
+        "FGM one)",
+        fontsize=10,
+    )
     x = np.arange(len(names))
     ax = axes[2]
     inc = [np.mean(record["per_seed"][n]["mean_loss_increase"]) for n in names]
@@ -148,18 +249,42 @@ def plot(record: dict):
     ax.legend(fontsize=8)
     ax.set_title("(c) the loss bound (i) holds on every sample; how loose it is", fontsize=10)
     c = record["config"]
-    fig.suptitle("Representation robustness bounds the downstream: certified shift ≥ attacked shift, bound ≥ loss increase, certified ⇒ robust\n"
-                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds × {record['n_test']} test samples",
-                 fontsize=11)
+    fig.suptitle(
+        "Representation robustness bounds the downstream: certified shift ≥ attacked shift, bound ≥ loss increase, "
+        "certified ⇒ robust\n"
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds × "
+        f"{record['n_test']} test samples",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 6, "options": {"n_down": 2048, "down_lr": 0.01, "restarts": 2, "keep_samples": 3000,
-                                                              "eps_fractions": (0.02, 0.05, 0.1, 0.25, 0.5), "verdict_fraction": 0.1}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16, "options": {"n_down": 8192, "down_lr": 0.01, "restarts": 4, "keep_samples": 5000,
-                                                              "eps_fractions": (0.01, 0.02, 0.05, 0.1, 0.25, 0.5), "verdict_fraction": 0.1}},
+    "cpu": {
+        **PRETRAIN_PRESETS["cpu"],
+        "seeds": 6,
+        "options": {
+            "n_down": 2048,
+            "down_lr": 0.01,
+            "restarts": 2,
+            "keep_samples": 3000,
+            "eps_fractions": (0.02, 0.05, 0.1, 0.25, 0.5),
+            "verdict_fraction": 0.1,
+        },
+    },
+    "gpu": {
+        **PRETRAIN_PRESETS["gpu"],
+        "seeds": 16,
+        "options": {
+            "n_down": 8192,
+            "down_lr": 0.01,
+            "restarts": 4,
+            "keep_samples": 5000,
+            "eps_fractions": (0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
+            "verdict_fraction": 0.1,
+        },
+    },
 }
 
 OPTIONS = (
@@ -167,15 +292,36 @@ OPTIONS = (
     Option("down_lr", float, 0.01, "learning rate of both linear heads", lo=0.0, strict_lo=True),
     Option("restarts", int, 2, "random restarts of the shift attack and of PGD", lo=1),
     Option("keep_samples", int, 3000, "per-sample shifts kept in the JSON for the scatter plot", lo=1),
-    Option("eps_fractions", float, (0.02, 0.05, 0.1, 0.25, 0.5), "radii ε as fractions of eval.taus[0]", lo=0.0, strict_lo=True, many=True),
-    Option("verdict_fraction", float, 0.1, "the radius (a fraction of eval.taus[0]) at which backbones are compared", lo=0.0, strict_lo=True),
+    Option(
+        "eps_fractions",
+        float,
+        (0.02, 0.05, 0.1, 0.25, 0.5),
+        "radii ε as fractions of eval.taus[0]",
+        lo=0.0,
+        strict_lo=True,
+        many=True,
+    ),
+    Option(
+        "verdict_fraction",
+        float,
+        0.1,
+        "the radius (a fraction of eval.taus[0]) at which backbones are compared",
+        lo=0.0,
+        strict_lo=True,
+    ),
 )
 
 
 EXPERIMENT = Experiment(
-    id="rep-bound", claim="REP", title="The representation bound and criterion on every sample",
-    summary="certified vs attacked representation shift, the REP loss bound and criterion per sample, for each backbone and head",
-    presets=PRESETS, run=run, plot=plot, options=OPTIONS,
+    id="rep-bound",
+    claim="REP",
+    title="The representation bound and criterion on every sample",
+    summary="certified vs attacked representation shift, the REP loss bound and criterion per sample, for each "
+    "backbone and head",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=OPTIONS,
 )
 
 if __name__ == "__main__":

@@ -42,9 +42,19 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         lrs = np.asarray(o["lrs"][method], np.float32)
         L = len(lrs)
         for hi, init in enumerate(inits):
-            dc = down_config(cfg, o, method=method, head_init=init, attack=o["ft_attack"], init_attack=o["ft_attack"], n_max=max(sizes),
-                             taus=(eps,), rank=int(o["rank"]), steps=max(4, cfg.train.steps // int(o["steps_divisor"])),
-                             probe_steps=max(4, cfg.train.steps // (2 * int(o["steps_divisor"]))))
+            dc = down_config(
+                cfg,
+                o,
+                method=method,
+                head_init=init,
+                attack=o["ft_attack"],
+                init_attack=o["ft_attack"],
+                n_max=max(sizes),
+                taus=(eps,),
+                rank=int(o["rank"]),
+                steps=max(4, cfg.train.steps // int(o["steps_divisor"])),
+                probe_steps=max(4, cfg.train.steps // (2 * int(o["steps_divisor"]))),
+            )
             # flat run axis (backbone, size, seed, lr)
             shape = (B, N, S, L)
             bb = broadcast_backbone(stacked, shape, (0, 2))
@@ -53,7 +63,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             lr = np.broadcast_to(lrs, shape).ravel()
             out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=lr, probe_lr=float(o["probe_lr"]), tau=tau)
             n_failed += int(out["failed"].sum())
-            best, (r, c) = select_by_validation(out["val_robust"][:, 0].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
+            best, (r, c) = select_by_validation(
+                out["val_robust"][:, 0].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape)
+            )
             robust[mi, hi], clean[mi, hi], chosen_lr[mi, hi] = r, c, lrs[best]
     ib, hb = {n: i for i, n in enumerate(names)}, {h: i for i, h in enumerate(inits)}
     h0 = hb.get("random", 0)  # the method comparisons use RanLI heads (the first init run, if RanLI is not)
@@ -61,20 +73,53 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     for ni, n in enumerate(sizes):
         for mi, method in enumerate(methods):
             if method != "full":
-                verdicts.append(verdict(robust[mi, h0, ib["fgm"], ni] - robust[mi, h0, ib["clean"], ni], ">", 0.0,
-                                        f"n={n}: {METHOD_NAMES[method]} ({HEAD_INIT_NAMES[inits[h0]]}) needs a robust backbone: FGM backbone more robust than clean"))
+                verdicts.append(
+                    verdict(
+                        robust[mi, h0, ib["fgm"], ni] - robust[mi, h0, ib["clean"], ni],
+                        ">",
+                        0.0,
+                        f"n={n}: {METHOD_NAMES[method]} ({HEAD_INIT_NAMES[inits[h0]]}) needs a robust backbone: FGM "
+                        "backbone more robust than clean",
+                    )
+                )
         if "probe" in methods and len(methods) > 1:
             others = np.delete(robust[:, h0, ib["fgm"], ni], methods.index("probe"), axis=0).max(0)
-            verdicts.append(verdict(robust[methods.index("probe"), h0, ib["fgm"], ni] - others, ">", 0.0,
-                                    f"n={n}: on the FGM backbone linear probing is the most robust method ({HEAD_INIT_NAMES[inits[h0]]})"))
+            verdicts.append(
+                verdict(
+                    robust[methods.index("probe"), h0, ib["fgm"], ni] - others,
+                    ">",
+                    0.0,
+                    f"n={n}: on the FGM backbone linear probing is the most robust method "
+                    f"({HEAD_INIT_NAMES[inits[h0]]})",
+                )
+            )
         if "robust" in hb and "random" in hb:
             for mi, method in enumerate(methods):
-                verdicts.append(verdict(robust[mi, hb["robust"], ib["fgm"], ni] - robust[mi, hb["random"], ib["fgm"], ni], ">", 0.0,
-                                        f"n={n}: {METHOD_NAMES[method]} on the FGM backbone: RoLI head init beats RanLI"))
-    return {"eps": eps, "train_tau": tau, "backbones": names, "methods": methods, "head_inits": [HEAD_INIT_NAMES[h] for h in inits],
-            "sizes": sizes, "lrs": {k: list(v) for k, v in o["lrs"].items()}, "ft_attack": o["ft_attack"],
-            "robust": robust.tolist(), "clean": clean.tolist(), "chosen_lr": chosen_lr.tolist(), "n_failed_downstream": n_failed,
-            "dims": ["method", "head_init", "backbone", "size", "seed"], "failed_runs": failed, "verdicts": verdicts}
+                verdicts.append(
+                    verdict(
+                        robust[mi, hb["robust"], ib["fgm"], ni] - robust[mi, hb["random"], ib["fgm"], ni],
+                        ">",
+                        0.0,
+                        f"n={n}: {METHOD_NAMES[method]} on the FGM backbone: RoLI head init beats RanLI",
+                    )
+                )
+    return {
+        "eps": eps,
+        "train_tau": tau,
+        "backbones": names,
+        "methods": methods,
+        "head_inits": [HEAD_INIT_NAMES[h] for h in inits],
+        "sizes": sizes,
+        "lrs": {k: list(v) for k, v in o["lrs"].items()},
+        "ft_attack": o["ft_attack"],
+        "robust": robust.tolist(),
+        "clean": clean.tolist(),
+        "chosen_lr": chosen_lr.tolist(),
+        "n_failed_downstream": n_failed,
+        "dims": ["method", "head_init", "backbone", "size", "seed"],
+        "failed_runs": failed,
+        "verdicts": verdicts,
+    }
 
 
 def plot(record: dict):
@@ -92,35 +137,86 @@ def plot(record: dict):
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for r, (m, b) in enumerate(rows):
             for h in range(len(inits)):
-                ax.text(h, r, f"{grid[r, h]:.2f}\n(clean {cl[m, h, b, ni]:.2f})", ha="center", va="center", fontsize=7,
-                        color="w" if grid[r, h] < 0.6 else "k")
+                ax.text(
+                    h,
+                    r,
+                    f"{grid[r, h]:.2f}\n(clean {cl[m, h, b, ni]:.2f})",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w" if grid[r, h] < 0.6 else "k",
+                )
         ax.set_xticks(range(len(inits)), inits)
-        ax.set_yticks(range(len(rows)), [f"{bbs[b]} backbone · {METHOD_NAMES[methods[m]]}" for m, b in rows] if ni == 0 else [], fontsize=8)
+        ax.set_yticks(
+            range(len(rows)),
+            [f"{bbs[b]} backbone · {METHOD_NAMES[methods[m]]}" for m, b in rows] if ni == 0 else [],
+            fontsize=8,
+        )
         for r in range(len(methods), len(rows), len(methods)):
             ax.axhline(r - 0.5, color="w", lw=2)
         ax.set_xlabel("head initialization")
         ax.set_title(f"{n} downstream training samples", fontsize=10)
     fig.colorbar(im, ax=axes[0, :].tolist(), label=f"robust test accuracy at ℓ2 ε={record['eps']:g} (mean over seeds)")
     c = record["config"]
-    fig.suptitle("RoLI: a robust backbone is necessary, and an adversarially probed head (RoLI) helps adversarial fine-tuning\n"
-                 f"{record['ft_attack'].upper()} fine-tuning at τ={record['train_tau']:g}; learning rate per run chosen on validation robust accuracy; "
-                 f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds", fontsize=11)
+    fig.suptitle(
+        "RoLI: a robust backbone is necessary, and an adversarially probed head (RoLI) helps adversarial fine-tuning\n"
+        f"{record['ft_attack'].upper()} fine-tuning at τ={record['train_tau']:g}; learning rate per run chosen on "
+        "validation robust accuracy; "
+        f"d={c['data']['d']}, k={c['data']['k']}, width={c['model']['width']}, {len(record['seeds'])} seeds",
+        fontsize=11,
+    )
     return fig
 
 
-_LRS = {"probe": (0.003, 0.01, 0.03), "bias": (0.003, 0.01, 0.03), "lowrank": (0.001, 0.003, 0.01), "full": (0.0003, 0.001, 0.003)}
+_LRS = {
+    "probe": (0.003, 0.01, 0.03),
+    "bias": (0.003, 0.01, 0.03),
+    "lowrank": (0.001, 0.003, 0.01),
+    "full": (0.0003, 0.001, 0.003),
+}
 PRESETS = {
-    "cpu": {**PRETRAIN_PRESETS["cpu"], "seeds": 4,
-            "options": {"methods": METHODS, "head_inits": HEAD_INITS, "sizes": (256, 2048), "lrs": _LRS, "probe_lr": 0.01, "ft_attack": "fgm", "rank": 4,
-                        "n_down": 2048, "steps_divisor": 8}},
-    "gpu": {**PRETRAIN_PRESETS["gpu"], "seeds": 16,
-            "options": {"methods": METHODS, "head_inits": HEAD_INITS, "sizes": (512, 8192), "lrs": _LRS, "probe_lr": 0.01, "ft_attack": "pgd", "rank": 8,
-                        "n_down": 8192, "steps_divisor": 4}},
+    "cpu": {
+        **PRETRAIN_PRESETS["cpu"],
+        "seeds": 4,
+        "options": {
+            "methods": METHODS,
+            "head_inits": HEAD_INITS,
+            "sizes": (256, 2048),
+            "lrs": _LRS,
+            "probe_lr": 0.01,
+            "ft_attack": "fgm",
+            "rank": 4,
+            "n_down": 2048,
+            "steps_divisor": 8,
+        },
+    },
+    "gpu": {
+        **PRETRAIN_PRESETS["gpu"],
+        "seeds": 16,
+        "options": {
+            "methods": METHODS,
+            "head_inits": HEAD_INITS,
+            "sizes": (512, 8192),
+            "lrs": _LRS,
+            "probe_lr": 0.01,
+            "ft_attack": "pgd",
+            "rank": 8,
+            "n_down": 8192,
+            "steps_divisor": 4,
+        },
+    },
 }
 
 OPTIONS = (
     Option("methods", str, METHODS, "fine-tuning methods", choices=METHODS, many=True),
-    Option("head_inits", str, HEAD_INITS, "head initializations: random (RanLI), robust (RoLI), standard (StLI)", choices=HEAD_INITS, many=True),
+    Option(
+        "head_inits",
+        str,
+        HEAD_INITS,
+        "head initializations: random (RanLI), robust (RoLI), standard (StLI)",
+        choices=HEAD_INITS,
+        many=True,
+    ),
     Option("sizes", int, (256, 2048), "downstream training-set sizes (each <= exp.n_down)", lo=1, many=True),
     Option("lrs", dict, _LRS, "learning rates swept per method (method -> list)"),
     Option("probe_lr", float, 0.01, "learning rate of the RoLI / StLI probing stage", lo=0.0, strict_lo=True),
@@ -135,16 +231,26 @@ def _check(cfg: Config, o: dict) -> None:
     if max(o["sizes"]) > o["n_down"]:
         raise ConfigError(f"exp.sizes={o['sizes']!r} is not allowed: every size must be <= exp.n_down = {o['n_down']}")
     if o["rank"] > min(cfg.model.width, cfg.data.d):
-        raise ConfigError(f"exp.rank={o['rank']!r} is not allowed: must be <= min(model.width, data.d) = {min(cfg.model.width, cfg.data.d)}")
+        raise ConfigError(
+            f"exp.rank={o['rank']!r} is not allowed: must be <= min(model.width, data.d) = "
+            f"{min(cfg.model.width, cfg.data.d)}"
+        )
     missing = [m for m in o["methods"] if m not in o["lrs"]]
     if missing:
         raise ConfigError(f"exp.lrs={o['lrs']!r} is not allowed: it names no learning rates for {missing}")
 
 
 EXPERIMENT = Experiment(
-    id="roli-init", claim="RoLI", title="Backbone x fine-tuning method x head initialization under adversarial fine-tuning",
-    summary="backbone {clean, FGM, PGD} x {LP, bias-only, low-rank, full FT} x head init {RanLI, RoLI, StLI}, learning rates swept",
-    presets=PRESETS, run=run, plot=plot, options=OPTIONS, check=_check,
+    id="roli-init",
+    claim="RoLI",
+    title="Backbone x fine-tuning method x head initialization under adversarial fine-tuning",
+    summary="backbone {clean, FGM, PGD} x {LP, bias-only, low-rank, full FT} x head init {RanLI, RoLI, StLI}, "
+    "learning rates swept",
+    presets=PRESETS,
+    run=run,
+    plot=plot,
+    options=OPTIONS,
+    check=_check,
 )
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """purify: theory simulations of adversarial robustness in sparse-coding models.
 
-    import purify
-    cfg = purify.Config().set(d=64, k=4, width=256, steps=3000, adv_start=1500)   # docs/science.md: the model
-    res = purify.sweep(cfg, grid={"tau": [0.0, 0.1, 0.2, 0.3]}, seeds=16)
-    res.sel(tau=0.2).mean("seed")["purity_nw"]
+import purify
+cfg = purify.Config().set(d=64, k=4, width=256, steps=3000, adv_start=1500)   # docs/science.md: the model
+res = purify.sweep(cfg, grid={"tau": [0.0, 0.1, 0.2, 0.3]}, seeds=16)
+res.sel(tau=0.2).mean("seed")["purity_nw"]
 """
 
 from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelConfig, TrainConfig

@@ -115,8 +115,9 @@ class EvalSpec:
     restarts: int = 1
 
 
-def attacked_correct(margin: Objective, x: jax.Array, y: jax.Array, tau: jax.Array, u: jax.Array, key: jax.Array,
-                     spec: EvalSpec) -> tuple[jax.Array, jax.Array]:
+def attacked_correct(
+    margin: Objective, x: jax.Array, y: jax.Array, tau: jax.Array, u: jax.Array, key: jax.Array, spec: EvalSpec
+) -> tuple[jax.Array, jax.Array]:
     """Clean correctness (n,) and correctness under each of ATTACK_NAMES (3, n) at radius tau.
 
     `margin(x)` is y f(x) for one task's labels y (n,); u is the unit dense-attack direction.
@@ -133,8 +134,9 @@ def attacked_correct(margin: Objective, x: jax.Array, y: jax.Array, tau: jax.Arr
     return clean, jnp.stack([margin(x + d) > 0 for d in deltas])
 
 
-def robust_accuracy(margin: Objective, x: jax.Array, y: jax.Array, u: jax.Array, key: jax.Array,
-                    spec: EvalSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
+def robust_accuracy(
+    margin: Objective, x: jax.Array, y: jax.Array, u: jax.Array, key: jax.Array, spec: EvalSpec
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Clean accuracy (), robust accuracy (radius,) and accuracy under each attack (radius, attack).
 
     Robust accuracy at tau is the fraction of examples correct clean and under every attack of

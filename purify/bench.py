@@ -29,7 +29,10 @@ from .train import Run
 
 LOOP_NETWORKS = 1024  # the sequential JAX loop times at most this many networks
 TORCH_NETWORKS = 256  # the eager PyTorch loop likewise
-CONFIGS = {"small": {"data.d": 64, "data.k": 4, "model.width": 128}, "medium": {"data.d": 256, "data.k": 8, "model.width": 512}}
+CONFIGS = {
+    "small": {"data.d": 64, "data.k": 4, "model.width": 128},
+    "medium": {"data.d": 256, "data.k": 8, "model.width": 512},
+}
 
 
 def _best_of(fn, repeats: int = 3) -> float:
@@ -43,8 +46,17 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def bench_config(size: str, steps: int = 20) -> Config:
     """The benchmark's static config: FGM from step 0, no log points inside the timed steps."""
-    return Config().set(**CONFIGS[size], **{"train.batch": 256, "train.attack": "fgm", "train.adv_start": 0,
-                                            "train.steps": 100 * steps, "train.n_log": 2, "eval.n_eval": 256})
+    return Config().set(
+        **CONFIGS[size],
+        **{
+            "train.batch": 256,
+            "train.attack": "fgm",
+            "train.adv_start": 0,
+            "train.steps": 100 * steps,
+            "train.n_log": 2,
+            "eval.n_eval": 256,
+        },
+    )
 
 
 def flops_per_network_step(cfg: Config) -> float:
@@ -167,30 +179,70 @@ def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: in
         tt = measure_torch(cfg, n_torch, steps) if torch else None
         tt = None if tt is None else tt * n / n_torch
         flops = flops_per_network_step(cfg) * n * steps / vm["seconds"]
-        rows.append({
-            "config": size, "d": cfg.data.d, "k": cfg.data.k, "width": cfg.model.width, "batch": cfg.train.batch, "networks": n, "steps": steps,
-            "network_steps_per_s": n * steps / vm["seconds"], "achieved_flops": flops, "matmul_flops": peak, "fraction_of_matmul": flops / peak,
-            "speedup_vs_sequential_jax": None if seq is None else seq / vm["seconds"],
-            "speedup_vs_eager_torch": None if tt is None else tt / vm["seconds"],
-            "sequential_networks_timed": n_seq, "torch_networks_timed": n_torch if tt is not None else 0,
-            "torch": "absent (pip install -e '.[torch]')" if torch and tt is None else ("skipped" if not torch else "measured"),
-            "compile_seconds": vm["compile_seconds"], "mb_per_network": vm["bytes_per_network"] / 1e6,
-        })
-    return {"rows": rows, "flop_count": "per network-step: 8 B d m (FGM input gradient and training step)",
-            "provenance": provenance(), "cpu_count": os.cpu_count()}
+        rows.append(
+            {
+                "config": size,
+                "d": cfg.data.d,
+                "k": cfg.data.k,
+                "width": cfg.model.width,
+                "batch": cfg.train.batch,
+                "networks": n,
+                "steps": steps,
+                "network_steps_per_s": n * steps / vm["seconds"],
+                "achieved_flops": flops,
+                "matmul_flops": peak,
+                "fraction_of_matmul": flops / peak,
+                "speedup_vs_sequential_jax": None if seq is None else seq / vm["seconds"],
+                "speedup_vs_eager_torch": None if tt is None else tt / vm["seconds"],
+                "sequential_networks_timed": n_seq,
+                "torch_networks_timed": n_torch if tt is not None else 0,
+                "torch": "absent (pip install -e '.[torch]')"
+                if torch and tt is None
+                else ("skipped" if not torch else "measured"),
+                "compile_seconds": vm["compile_seconds"],
+                "mb_per_network": vm["bytes_per_network"] / 1e6,
+            }
+        )
+    return {
+        "rows": rows,
+        "flop_count": "per network-step: 8 B d m (FGM input gradient and training step)",
+        "provenance": provenance(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def format_table(result: dict) -> str:
-    head = ["config", "networks", "net-steps/s", "GFLOP/s", "matmul GFLOP/s", "of matmul", "vs seq JAX", "vs eager torch", "compile s", "MB/net"]
+    head = [
+        "config",
+        "networks",
+        "net-steps/s",
+        "GFLOP/s",
+        "matmul GFLOP/s",
+        "of matmul",
+        "vs seq JAX",
+        "vs eager torch",
+        "compile s",
+        "MB/net",
+    ]
     lines = ["  ".join(f"{h:>14}" for h in head)]
     for r in result["rows"]:
+
         def ratio(v):
             return "n/a" if v is None else f"{v:.2f}x"
-        cells = [r["config"], r["networks"], f"{r['network_steps_per_s']:.1f}", f"{r['achieved_flops'] / 1e9:.1f}", f"{r['matmul_flops'] / 1e9:.1f}",
-                 f"{100 * r['fraction_of_matmul']:.0f}%", ratio(r["speedup_vs_sequential_jax"]), ratio(r["speedup_vs_eager_torch"]),
-                 f"{r['compile_seconds']:.1f}", f"{r['mb_per_network']:.2f}"]
+
+        cells = [
+            r["config"],
+            r["networks"],
+            f"{r['network_steps_per_s']:.1f}",
+            f"{r['achieved_flops'] / 1e9:.1f}",
+            f"{r['matmul_flops'] / 1e9:.1f}",
+            f"{100 * r['fraction_of_matmul']:.0f}%",
+            ratio(r["speedup_vs_sequential_jax"]),
+            ratio(r["speedup_vs_eager_torch"]),
+            f"{r['compile_seconds']:.1f}",
+            f"{r['mb_per_network']:.2f}",
+        ]
         lines.append("  ".join(f"{c:>14}" for c in cells))
     dev = result["provenance"]["device"]
     lines.append(f"device: {dev['kind']} ({dev['platform']}, {dev['count']}), FLOPs: {result['flop_count']}")
     return "\n".join(lines)
-

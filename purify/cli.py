@@ -40,7 +40,9 @@ def cmd_list(args) -> int:
         print(f"{exp.id:16s} [{exp.claim}] {exp.summary}")
         for name, p in exp.presets.items():
             c = p["config"]
-            size = ", ".join(f"{k.split('.')[-1]}={c[k]}" for k in ("data.d", "data.k", "model.width", "train.steps") if k in c)
+            size = ", ".join(
+                f"{k.split('.')[-1]}={c[k]}" for k in ("data.d", "data.k", "model.width", "train.steps") if k in c
+            )
             print(f"    --preset {name:4s} {p['seeds']} seeds, {size}")
     if args.settings:
         print("\nSettings for --set (section.field = default):")
@@ -79,8 +81,11 @@ def init_distributed() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk through gloo
     coordinator = os.environ.get("PURIFY_COORDINATOR")
     if coordinator:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(os.environ["PURIFY_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["PURIFY_PROCESS_ID"]))
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(os.environ["PURIFY_NUM_PROCESSES"]),
+            process_id=int(os.environ["PURIFY_PROCESS_ID"]),
+        )
     else:
         jax.distributed.initialize()
 
@@ -96,9 +101,17 @@ def cmd_run(args) -> int:
     if args.distributed:
         init_distributed()
     try:
-        record = run_experiment(args.experiment, preset=args.preset, seeds=args.seeds, out=args.out,
-                                runs_dir=None if args.no_resume else args.runs, overrides=overrides, progress=not args.quiet,
-                                chunk_size=args.chunk_size, run_slice=run_slice)
+        record = run_experiment(
+            args.experiment,
+            preset=args.preset,
+            seeds=args.seeds,
+            out=args.out,
+            runs_dir=None if args.no_resume else args.runs,
+            overrides=overrides,
+            progress=not args.quiet,
+            chunk_size=args.chunk_size,
+            run_slice=run_slice,
+        )
     except SliceFinished as done:
         print(f"purify: {done}")
         return 0
@@ -110,7 +123,10 @@ def cmd_run(args) -> int:
     print_verdicts(record)
     if record.get("failed_runs"):
         print(f"  warning: {len(record['failed_runs'])} run(s) saw NaN/inf (hparam, seed): {record['failed_runs']}")
-    print(f"wrote {Path(args.out) / (record['experiment'] + '.json')} and {Path(args.out) / (record['experiment'] + '.png')}")
+    print(
+        f"wrote {Path(args.out) / (record['experiment'] + '.json')} and "
+        f"{Path(args.out) / (record['experiment'] + '.png')}"
+    )
     return 0
 
 
@@ -165,7 +181,10 @@ def cmd_figures(args) -> int:
         else:
             missing.append(exp.id)
     if missing:
-        print(f"purify: error: no saved JSON for {', '.join(missing)} in {args.out}; run them first or use --rerun", file=sys.stderr)
+        print(
+            f"purify: error: no saved JSON for {', '.join(missing)} in {args.out}; run them first or use --rerun",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -181,8 +200,15 @@ def cmd_check(args) -> int:
     overrides = _parse_sets(args.set or [])
     for exp in _selected(args.only):
         try:
-            record = run_experiment(exp.id, preset=args.preset, seeds=args.seeds, out=args.out, runs_dir=args.runs,
-                                    overrides=overrides, progress=False)
+            record = run_experiment(
+                exp.id,
+                preset=args.preset,
+                seeds=args.seeds,
+                out=args.out,
+                runs_dir=args.runs,
+                overrides=overrides,
+                progress=False,
+            )
         except Exception:  # noqa: BLE001 (any failure here is the toolkit's, reported per experiment)
             broken.append(exp.id)
             print(f"purify: {exp.id} broke:\n{traceback.format_exc()}", file=sys.stderr)
@@ -196,7 +222,10 @@ def cmd_check(args) -> int:
     for r in rows:
         print(f"{r[0]:16s} {r[1]:5s} {r[2]:12s} {r[3]:{width}s} {r[4]:>9s} {r[5]:>20s}")
     counts = {k: sum(r[2] == k for r in rows) for k in ("holds", "fails", "inconclusive")}
-    print(f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive" + (f"; BROKEN: {', '.join(broken)}" if broken else ""))
+    print(
+        f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive"
+        + (f"; BROKEN: {', '.join(broken)}" if broken else "")
+    )
     return 1 if broken else 0
 
 
@@ -204,7 +233,10 @@ def cmd_merge(args) -> int:
     from .store import merge_runs
 
     n = merge_runs(args.sources, args.into)
-    print(f"merged {n} chunk file(s) into {args.into}; now run the same `purify run` without --slice and with --runs {args.into}")
+    print(
+        f"merged {n} chunk file(s) into {args.into}; now run the same `purify run` without --slice and with --runs "
+        f"{args.into}"
+    )
     return 0
 
 
@@ -221,15 +253,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="figures", help="folder for the figure and JSON (default: figures)")
     pr.add_argument("--runs", default="runs", help="folder for resumable run chunks (default: runs)")
     pr.add_argument("--no-resume", action="store_true", help="keep nothing on disk between runs")
-    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. data.d=128 or hp.tau=0.3 or exp.n_taus=9")
+    pr.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. data.d=128 or hp.tau=0.3 or exp.n_taus=9",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.add_argument("--chunk-size", type=int, default=None, help="networks per compiled call (default: as many as fit half the memory)")
-    pr.add_argument("--slice", default=None, metavar="I/N", help="job-array mode: compute only block I of N of the run chunks, then stop")
-    pr.add_argument("--distributed", action="store_true", help="one process of several under jax.distributed.initialize()")
+    pr.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="networks per compiled call (default: as many as fit half the memory)",
+    )
+    pr.add_argument(
+        "--slice",
+        default=None,
+        metavar="I/N",
+        help="job-array mode: compute only block I of N of the run chunks, then stop",
+    )
+    pr.add_argument(
+        "--distributed", action="store_true", help="one process of several under jax.distributed.initialize()"
+    )
     pr.set_defaults(func=cmd_run)
     pb = sub.add_parser("bench", help="throughput of the vmapped sweep against sequential JAX and eager PyTorch")
-    pb.add_argument("--configs", default="small,medium", help="comma-separated: small (d=64, m=128), medium (d=256, m=512)")
-    pb.add_argument("--networks", type=int, default=None, help="networks per config (default: 64/16 on CPU, 1024/4096 on GPU)")
+    pb.add_argument(
+        "--configs", default="small,medium", help="comma-separated: small (d=64, m=128), medium (d=256, m=512)"
+    )
+    pb.add_argument(
+        "--networks", type=int, default=None, help="networks per config (default: 64/16 on CPU, 1024/4096 on GPU)"
+    )
     pb.add_argument("--steps", type=int, default=50, help="SGD steps per timed call")
     pb.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
     pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json")

@@ -61,7 +61,7 @@ OBJECTIVES = ("supervised", "infonce", "spectral")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Sparse-coding data x = M z + xi (SCIENCE.md section 2).
+    """Sparse-coding data x = M z + xi (docs/science.md section 2).
 
     d: ambient dimension (M is d x d orthonormal). k: active features per sample (exact_k) or
     expected number (iid). magnitude 'uniform': non-zero z_j = +-U[1,2]/sqrt(k); 'sign': +-1
@@ -105,7 +105,7 @@ class DataConfig:
 
     @property
     def window(self) -> tuple[float, float]:
-        """The l2 radius window of SCIENCE section 4, (1/sqrt(d), 1/sqrt(k)) in z's scale."""
+        """The l2 radius window of docs/science.md section 4, (1/sqrt(d), 1/sqrt(k)) in z's scale."""
         s = self.min_magnitude * math.sqrt(self.k)
         return s / math.sqrt(self.d), s / math.sqrt(self.k)
 
@@ -133,7 +133,9 @@ class ModelConfig:
         _choice("model.bias", self.bias, BIAS_MODES)
         _choice("model.head", self.head, HEADS)
         if self.head == "fixed" and data.n_tasks != 1:
-            _fail("model.head", self.head, f"a fixed head has one output; use 'trained' for data.n_tasks={data.n_tasks}")
+            _fail(
+                "model.head", self.head, f"a fixed head has one output; use 'trained' for data.n_tasks={data.n_tasks}"
+            )
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,9 @@ class TrainConfig:
         if self.view_mask >= 1:
             _fail("train.view_mask", self.view_mask, "must be in [0, 1)")
         if self.contrastive and self.attack == "surrogate":
-            _fail("train.attack", self.attack, f"must be 'none', 'fgm' or 'pgd' with train.objective={self.objective!r}")
+            _fail(
+                "train.attack", self.attack, f"must be 'none', 'fgm' or 'pgd' with train.objective={self.objective!r}"
+            )
 
     @property
     def log_steps(self) -> np.ndarray:
@@ -298,9 +302,17 @@ class Config:
         self.model.validate(self.data)
         self.train.validate()
         if self.train.adv_rank > min(self.model.width, self.data.d):
-            _fail("train.adv_rank", self.train.adv_rank, f"must be <= min(model.width, data.d) = {min(self.model.width, self.data.d)}")
+            _fail(
+                "train.adv_rank",
+                self.train.adv_rank,
+                f"must be <= min(model.width, data.d) = {min(self.model.width, self.data.d)}",
+            )
         if self.train.contrastive and self.data.n_train is not None:
-            _fail("data.n_train", self.data.n_train, f"must be None (online data) with train.objective={self.train.objective!r}")
+            _fail(
+                "data.n_train",
+                self.data.n_train,
+                f"must be None (online data) with train.objective={self.train.objective!r}",
+            )
         self.eval.validate()
         self.hp.validate()
         return self
@@ -336,7 +348,13 @@ class Config:
             else:
                 owners = [s for s, obj in sections.items() if name_in(obj, key)]
                 if len(owners) != 1:
-                    _fail(key, value, "unknown setting" if not owners else f"ambiguous; write one of {[o + '.' + key for o in owners]}")
+                    _fail(
+                        key,
+                        value,
+                        "unknown setting"
+                        if not owners
+                        else f"ambiguous; write one of {[o + '.' + key for o in owners]}",
+                    )
                 sec, name = owners[0], key
             if sec not in sections or not name_in(sections[sec], name):
                 _fail(key, value, "unknown setting; see `purify list --settings`")

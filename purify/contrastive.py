@@ -1,4 +1,4 @@
-"""Contrastive pre-training objectives and views (SCIENCE.md section 2, [INH]).
+"""Contrastive pre-training objectives and views (docs/science.md section 2, [INH]).
 
 Two views of a batch share z and differ in their noise and masks; the positive of anchor i is
 view 2 of sample i and its negatives are view 2 of every other sample in the batch. Losses are

@@ -1,4 +1,4 @@
-"""The sparse-coding data model x = M z + xi, y = sign <w*, z> (SCIENCE.md section 2).
+"""The sparse-coding data model x = M z + xi, y = sign <w*, z> (docs/science.md section 2).
 
 Shapes: M is (d, d) with orthonormal columns M_j (the features); w_star is (T, d), one dense
 label vector per task; a batch is x (n, d), z (n, d), y (n, T) with entries in {-1, +1}.

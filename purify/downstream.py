@@ -1,4 +1,4 @@
-"""Downstream learning on a pre-trained two-layer backbone (SCIENCE.md section 2 "Downstream").
+"""Downstream learning on a pre-trained two-layer backbone (docs/science.md section 2 "Downstream").
 
 The downstream model is f(x) = <v, g(x)> + c, with g the pre-trained network's own hidden
 representation (`purify.network.hidden`: the backbone's unit and threshold rule, its saved
@@ -131,8 +131,14 @@ def initial_params(key: jax.Array, backbone: dict, rank: int) -> dict:
     """The backbone's parameters as saved plus a zero update U, a random V, db = 0 and a RanLI head."""
     m, d = backbone["W"].shape
     k_v, k_V = jax.random.split(key)
-    return {**network.backbone_params(backbone), "U": jnp.zeros((m, rank)), "V": jax.random.normal(k_V, (rank, d)) / jnp.sqrt(d),
-            "db": jnp.zeros((m,)), "v": jax.random.normal(k_v, (m,)) / jnp.sqrt(m), "c": jnp.zeros(())}
+    return {
+        **network.backbone_params(backbone),
+        "U": jnp.zeros((m, rank)),
+        "V": jax.random.normal(k_V, (rank, d)) / jnp.sqrt(d),
+        "db": jnp.zeros((m,)),
+        "v": jax.random.normal(k_v, (m,)) / jnp.sqrt(m),
+        "c": jnp.zeros(()),
+    }
 
 
 def splits(key: jax.Array, data: DataConfig, theta: jax.Array, M: jax.Array, dc: DownstreamConfig, which=(0, 1, 2)):
@@ -155,7 +161,21 @@ def _attack(kind: str, objective, x, tau, norm: str, steps: int, key):
     return attacks.pgd(objective, x, tau, norm, steps, key=key)
 
 
-def _stage(arch, params, W_pre, train, n, hp, key, beta, dc: DownstreamConfig, trained: tuple[str, ...], attack: str, steps: int, lr):
+def _stage(
+    arch,
+    params,
+    W_pre,
+    train,
+    n,
+    hp,
+    key,
+    beta,
+    dc: DownstreamConfig,
+    trained: tuple[str, ...],
+    attack: str,
+    steps: int,
+    lr,
+):
     """`steps` Adam steps on minibatches of the first n training samples, training `trained`."""
     x_all, y_all = train
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
@@ -165,8 +185,12 @@ def _stage(arch, params, W_pre, train, n, hp, key, beta, dc: DownstreamConfig, t
         ell = jax.nn.softplus(-y * logits(arch, p, x, beta)).mean()
         if not dc.discrepancy:
             return ell
-        pre = representation(arch, {**p, "W": W_pre, "U": jnp.zeros_like(p["U"]), "db": jnp.zeros_like(p["db"])}, x_clean, beta)
-        gap = ((representation(arch, p, x_clean, beta) - jax.lax.stop_gradient(pre)) ** 2).sum(-1).mean() / p["v"].shape[0]
+        pre = representation(
+            arch, {**p, "W": W_pre, "U": jnp.zeros_like(p["U"]), "db": jnp.zeros_like(p["db"])}, x_clean, beta
+        )
+        gap = ((representation(arch, p, x_clean, beta) - jax.lax.stop_gradient(pre)) ** 2).sum(-1).mean() / p[
+            "v"
+        ].shape[0]
         return ell + hp["lam"] * gap
 
     def step(carry, t):
@@ -177,7 +201,9 @@ def _stage(arch, params, W_pre, train, n, hp, key, beta, dc: DownstreamConfig, t
         xa = x
         if attack != "none":
             objective = lambda v: -y * logits(arch, p, v, beta)
-            xa = x + jax.lax.stop_gradient(_attack(attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1)))
+            xa = x + jax.lax.stop_gradient(
+                _attack(attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1))
+            )
         g = jax.grad(loss)(p, xa, y, x)
         g = jax.tree.map(lambda gi, mi: gi * mi, g, mask)
         u, s = opt.update(g, s, p)
@@ -199,8 +225,24 @@ def make_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture)
         W = backbone["W"]
         if dc.head_init != "random":
             attack = dc.init_attack if dc.head_init == "robust" else "none"
-            params = _stage(arch, params, W, train, n, hp, k_probe, beta, dc, TRAINED["probe"], attack, dc.probe_steps, hp["probe_lr"])
-        return _stage(arch, params, W, train, n, hp, k_tune, beta, dc, TRAINED[dc.method], dc.attack, dc.steps, hp["lr"])
+            params = _stage(
+                arch,
+                params,
+                W,
+                train,
+                n,
+                hp,
+                k_probe,
+                beta,
+                dc,
+                TRAINED["probe"],
+                attack,
+                dc.probe_steps,
+                hp["probe_lr"],
+            )
+        return _stage(
+            arch, params, W, train, n, hp, k_tune, beta, dc, TRAINED[dc.method], dc.attack, dc.steps, hp["lr"]
+        )
 
     return fit
 
@@ -241,8 +283,19 @@ def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Arc
 def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
     """The jit(vmap) fit and evaluate programs; evaluation depends only on the evaluation
     settings, so every method and head init shares one evaluate program."""
-    neutral = dataclasses.replace(dc, method="probe", head_init="random", attack="none", init_attack="pgd", steps=0, probe_steps=1, batch=1,
-                                  pgd_steps=1, discrepancy=False, rank=1)
+    neutral = dataclasses.replace(
+        dc,
+        method="probe",
+        head_init="random",
+        attack="none",
+        init_attack="pgd",
+        steps=0,
+        probe_steps=1,
+        batch=1,
+        pgd_steps=1,
+        discrepancy=False,
+        rank=1,
+    )
     return _compiled_fit(data, dc, arch), _compiled_evaluate(data, neutral, arch)
 
 
@@ -251,8 +304,24 @@ def run_keys(seeds) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0xD0))(jnp.asarray(seeds, jnp.uint32))
 
 
-def fit_and_evaluate(cfg: Config, dc: DownstreamConfig, M, *, seeds, backbone: dict, beta, theta, n, lr, probe_lr=None, tau=0.0,
-                     lam=0.0, chunk: int = 256, out_dir: str | Path | None = None, devices=None) -> dict[str, np.ndarray]:
+def fit_and_evaluate(
+    cfg: Config,
+    dc: DownstreamConfig,
+    M,
+    *,
+    seeds,
+    backbone: dict,
+    beta,
+    theta,
+    n,
+    lr,
+    probe_lr=None,
+    tau=0.0,
+    lam=0.0,
+    chunk: int = 256,
+    out_dir: str | Path | None = None,
+    devices=None,
+) -> dict[str, np.ndarray]:
     """Fit and evaluate a flat batch of R downstream runs; every argument but cfg, dc, M is (R, ...) or broadcast.
 
     cfg: the backbones' config (its data model and architecture: unit, threshold rule). backbone:
@@ -268,16 +337,23 @@ def fit_and_evaluate(cfg: Config, dc: DownstreamConfig, M, *, seeds, backbone: d
     R = len(seeds)
     backbone = {k: np.asarray(v, np.float32) for k, v in network.backbone_params(backbone).items()}
     if "W" not in backbone or not set(backbone) <= {"W", "b"}:
-        raise ConfigError(f"backbone={sorted(backbone)} is not allowed: must hold 'W' (R, m, d) and, for fixed or trainable "
-                          "thresholds, 'b' (R, m); see purify.downstream.backbones")
+        raise ConfigError(
+            f"backbone={sorted(backbone)} is not allowed: must hold 'W' (R, m, d) and, for fixed or trainable "
+            "thresholds, 'b' (R, m); see purify.downstream.backbones"
+        )
     m, d = backbone["W"].shape[-2:]
     arch = network.Architecture.of(cfg.validate())
     if arch.bias != "relative" and "b" not in backbone:
-        raise ConfigError(f"backbone={sorted(backbone)} is not allowed with model.bias={arch.bias!r}: pass the saved thresholds 'b'")
+        raise ConfigError(
+            f"backbone={sorted(backbone)} is not allowed with model.bias={arch.bias!r}: pass the saved thresholds 'b'"
+        )
     dc = dc.validate(m, d)
     n_arr = np.broadcast_to(np.asarray(n), (R,)).astype(np.int32)
     if n_arr.min() < 1 or n_arr.max() > dc.n_max:
-        raise ConfigError(f"n={sorted(set(n_arr.tolist()))} is not allowed: every downstream sample size must be in 1..down.n_max={dc.n_max}")
+        raise ConfigError(
+            f"n={sorted(set(n_arr.tolist()))} is not allowed: every downstream sample size must be in "
+            f"1..down.n_max={dc.n_max}"
+        )
     full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (R,))
     hp = {"lr": full(lr), "probe_lr": full(lr if probe_lr is None else probe_lr), "tau": full(tau), "lam": full(lam)}
     beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (R, d))
@@ -290,22 +366,35 @@ def fit_and_evaluate(cfg: Config, dc: DownstreamConfig, M, *, seeds, backbone: d
     M = jnp.asarray(M)
     devices = list(devices or jax.local_devices())
     plan = make_plan(R, chunk, len(devices))
-    spec = {"kind": "downstream", "data": dataclasses.asdict(data), "down": dataclasses.asdict(dc), "arch": dataclasses.asdict(arch),
-            "chunk": plan.chunk_size, "inputs": array_digest(np.asarray(M), seeds, beta, theta, n_arr, *hp.values(), *backbone.values())}
+    spec = {
+        "kind": "downstream",
+        "data": dataclasses.asdict(data),
+        "down": dataclasses.asdict(dc),
+        "arch": dataclasses.asdict(arch),
+        "chunk": plan.chunk_size,
+        "inputs": array_digest(np.asarray(M), seeds, beta, theta, n_arr, *hp.values(), *backbone.values()),
+    }
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs = NamedSharding(mesh, P("runs"))
 
     def compute(idx):
         put = lambda tree: jax.device_put(tree, on_runs)
-        p = fit(put(keys[idx]), put({k: v[idx] for k, v in backbone.items()}), put(beta[idx]), put(theta[idx]), M, put(n_arr[idx]),
-                put({k: v[idx] for k, v in hp.items()}))
+        p = fit(
+            put(keys[idx]),
+            put({k: v[idx] for k, v in backbone.items()}),
+            put(beta[idx]),
+            put(theta[idx]),
+            M,
+            put(n_arr[idx]),
+            put({k: v[idx] for k, v in hp.items()}),
+        )
         e = {k: np.asarray(v) for k, v in evaluate(p, put(keys[idx]), put(beta[idx]), put(theta[idx]), M).items()}
         e.update({f"params/{k}": np.asarray(v) for k, v in p.items()})
         return e
 
     flat = execute(plan, ChunkStore(out_dir, fingerprint(spec)), compute)
     result = {k: v for k, v in flat.items() if not k.startswith("params/")}
-    result["params"] = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+    result["params"] = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
     finite = np.stack([np.isfinite(a.reshape(R, -1)).all(-1) for a in result["params"].values()]).all(0)
     result["failed"] = ~finite
     return result
@@ -323,7 +412,9 @@ def backbones(res, rows=None) -> dict[str, np.ndarray]:
             lead = a.ndim - len(network.PARAM_AXES[name])
             out[name] = a.reshape((-1,) + a.shape[lead:])
     if "U" in out:  # a low-rank run: its backbone is the effective first layer W + U V
-        out["W"] = np.asarray(jax.vmap(network.effective_weights)({"W": out["W"], "U": out.pop("U"), "V": out.pop("V")}))
+        out["W"] = np.asarray(
+            jax.vmap(network.effective_weights)({"W": out["W"], "U": out.pop("U"), "V": out.pop("V")})
+        )
     return out
 
 
@@ -334,11 +425,16 @@ def select_by_validation(val_score: np.ndarray, *test_arrays: np.ndarray):
     v = np.where(np.isfinite(val_score), val_score, -np.inf)
     best = v.argmax(-1)
     lead = val_score.ndim - 1
-    picked = [np.take_along_axis(a, best.reshape(best.shape + (1,) * (a.ndim - lead)), axis=lead).squeeze(lead) for a in test_arrays]
+    picked = [
+        np.take_along_axis(a, best.reshape(best.shape + (1,) * (a.ndim - lead)), axis=lead).squeeze(lead)
+        for a in test_arrays
+    ]
     return best, picked
 
 
-def downstream_tasks(d: int, w_star: np.ndarray, key: int = 1, sparse_features: int | None = None) -> dict[str, np.ndarray]:
+def downstream_tasks(
+    d: int, w_star: np.ndarray, key: int = 1, sparse_features: int | None = None
+) -> dict[str, np.ndarray]:
     """New downstream tasks theta (d,): 'dense' (a fresh Rademacher vector), 'sparse' (Rademacher
     on sparse_features = d/2 random features, 0 elsewhere; samples whose active features all miss
     its support get a fair-coin label) and 'same' (the pre-training task w*)."""
@@ -346,7 +442,11 @@ def downstream_tasks(d: int, w_star: np.ndarray, key: int = 1, sparse_features: 
     s = sparse_features or d // 2
     sparse = np.zeros(d, np.float32)
     sparse[rng.choice(d, s, replace=False)] = rng.choice([-1.0, 1.0], s)
-    return {"dense": rng.choice([-1.0, 1.0], d).astype(np.float32), "sparse": sparse, "same": np.asarray(w_star, np.float32)}
+    return {
+        "dense": rng.choice([-1.0, 1.0], d).astype(np.float32),
+        "sparse": sparse,
+        "same": np.asarray(w_star, np.float32),
+    }
 
 
 def bayes_accuracy(data: DataConfig, theta: np.ndarray) -> float:
@@ -357,6 +457,9 @@ def bayes_accuracy(data: DataConfig, theta: np.ndarray) -> float:
 
     s = int((np.asarray(theta) != 0).sum())
     if data.sparsity != "exact_k" or data.magnitude != "uniform":
-        raise ConfigError(f"data.magnitude={data.magnitude!r} is not allowed for bayes_accuracy: needs exact_k sparsity and uniform magnitudes")
+        raise ConfigError(
+            f"data.magnitude={data.magnitude!r} is not allowed for bayes_accuracy: needs exact_k sparsity and "
+            "uniform magnitudes"
+        )
     p_miss = comb(data.d - s, data.k) / comb(data.d, data.k)
     return 1.0 - p_miss / 2

@@ -63,7 +63,10 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
     def one(kd, ka):
         x, _, y = sample(kd, cfg.data, task, cfg.eval.n_eval, noise)
         out = {}
-        for name, f in (("linear_attacked", landmarks.linear_logits(task)), ("oracle", landmarks.oracle_logits(cfg.data, task, beta))):
+        for name, f in (
+            ("linear_attacked", landmarks.linear_logits(task)),
+            ("oracle", landmarks.oracle_logits(cfg.data, task, beta)),
+        ):
             margin = lambda v, f=f: y[:, 0] * f(v)
             clean, robust, _ = attacks.robust_accuracy(margin, x, y[:, 0], task.label_directions[0], ka, spec)
             out[name] = robust

@@ -23,7 +23,9 @@ class SweepInterrupted(KeyboardInterrupt):
 
     def __init__(self, done: int, total: int, out_dir: Path | None):
         self.done, self.total, self.out_dir = done, total, out_dir
-        where = f"saved in {out_dir}; run the same command again to resume" if out_dir else "not saved (no output folder)"
+        where = (
+            f"saved in {out_dir}; run the same command again to resume" if out_dir else "not saved (no output folder)"
+        )
         super().__init__(f"interrupted: {done} of {total} run chunk(s) finished and {where}")
 
 
@@ -32,8 +34,10 @@ class SliceFinished(Exception):
 
     def __init__(self, index: int, count: int, computed: int, where: Path):
         self.index, self.count, self.computed, self.where = index, count, computed, where
-        super().__init__(f"slice {index}/{count} finished: {computed} chunk(s) in {where}; when every slice is done, "
-                         "gather them with `purify merge` and run the same command without --slice")
+        super().__init__(
+            f"slice {index}/{count} finished: {computed} chunk(s) in {where}; when every slice is done, "
+            "gather them with `purify merge` and run the same command without --slice"
+        )
 
 
 class Progress:
@@ -52,8 +56,15 @@ class Progress:
         self.bar.close()
 
 
-def execute(plan: Plan, store: ChunkStore, compute: Callable[[np.ndarray], dict], *, progress: Progress | None = None,
-            slice_mode: bool = False, distributed: bool = False) -> dict[str, np.ndarray]:
+def execute(
+    plan: Plan,
+    store: ChunkStore,
+    compute: Callable[[np.ndarray], dict],
+    *,
+    progress: Progress | None = None,
+    slice_mode: bool = False,
+    distributed: bool = False,
+) -> dict[str, np.ndarray]:
     """Every run's arrays, (n_runs, ...) each (only this share's runs in slice mode, which raises).
 
     compute(indices) -> {name: (len(indices), ...)} for the padded run indices of one chunk; it

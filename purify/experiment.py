@@ -66,7 +66,8 @@ class Option:
             parts = [f"one of {', '.join(map(repr, self.choices))}"]
         text = " ".join(parts)
         if self.many:
-            text = f"a non-empty list of {text.replace('an integer', 'integers').replace('a finite number', 'finite numbers')}"
+            plural = text.replace("an integer", "integers").replace("a finite number", "finite numbers")
+            text = f"a non-empty list of {plural.replace('one of', 'values among')}"
         return text + (", or none" if self.optional else "")
 
     def check(self, value: Any, where: str) -> Any:
@@ -124,7 +125,14 @@ class Context:
     def sweep(self, cfg: Config, **kwargs):
         from .sweeps import sweep
 
-        return sweep(cfg, out_dir=self.runs_dir, progress=self.progress, chunk_size=self.chunk_size, run_slice=self.run_slice, **kwargs)
+        return sweep(
+            cfg,
+            out_dir=self.runs_dir,
+            progress=self.progress,
+            chunk_size=self.chunk_size,
+            run_slice=self.run_slice,
+            **kwargs,
+        )
 
     def downstream(self, cfg: Config, dc, M, **kwargs):
         """`purify.downstream.fit_and_evaluate`, resumable in this context's runs folder."""
@@ -149,7 +157,10 @@ class Experiment:
         for o in self.options:
             if o.name == name:
                 return o
-        raise ConfigError(f"exp.{name} is not allowed: {self.id} options are {sorted('exp.' + o.name for o in self.options) or 'none'}")
+        raise ConfigError(
+            f"exp.{name} is not allowed: {self.id} options are "
+            f"{sorted('exp.' + o.name for o in self.options) or 'none'}"
+        )
 
     def config(self, preset: str, overrides: dict | None = None) -> tuple[Config, int, dict]:
         """The validated config, seed count and options of a preset with overrides applied.
@@ -166,7 +177,9 @@ class Experiment:
             if key.startswith("exp."):
                 opt = self.option(key[4:])
                 if opt.kind is dict:
-                    raise ConfigError(f"{key}={value!r} is not allowed: {key} is {opt.rule()} (see `purify list --settings`)")
+                    raise ConfigError(
+                        f"{key}={value!r} is not allowed: {key} is {opt.rule()} (see `purify list --settings`)"
+                    )
                 values[opt.name] = value
             else:
                 settings[key] = value
@@ -187,11 +200,16 @@ def all_experiments() -> dict[str, Experiment]:
     for ep in _entry_points():
         exp = ep.load()
         if not isinstance(exp, Experiment) or exp.id != ep.name:
-            raise RuntimeError(f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} is not an Experiment with id {ep.name!r}")
+            raise RuntimeError(
+                f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} is not an Experiment with id "
+                f"{ep.name!r}"
+            )
         out[exp.id] = exp
     if not out:
-        raise RuntimeError(f"no experiments are registered in the entry-point group {ENTRY_POINT_GROUP!r}: "
-                           "install the package (pip install -e .) so its entry points exist")
+        raise RuntimeError(
+            f"no experiments are registered in the entry-point group {ENTRY_POINT_GROUP!r}: "
+            "install the package (pip install -e .) so its entry points exist"
+        )
     return out
 
 
@@ -199,12 +217,22 @@ def get(exp_id: str) -> Experiment:
     for ep in _entry_points():
         if ep.name == exp_id:
             return all_experiments()[exp_id]
-    raise ConfigError(f"experiment={exp_id!r} is not allowed: must be one of {sorted(ep.name for ep in _entry_points())}")
+    raise ConfigError(
+        f"experiment={exp_id!r} is not allowed: must be one of {sorted(ep.name for ep in _entry_points())}"
+    )
 
 
-def run_experiment(exp_id: str, preset: str = "cpu", seeds: int | None = None, out: str | Path = "figures",
-                   runs_dir: str | Path | None = "runs", overrides: dict | None = None, progress: bool = True,
-                   chunk_size: int | None = None, run_slice: tuple[int, int] | None = None) -> dict:
+def run_experiment(
+    exp_id: str,
+    preset: str = "cpu",
+    seeds: int | None = None,
+    out: str | Path = "figures",
+    runs_dir: str | Path | None = "runs",
+    overrides: dict | None = None,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    run_slice: tuple[int, int] | None = None,
+) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
 
     Under jax.distributed every process runs this; the sweeps split the runs among them and
@@ -216,16 +244,30 @@ def run_experiment(exp_id: str, preset: str = "cpu", seeds: int | None = None, o
     cfg, default_seeds, options = exp.config(preset, overrides)
     seeds = default_seeds if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 2:
-        raise ConfigError(f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)")
+        raise ConfigError(
+            f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)"
+        )
     seeds = int(seeds)
-    ctx = Context(runs_dir=Path(runs_dir) if runs_dir else None, progress=progress and jax.process_index() == 0, options=options,
-                  chunk_size=chunk_size, run_slice=run_slice)
+    ctx = Context(
+        runs_dir=Path(runs_dir) if runs_dir else None,
+        progress=progress and jax.process_index() == 0,
+        options=options,
+        chunk_size=chunk_size,
+        run_slice=run_slice,
+    )
     t0 = time.time()
     body = exp.run(cfg, seeds, ctx)
     record = {
-        "experiment": exp.id, "claim": exp.claim, "title": exp.title, "preset": preset,
-        "seeds": list(range(seeds)), "options": options, "overrides": overrides or {},
-        "config": cfg.to_dict(), "provenance": provenance(), "wall_seconds": round(time.time() - t0, 2),
+        "experiment": exp.id,
+        "claim": exp.claim,
+        "title": exp.title,
+        "preset": preset,
+        "seeds": list(range(seeds)),
+        "options": options,
+        "overrides": overrides or {},
+        "config": cfg.to_dict(),
+        "provenance": provenance(),
+        "wall_seconds": round(time.time() - t0, 2),
         **body,
     }
     if jax.process_index() == 0:

@@ -1,4 +1,4 @@
-"""Analytic landmarks (SCIENCE.md section 4): the best linear classifier and the oracle pure net.
+"""Analytic landmarks (docs/science.md section 4): the best linear classifier and the oracle pure net.
 
 The best linear classifier is f(x) = <u, x> with u = M w*/|w*|. Its l2 robust radius on an
 example is y <u, x> (its margin, which FGM, PGD and the dense attack all reach exactly), so
@@ -27,7 +27,7 @@ def linear_margin(task: Task, x, y, t: int = 0, norm: str = "l2"):
 
 
 def window(cfg: DataConfig, norm: str = "l2") -> tuple[float, float]:
-    """The radius window 1/sqrt(d) .. 1/sqrt(k) of SCIENCE section 4 in the attack's norm: an
+    """The radius window 1/sqrt(d) .. 1/sqrt(k) of docs/science.md section 4 in the attack's norm: an
     l-inf radius t moves a dense unit direction as far as an l2 radius t sqrt(2d/pi) does."""
     lo, hi = cfg.window
     if norm == "l2":
@@ -61,7 +61,10 @@ def linear_robust_accuracy(cfg: DataConfig, tau: float) -> float:
     k uniforms), so the probability is a binomial mixture of Irwin-Hall tails.
     """
     if cfg.label != "rademacher" or cfg.sparsity != "exact_k":
-        raise ValueError(f"closed form needs data.label='rademacher' and data.sparsity='exact_k', got {cfg.label!r}, {cfg.sparsity!r}")
+        raise ValueError(
+            f"closed form needs data.label='rademacher' and data.sparsity='exact_k', got {cfg.label!r}, "
+            f"{cfg.sparsity!r}"
+        )
     k, t = cfg.k, tau * math.sqrt(cfg.d)
     weights = [math.comb(k, p) / 2**k for p in range(k + 1)]
     if cfg.magnitude == "sign":
@@ -96,4 +99,12 @@ def oracle_params(cfg: DataConfig, task: Task, beta: float, t: int = 0) -> dict:
     return {"W": task.M.T, "a": task.w_star[t][:, None], "b": jnp.full((d,), beta * cfg.min_magnitude)}
 
 
-__all__ = ["linear_logits", "linear_margin", "oracle_params", "linear_robust_accuracy", "linear_robust_accuracy_empirical", "oracle_logits", "window"]
+__all__ = [
+    "linear_logits",
+    "linear_margin",
+    "linear_robust_accuracy",
+    "linear_robust_accuracy_empirical",
+    "oracle_logits",
+    "oracle_params",
+    "window",
+]

@@ -1,4 +1,4 @@
-"""Per-neuron feature-mixture metrics (SCIENCE.md section 3).
+"""Per-neuron feature-mixture metrics (docs/science.md section 3).
 
 All functions take the first layer W (m, d), the dictionary M (d, d) and, where needed, a
 label vector w* (d,) in feature coordinates. Feature coefficients are C = W M, c_ij = <w_i, M_j>;
@@ -81,7 +81,7 @@ def cosine(u: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def principle(W: jax.Array, W_adv: jax.Array, W_init: jax.Array) -> dict[str, jax.Array]:
-    """The purification-principle decomposition w_i = beta_i w'_i + v_i (SCIENCE section 3).
+    """The purification-principle decomposition w_i = beta_i w'_i + v_i (docs/science.md section 3).
 
     W: clean weights, W_adv: weights after adversarial training started from W, W_init: the
     initial weights, all (m, d). Returns per-neuron beta, |beta w'|, |v|, cos(w, w0),

@@ -32,8 +32,14 @@ import jax.numpy as jnp
 from .config import Config, ModelConfig
 
 # The axes of each saved parameter, after any leading run axes.
-PARAM_AXES = {"W": ("neuron", "input"), "a": ("neuron", "task"), "b": ("neuron",), "U": ("neuron", "rank"), "V": ("rank", "input"),
-              "db": ("neuron",)}
+PARAM_AXES = {
+    "W": ("neuron", "input"),
+    "a": ("neuron", "task"),
+    "b": ("neuron",),
+    "U": ("neuron", "rank"),
+    "V": ("rank", "input"),
+    "db": ("neuron",),
+}
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,9 @@ class _Parameters(nn.Module):
         return x @ self.W.T
 
 
-def init_params(arch: Architecture, key: jax.Array, width: int, d: int, n_out: int, init_scale: jax.Array, beta: jax.Array) -> dict:
+def init_params(
+    arch: Architecture, key: jax.Array, width: int, d: int, n_out: int, init_scale: jax.Array, beta: jax.Array
+) -> dict:
     """Small Gaussian init: rows of W with norm ~init_scale; a fixed or trainable threshold
     starts at beta z_min |w_i(0)|, where the relative threshold would be."""
     params = dict(_Parameters(width, d, n_out, arch).init(key, jnp.zeros((1, d)))["params"])

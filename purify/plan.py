@@ -56,8 +56,13 @@ class Plan:
         return np.minimum(np.arange(lo, lo + self.padded), self.n_runs - 1)
 
 
-def make_plan(n_runs: int, chunk_size: int, n_devices: int = 1, run_slice: tuple[int, int] | None = None,
-              processes: tuple[int, int] | None = None) -> Plan:
+def make_plan(
+    n_runs: int,
+    chunk_size: int,
+    n_devices: int = 1,
+    run_slice: tuple[int, int] | None = None,
+    processes: tuple[int, int] | None = None,
+) -> Plan:
     """A validated plan. run_slice=(i, n): a job-array slice; processes=(index, count): one
     process of several under jax.distributed (each computes its own block)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
@@ -67,12 +72,19 @@ def make_plan(n_runs: int, chunk_size: int, n_devices: int = 1, run_slice: tuple
         if not (isinstance(i, numbers.Integral) and isinstance(n, numbers.Integral) and 0 <= i < n):
             raise ConfigError(f"run_slice={run_slice!r} is not allowed: must be (i, n) with 0 <= i < n")
         if processes is not None:
-            raise ConfigError("run_slice is not allowed together with distributed: processes take their slices themselves")
+            raise ConfigError(
+                "run_slice is not allowed together with distributed: processes take their slices themselves"
+            )
     plan = Plan(int(n_runs), min(int(chunk_size), int(n_runs)), int(n_devices), run_slice or processes)
     if processes is not None:
         count = processes[1]
         if n_runs < count:
-            raise ConfigError(f"seeds x grid rows = {n_runs} runs is not allowed with {count} processes: every process needs a run")
+            raise ConfigError(
+                f"seeds x grid rows = {n_runs} runs is not allowed with {count} processes: every process needs a run"
+            )
         if plan.n_chunks < count:
-            raise ConfigError(f"chunk_size={chunk_size} is not allowed with {count} processes and {n_runs} runs: every process needs a chunk")
+            raise ConfigError(
+                f"chunk_size={chunk_size} is not allowed with {count} processes and {n_runs} runs: every process "
+                "needs a chunk"
+            )
     return plan

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-LABELS = {
-    "purity_nw": "norm-weighted purity  max_j c_ij² / ‖w_i‖²",
-    "features_nw": "features per neuron (γ = 0.5, norm-weighted)",
-    "participation_nw": "participation ratio (norm-weighted)",
-    "rho_nw": "dense-mixture coherence ρ (norm-weighted)",
-    "alignment": "mixture alignment (mean pairwise cos)",
-    "dead_fraction": "fraction of dead neurons",
-    "loss": "clean logistic loss (held-out)",
-    "clean_acc": "clean accuracy",
-    "robust_acc": "robust accuracy",
-}
+from .trace import LABELS
 
 
 def band(ax, x, runs, label=None, color=None, kind="minmax", **kw):

@@ -26,7 +26,9 @@ def versions() -> dict[str, str]:
 def git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
         return res.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

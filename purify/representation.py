@@ -1,8 +1,9 @@
-"""Representation robustness of the two-layer network (SCIENCE.md section 3, [REP]).
+"""Representation robustness of the two-layer network (docs/science.md section 3, [REP]).
 
 The representation is the network's hidden layer g(x) = phi_b(W x) in R^m
 (`purify.network.hidden`; phi_b monotone and 1-Lipschitz, thresholds b fixed by the weights).
-Every function here takes the network's `Architecture` and its parameters as saved. Its shift at radius eps is Delta_eps(g; x) = sup_{|delta| <= eps} |g(x + delta) - g(x)|_2.
+Every function here takes the network's `Architecture` and its parameters as saved. Its shift
+at radius eps is Delta_eps(g; x) = sup_{|delta| <= eps} |g(x + delta) - g(x)|_2.
 
 - `shift_attack`: a lower bound, PGD ascent on |g(x + delta) - g(x)|^2 from a random start (its
   gradient is exactly zero at delta = 0).
@@ -25,7 +26,9 @@ from . import attacks, network
 from .network import Architecture
 
 
-def shift_attack(arch: Architecture, params: dict, beta, x, eps, norm: str, key: jax.Array, steps: int = 20, restarts: int = 2) -> jax.Array:
+def shift_attack(
+    arch: Architecture, params: dict, beta, x, eps, norm: str, key: jax.Array, steps: int = 20, restarts: int = 2
+) -> jax.Array:
     """(n,) the largest |g(x + delta) - g(x)| PGD finds (a lower bound on Delta_eps)."""
     g0 = network.hidden(arch, params, x, beta)
 
@@ -63,8 +66,21 @@ def rep_bounds(shift: jax.Array, f: jax.Array, y: jax.Array, v: jax.Array) -> di
     return {"loss_bound": vn * shift, "certified": certified, "correct_and_certified": certified & (y * f > 0)}
 
 
-def per_sample_report(arch: Architecture, params: dict, beta, v, c, x, y, eps, norm: str, key: jax.Array, pgd_steps: int = 10,
-                      restarts: int = 2, u: jax.Array | None = None) -> dict:
+def per_sample_report(
+    arch: Architecture,
+    params: dict,
+    beta,
+    v,
+    c,
+    x,
+    y,
+    eps,
+    norm: str,
+    key: jax.Array,
+    pgd_steps: int = 10,
+    restarts: int = 2,
+    u: jax.Array | None = None,
+) -> dict:
     """Every [REP] quantity per sample for the binary model f = <v, g(x)> + c, g the hidden layer
     of the network (arch, params) at threshold fraction beta.
 
@@ -79,7 +95,10 @@ def per_sample_report(arch: Architecture, params: dict, beta, v, c, x, y, eps, n
     f = lambda z: network.hidden(arch, params, z, beta) @ v + c
     fx = f(x)
     adversary = lambda z: -y * f(z)
-    deltas = [attacks.fgm(adversary, x, eps, norm), attacks.pgd(adversary, x, eps, norm, pgd_steps, key=k_pgd, restarts=restarts)]
+    deltas = [
+        attacks.fgm(adversary, x, eps, norm),
+        attacks.pgd(adversary, x, eps, norm, pgd_steps, key=k_pgd, restarts=restarts),
+    ]
     if u is not None:
         deltas.append(attacks.dense_direction(y, eps, u, norm))
     loss = lambda z: jax.nn.softplus(-y * f(z))
@@ -89,5 +108,12 @@ def per_sample_report(arch: Architecture, params: dict, beta, v, c, x, y, eps, n
     lower = shift_attack(arch, params, beta, x, eps, norm, k_shift, steps=2 * pgd_steps, restarts=restarts)
     upper = certified_shift(arch, params, beta, x, eps, norm)
     bounds = rep_bounds(upper, fx, y, v)
-    return {"shift_attack": lower, "shift_certified": upper, "loss_increase": increase, "loss_bound": bounds["loss_bound"],
-            "certified": bounds["correct_and_certified"], "robust": robust, "margin": jnp.abs(fx) / jnp.linalg.norm(v)}
+    return {
+        "shift_attack": lower,
+        "shift_certified": upper,
+        "loss_increase": increase,
+        "loss_bound": bounds["loss_bound"],
+        "certified": bounds["correct_and_certified"],
+        "robust": robust,
+        "margin": jnp.abs(fx) / jnp.linalg.norm(v),
+    }

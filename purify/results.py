@@ -60,7 +60,14 @@ def _jsonable(o: Any) -> Any:
 class Results:
     """Arrays with named axes plus the config, seeds and provenance that produced them."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]], coords: dict[str, np.ndarray], hp: dict[str, np.ndarray], meta: dict):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        dims: dict[str, tuple[str, ...]],
+        coords: dict[str, np.ndarray],
+        hp: dict[str, np.ndarray],
+        meta: dict,
+    ):
         self.arrays = arrays
         self.dims = dims
         self.coords = coords  # dim -> labels along it (hparam rows are 0..H-1)
@@ -91,7 +98,8 @@ class Results:
 
     def failed(self) -> np.ndarray:
         """Boolean mask over the remaining (hparam, seed) axes: runs that went non-finite or diverged
-        (held-out loss above 100 ln 2 or a weight row norm above 1e6); see `failed_step` for the first log step it was seen."""
+        (held-out loss above 100 ln 2 or a weight row norm above 1e6); see `failed_step` for the first
+        log step it was seen."""
         return self["failed_step"] >= 0
 
     # -- selection and reduction --------------------------------------------------------------
@@ -129,7 +137,11 @@ class Results:
             if dim in hp_query:
                 continue
             out._need(dim)
-            where = np.flatnonzero(np.asarray(out.coords[dim]) == value) if not isinstance(value, float) else np.flatnonzero(np.isclose(np.asarray(out.coords[dim], dtype=float), value))
+            where = (
+                np.flatnonzero(np.asarray(out.coords[dim]) == value)
+                if not isinstance(value, float)
+                else np.flatnonzero(np.isclose(np.asarray(out.coords[dim], dtype=float), value))
+            )
             if len(where) != 1:
                 raise KeyError(f"{dim}={value!r} not found; available: {list(np.asarray(out.coords[dim]).tolist())}")
             out = out._take(dim, int(where[0]), drop=True)
@@ -142,7 +154,11 @@ class Results:
             if len(rows) == 0:
                 avail = {n: np.unique(np.asarray(out.hp[n])).tolist() for n in hp_query}
                 raise KeyError(f"no hyper-parameter row matches {hp_query}; available values: {avail}")
-            out = out._take("hparam", int(rows[0]), drop=True) if len(rows) == 1 else out._take("hparam", rows, drop=False)
+            out = (
+                out._take("hparam", int(rows[0]), drop=True)
+                if len(rows) == 1
+                else out._take("hparam", rows, drop=False)
+            )
         return out
 
     def _need(self, dim: str) -> None:
@@ -182,9 +198,18 @@ class Results:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
-        header = {"dims": self.dims, "coords": {d: np.asarray(v).tolist() for d, v in self.coords.items()}, "hp": {n: np.asarray(v).tolist() for n, v in self.hp.items()}, "meta": self.meta}
+        header = {
+            "dims": self.dims,
+            "coords": {d: np.asarray(v).tolist() for d, v in self.coords.items()},
+            "hp": {n: np.asarray(v).tolist() for n, v in self.hp.items()},
+            "meta": self.meta,
+        }
         buf = io.BytesIO()
-        np.savez_compressed(buf, __header__=np.frombuffer(json.dumps(header, default=_jsonable).encode(), dtype=np.uint8), **{f"a/{k}": v for k, v in self.arrays.items()})
+        np.savez_compressed(
+            buf,
+            __header__=np.frombuffer(json.dumps(header, default=_jsonable).encode(), dtype=np.uint8),
+            **{f"a/{k}": v for k, v in self.arrays.items()},
+        )
         atomic_write_bytes(path, buf.getvalue())
         return path
 
@@ -209,5 +234,8 @@ class Results:
 def warn_failed(res: Results) -> None:
     bad = np.argwhere(res.failed())
     if len(bad):
-        warnings.warn(f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}",
+            RuntimeWarning,
+            stacklevel=3,
+        )

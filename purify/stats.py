@@ -8,9 +8,33 @@ import math
 import numpy as np
 
 # Two-sided 97.5% Student-t quantiles for small samples (df = n - 1); normal beyond the table.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 24: 2.064, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    24: 2.064,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 
 
 def t_quantile(df: int) -> float:
@@ -53,5 +77,13 @@ def verdict(values, direction: str = ">", threshold: float = 0.0, claim: str = "
         outcome = "holds" if hi < threshold else "fails" if lo >= threshold else "inconclusive"
     else:
         raise ValueError(f"direction={direction!r} is not allowed: must be '>' or '<'")
-    return {"claim": claim, "verdict": outcome, "mean": m, "ci95": [lo, hi], "n": int(len(v) - n_bad), "n_failed_runs": n_bad,
-            "rule": f"holds if the 95% t-interval of the per-seed statistic lies {'above' if direction == '>' else 'below'} {threshold:g}; fails if it lies entirely on the other side; else inconclusive"}
+    return {
+        "claim": claim,
+        "verdict": outcome,
+        "mean": m,
+        "ci95": [lo, hi],
+        "n": int(len(v) - n_bad),
+        "n_failed_runs": n_bad,
+        "rule": f"holds if the 95% t-interval of the per-seed statistic lies {'above' if direction == '>' else 'below'} "
+        f"{threshold:g}; fails if it lies entirely on the other side; else inconclusive",
+    }

@@ -86,8 +86,11 @@ class ChunkStore:
             where = f"moved to {aside}"
         except OSError:
             where = "left in place (could not move it)"
-        warnings.warn(f"damaged chunk file {path} ({type(exc).__name__}: {exc}); {where}; its runs are computed again",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"damaged chunk file {path} ({type(exc).__name__}: {exc}); {where}; its runs are computed again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def save(self, lo: int, hi: int, arrays: dict) -> None:
         path = self.path(lo, hi)

@@ -33,8 +33,18 @@ from .results import Results, warn_failed
 from .store import ChunkStore, merge_runs
 from .store import fingerprint as _hash
 
-__all__ = ["SliceFinished", "SweepInterrupted", "assemble", "auto_chunk_size", "fingerprint", "grid_table", "merge_runs",
-           "network_bytes", "seed_list", "sweep"]
+__all__ = [
+    "SliceFinished",
+    "SweepInterrupted",
+    "assemble",
+    "auto_chunk_size",
+    "fingerprint",
+    "grid_table",
+    "merge_runs",
+    "network_bytes",
+    "seed_list",
+    "sweep",
+]
 
 
 def network_bytes(cfg: Config) -> int:
@@ -54,6 +64,7 @@ def network_bytes(cfg: Config) -> int:
     state += len(tc.log_steps) * trace.floats_per_log_point(cfg) + len(set(tc.snapshot_at)) * m * d
     if cfg.data.n_train:
         state += cfg.data.n_train * (d + T)
+
     def working(n):
         return n * (k + 4) * d + 4 * n * m
 
@@ -83,7 +94,9 @@ def auto_chunk_size(cfg: Config, n_runs: int, budget_bytes: int | None = None, d
     base = 4 * (cfg.data.d * cfg.data.d + cfg.data.n_tasks * cfg.data.d) * 4  # task arrays and slack
     per_device = (budget - base) // per
     if per_device < 1:
-        raise ConfigError(f"memory budget={budget} bytes is not allowed: one network of this config needs about {per + base} bytes")
+        raise ConfigError(
+            f"memory budget={budget} bytes is not allowed: one network of this config needs about {per + base} bytes"
+        )
     return int(min(n_runs, per_device * len(devices)))
 
 
@@ -95,7 +108,9 @@ def grid_table(cfg: Config, grid: Mapping[str, Iterable[float]] | None) -> tuple
             raise ConfigError(f"grid key {name!r} is not allowed: sweepable hyper-parameters are {list(HPARAM_NAMES)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or len(list(values)) == 0:
             raise ConfigError(f"grid[{name!r}]={values!r} is not allowed: must be a non-empty list of numbers")
-        checked[name] = list(np.asarray(values, dtype=float).ravel()) if not isinstance(values, (list, tuple)) else list(values)
+        checked[name] = (
+            list(np.asarray(values, dtype=float).ravel()) if not isinstance(values, (list, tuple)) else list(values)
+        )
     grid = checked
     names = list(grid)
     rows = []
@@ -122,14 +137,21 @@ def fingerprint(cfg: Config, table: dict, seeds: np.ndarray, chunk_size: int, ta
     """The name of a sweep's folder of finished chunks: a hash of everything that decides its
     numbers, the task's dictionary and label vectors included (a sweep may be given a task
     other than the config's own, e.g. a downstream task)."""
-    spec = {"cfg": cfg.to_dict(), "hp": {k: v.tolist() for k, v in table.items()}, "seeds": seeds.tolist(), "chunk": chunk_size}
+    spec = {
+        "cfg": cfg.to_dict(),
+        "hp": {k: v.tolist() for k, v in table.items()},
+        "seeds": seeds.tolist(),
+        "chunk": chunk_size,
+    }
     if task is not None:
         spec["task"] = _task_digest(task)
     return _hash(spec)
 
 
 def _task_digest(task: Task) -> str:
-    return hashlib.sha256(np.asarray(task.M, np.float32).tobytes() + np.asarray(task.w_star, np.float32).tobytes()).hexdigest()
+    return hashlib.sha256(
+        np.asarray(task.M, np.float32).tobytes() + np.asarray(task.w_star, np.float32).tobytes()
+    ).hexdigest()
 
 
 def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, progress):
@@ -203,7 +225,9 @@ def sweep(
         chunk_size = auto_chunk_size(cfg, n_runs, memory_budget_bytes, devices)
         if distributed:
             chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
-    plan = make_plan(n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None)
+    plan = make_plan(
+        n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None
+    )
     steps = cfg.train.steps
     step_chunk = step_chunk or max(1, math.ceil(steps / 20))
     if isinstance(step_chunk, bool) or not isinstance(step_chunk, numbers.Integral) or step_chunk < 1:
@@ -218,7 +242,11 @@ def sweep(
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
     task_on_mesh = jax.device_put(task, replicated)
-    bar = Progress(len(plan.chunks), n_step_calls, f"{n_runs} networks x {steps} steps", "step-call") if progress else None
+    bar = (
+        Progress(len(plan.chunks), n_step_calls, f"{n_runs} networks x {steps} steps", "step-call")
+        if progress
+        else None
+    )
 
     def compute(idx):
         keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
@@ -254,7 +282,12 @@ def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarra
         "rank": np.arange(cfg.train.adv_rank),
         "feature": np.arange(cfg.data.d),
     }
-    meta = {"config": json.loads(json.dumps(cfg.to_dict())), "swept": swept, "provenance": provenance(), "seed_rule": "run key = jax.random.key(seed), same on every grid row"}
+    meta = {
+        "config": json.loads(json.dumps(cfg.to_dict())),
+        "swept": swept,
+        "provenance": provenance(),
+        "seed_rule": "run key = jax.random.key(seed), same on every grid row",
+    }
     res = Results(arrays, dims, coords, table, meta)
     if cfg.data.n_tasks == 1:
         res = res.isel(task=0)

@@ -61,6 +61,7 @@ class Probe:
         self.cfg = run.cfg
         self.params = state.params
         self.beta = state.hp.beta
+        self.spec = run.cfg.eval.spec
 
     @cached_property
     def W(self) -> jax.Array:
@@ -95,7 +96,9 @@ class Probe:
         if cfg.train.contrastive:
             # views of clean held-out inputs, as in training (the eval batch carries the view noise once already)
             clean, _, _ = sample(streams.eval_data, cfg.data, self.task, cfg.eval.n_eval, 0.0, noise_free=True)
-            v1, v2 = contrastive.views(jax.random.fold_in(streams.eval_data, 1), clean, self.state.hp.noise, cfg.train.view_mask)
+            v1, v2 = contrastive.views(
+                jax.random.fold_in(streams.eval_data, 1), clean, self.state.hp.noise, cfg.train.view_mask
+            )
             return self.run.example_loss(self.params, v1, v2, self.beta).mean()
         return network_loss(self.logits, self.eval_batch[1])
 
@@ -107,7 +110,7 @@ class Probe:
         out = []
         for j in range(self.cfg.data.n_tasks):
             margin = lambda v, j=j: y[:, j] * self.run.logits(self.params, v, self.beta)[:, j]
-            out.append(attacks.robust_accuracy(margin, x, y[:, j], self.task.label_directions[j], key, self.cfg.eval))
+            out.append(attacks.robust_accuracy(margin, x, y[:, j], self.task.label_directions[j], key, self.spec))
         return tuple(jnp.stack(parts) for parts in zip(*out))
 
 
@@ -123,8 +126,16 @@ def dead_fraction(g: jax.Array) -> jax.Array:
 
 def _per_neuron(name: str, label: str, definition: str) -> list[Quantity]:
     """A per-neuron metric and its norm-weighted mean over neurons (tiny dead neurons otherwise dominate)."""
-    return [Quantity(name, ("neuron",), label, definition, lambda p: p.neurons[name]),
-            Quantity(f"{name}_nw", (), f"{label} (norm-weighted)", f"sum_i |w_i| {name}_i / sum_i |w_i|", lambda p: p.weighted(name))]
+    return [
+        Quantity(name, ("neuron",), label, definition, lambda p: p.neurons[name]),
+        Quantity(
+            f"{name}_nw",
+            (),
+            f"{label} (norm-weighted)",
+            f"sum_i |w_i| {name}_i / sum_i |w_i|",
+            lambda p: p.weighted(name),
+        ),
+    ]
 
 
 QUANTITIES: tuple[Quantity, ...] = (
@@ -133,19 +144,59 @@ QUANTITIES: tuple[Quantity, ...] = (
     *_per_neuron("features", "features per neuron (γ = 0.5)", "#{j : |c_ij| >= 0.5 max_j |c_ij|}"),
     *_per_neuron("participation", "participation ratio", "(sum_j c_ij^2)^2 / sum_j c_ij^4"),
     *_per_neuron("rho", "dense-mixture coherence ρ", "|<w_i, M w*>| / (|w*| max_j |c_ij|)"),
-    Quantity("alignment", (), "mixture alignment (mean pairwise cos)", "mean pairwise cosine of the neurons' mixtures (main feature removed)",
-             lambda p: metrics.mixture_alignment(metrics.feature_coefficients(p.W, p.task.M), jnp.sign(p.head[:, 0]))),
-    Quantity("dead_fraction", (), "fraction of dead neurons", "fraction of units zero on every held-out input",
-             lambda p: dead_fraction(p.hidden)),
-    Quantity("loss", (), "held-out loss", "logistic loss softplus(-y f) summed over tasks (contrastive: the objective on clean inputs' views)",
-             lambda p: p.loss),
-    Quantity("clean_acc", ("task",), "clean accuracy", "fraction of held-out inputs with y f(x) > 0", lambda p: p.attacked[0], supervised=True),
-    Quantity("positive_rate", ("task",), "fraction predicted +1", "fraction of held-out inputs with f(x) > 0", lambda p: (p.logits > 0).mean(0),
-             supervised=True),
-    Quantity("robust_acc", ("task", "radius"), "robust accuracy", "fraction correct clean and under every attack (FGM, PGD, dense)",
-             lambda p: p.attacked[1], supervised=True),
-    Quantity("attack_acc", ("task", "radius", "attack"), "accuracy under each attack", "fraction correct under FGM, PGD and the dense attack",
-             lambda p: p.attacked[2], supervised=True),
+    Quantity(
+        "alignment",
+        (),
+        "mixture alignment (mean pairwise cos)",
+        "mean pairwise cosine of the neurons' mixtures (main feature removed)",
+        lambda p: metrics.mixture_alignment(metrics.feature_coefficients(p.W, p.task.M), jnp.sign(p.head[:, 0])),
+    ),
+    Quantity(
+        "dead_fraction",
+        (),
+        "fraction of dead neurons",
+        "fraction of units zero on every held-out input",
+        lambda p: dead_fraction(p.hidden),
+    ),
+    Quantity(
+        "loss",
+        (),
+        "held-out loss",
+        "logistic loss softplus(-y f) summed over tasks (contrastive: the objective on clean inputs' views)",
+        lambda p: p.loss,
+    ),
+    Quantity(
+        "clean_acc",
+        ("task",),
+        "clean accuracy",
+        "fraction of held-out inputs with y f(x) > 0",
+        lambda p: p.attacked[0],
+        supervised=True,
+    ),
+    Quantity(
+        "positive_rate",
+        ("task",),
+        "fraction predicted +1",
+        "fraction of held-out inputs with f(x) > 0",
+        lambda p: (p.logits > 0).mean(0),
+        supervised=True,
+    ),
+    Quantity(
+        "robust_acc",
+        ("task", "radius"),
+        "robust accuracy",
+        "fraction correct clean and under every attack (FGM, PGD, dense)",
+        lambda p: p.attacked[1],
+        supervised=True,
+    ),
+    Quantity(
+        "attack_acc",
+        ("task", "radius", "attack"),
+        "accuracy under each attack",
+        "fraction correct under FGM, PGD and the dense attack",
+        lambda p: p.attacked[2],
+        supervised=True,
+    ),
 )
 BY_NAME = {q.name: q for q in QUANTITIES}
 LABELS = {q.name: q.label for q in QUANTITIES}
@@ -153,7 +204,12 @@ LABELS = {q.name: q.label for q in QUANTITIES}
 
 def axis_sizes(cfg) -> dict[str, int]:
     """The length of every axis a traced quantity can have, for a config."""
-    return {"neuron": cfg.model.width, "task": cfg.data.n_tasks, "radius": len(cfg.eval.taus), "attack": len(attacks.ATTACK_NAMES)}
+    return {
+        "neuron": cfg.model.width,
+        "task": cfg.data.n_tasks,
+        "radius": len(cfg.eval.taus),
+        "attack": len(attacks.ATTACK_NAMES),
+    }
 
 
 def shape(q: Quantity, sizes: dict[str, int]) -> tuple[int, ...]:
@@ -164,8 +220,10 @@ def measure(probe: Probe) -> dict[str, jax.Array]:
     """One row of the trace: every quantity at the probe's weights (float32)."""
     sizes = axis_sizes(probe.cfg)
     skip = probe.cfg.train.contrastive  # no labels: accuracies stay NaN
-    return {q.name: (jnp.full(shape(q, sizes), jnp.nan) if skip and q.supervised else q.compute(probe)).astype(jnp.float32)
-            for q in QUANTITIES}
+    return {
+        q.name: (jnp.full(shape(q, sizes), jnp.nan) if skip and q.supervised else q.compute(probe)).astype(jnp.float32)
+        for q in QUANTITIES
+    }
 
 
 def buffers(cfg, n_log: int) -> dict[str, jax.Array]:

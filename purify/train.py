@@ -103,7 +103,9 @@ class Run:
         return state.train_set[0][idx], state.train_set[1][idx]
 
     def eval_batch(self, state: RunState, task: Task):
-        x, _, y = sample(state.streams.eval_data, self.cfg.data, task, self.cfg.eval.n_eval, state.hp.noise, self.noise_free)
+        x, _, y = sample(
+            state.streams.eval_data, self.cfg.data, task, self.cfg.eval.n_eval, state.hp.noise, self.noise_free
+        )
         return x, y
 
     # -- the model, as the run uses it ----------------------------------------------------------
@@ -119,7 +121,9 @@ class Run:
         the batch of view 2 and the loss is anchor x_i's against it (a function of x_i alone)."""
         tc = self.cfg.train
         if tc.contrastive:
-            return contrastive.loss(tc.objective, self.representation(params, x, beta), self.representation(params, y, beta), tc.temperature)
+            return contrastive.loss(
+                tc.objective, self.representation(params, x, beta), self.representation(params, y, beta), tc.temperature
+            )
         return logistic_loss(self.logits(params, x, beta), y).sum(-1)
 
     def perturb(self, params, x, y, hp: HParams, key):
@@ -164,7 +168,9 @@ class Run:
         train_set = None
         if cfg.data.n_train is not None:
             # the fixed training set uses the data stream at a step index training never reaches
-            x, _, y = sample(jax.random.fold_in(streams.data, 2**32 - 1), cfg.data, task, cfg.data.n_train, hp.noise, self.noise_free)
+            x, _, y = sample(
+                jax.random.fold_in(streams.data, 2**32 - 1), cfg.data, task, cfg.data.n_train, hp.noise, self.noise_free
+            )
             train_set = (x, y)
         buffers = trace.buffers(cfg, len(self.log_steps))
         snaps = jnp.zeros((len(self.snapshot_at), cfg.model.width, cfg.data.d), jnp.float32)

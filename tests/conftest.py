@@ -14,7 +14,11 @@ import purify
 # test never depends on a program compiled by an earlier run; tracing, and so every recompile
 # check, is unaffected.
 # the controller (or a run without workers) names the folder; workers inherit its environment
-CACHE = Path(os.environ.setdefault("PURIFY_TEST_JAX_CACHE", str(Path(tempfile.gettempdir()) / f"purify-test-cache-{os.getpid()}")))
+CACHE = Path(
+    os.environ.setdefault(
+        "PURIFY_TEST_JAX_CACHE", str(Path(tempfile.gettempdir()) / f"purify-test-cache-{os.getpid()}")
+    )
+)
 jax.config.update("jax_compilation_cache_dir", str(CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
@@ -26,8 +30,19 @@ def pytest_sessionfinish(session):
 
 def tiny(**settings) -> purify.Config:
     """A config that compiles and runs in a second or two on a CPU."""
-    base = {"data.d": 16, "data.k": 2, "model.width": 32, "train.steps": 60, "train.adv_start": 30, "train.batch": 32,
-            "eval.n_eval": 64, "eval.pgd_steps": 3, "train.n_log": 8, "hp.tau": 0.3, "eval.taus": (0.3,)}
+    base = {
+        "data.d": 16,
+        "data.k": 2,
+        "model.width": 32,
+        "train.steps": 60,
+        "train.adv_start": 30,
+        "train.batch": 32,
+        "eval.n_eval": 64,
+        "eval.pgd_steps": 3,
+        "train.n_log": 8,
+        "hp.tau": 0.3,
+        "eval.taus": (0.3,),
+    }
     base.update(settings)
     return purify.Config().set(**base).validate()
 

@@ -17,11 +17,11 @@ from .conftest import tiny
 
 def random_net(norm_cfg=None):
     cfg = tiny(**{"model.width": 24})
-    net = network.build(cfg)
-    params = network.init_params(net, jax.random.key(0), 1.0, 0.3)
+    arch = network.Architecture.of(cfg)
+    params = network.init_for(cfg, jax.random.key(0), 1.0, 0.3)
     task = purify.make_task(cfg.data)
     x, _, y = sample(jax.random.key(1), cfg.data, task, 128, 0.1)
-    margin = lambda v: y[:, 0] * network.apply(net, params, v, 0.3)[:, 0]
+    margin = lambda v: y[:, 0] * network.logits(arch, params, v, 0.3)[:, 0]
     return margin, x, y[:, 0], task
 
 
@@ -47,7 +47,9 @@ def test_fgm_equals_one_pgd_step_without_random_start(norm):
     margin, x, _, _ = random_net()
     adv = lambda v: -margin(v)
     tau = 0.4
-    np.testing.assert_allclose(attacks.fgm(adv, x, tau, norm), attacks.pgd(adv, x, tau, norm, 1, step_size=tau), atol=1e-6)
+    np.testing.assert_allclose(
+        attacks.fgm(adv, x, tau, norm), attacks.pgd(adv, x, tau, norm, 1, step_size=tau), atol=1e-6
+    )
 
 
 def test_pgd_is_at_least_as_strong_as_fgm_on_a_network():
@@ -112,11 +114,15 @@ def test_attacks_reproduce_the_linear_classifier_closed_form(fields, noise):
         # measured 1.6% on this data. Never stronger than exact; the minimum over attacks is exact.
         got = np.asarray(margin(x + attacks.pgd(adv, x, tau, "l2", 10, key=jax.random.key(1))) > 0).mean()
         assert exact - 1e-4 <= got < exact + 0.03
-        _, robust, _ = attacks.robust_accuracy(margin, x, y, (tau,), task.label_directions[0], jax.random.key(2), "l2", 10, 1)
+        _, robust, _ = attacks.robust_accuracy(
+            margin, x, y, task.label_directions[0], jax.random.key(2), attacks.EvalSpec((tau,), "l2", 10, 1)
+        )
         assert abs(float(robust[0]) - exact) <= 1e-4 + near.mean()
 
 
-@pytest.mark.parametrize("fields", [{"d": 64, "k": 4}, {"d": 64, "k": 5, "magnitude": "sign"}, {"d": 100, "k": 3, "magnitude": "sign"}])
+@pytest.mark.parametrize(
+    "fields", [{"d": 64, "k": 4}, {"d": 64, "k": 5, "magnitude": "sign"}, {"d": 100, "k": 3, "magnitude": "sign"}]
+)
 def test_population_closed_form_matches_sampling(fields):
     cfg = purify.DataConfig(**fields)
     task = purify.make_task(cfg)
@@ -162,6 +168,9 @@ def test_linf_attacks_reproduce_the_linear_classifier_exactly():
     lo, hi = landmarks.window(cfg, "linf")
     for tau in (lo, (lo + hi) / 2, hi):
         near = np.abs(r - tau) < 1e-5
-        for delta in (attacks.fgm(lambda v: -margin(v), x, tau, "linf"), attacks.dense_direction(y, tau, task.label_directions[0], "linf")):
+        for delta in (
+            attacks.fgm(lambda v: -margin(v), x, tau, "linf"),
+            attacks.dense_direction(y, tau, task.label_directions[0], "linf"),
+        ):
             got = np.asarray(margin(x + delta) > 0)
             assert ((got != (r > tau)) & ~near).sum() == 0

@@ -17,7 +17,9 @@ def test_fgm_on_the_ntk_model_matches_its_closed_form_where_it_is_linear():
     radius lowers every margin by exactly tau |g|."""
     cfg = tiny(**{"data.d": 32, "data.k": 4, "model.width": 64})
     theta0, logits = baselines.ntk(cfg, jax.random.key(0), beta=0.6)
-    params = {"W": theta0["W"] + 0.05 * jax.random.normal(jax.random.key(1), theta0["W"].shape)}  # a trained-looking theta
+    params = {
+        "W": theta0["W"] + 0.05 * jax.random.normal(jax.random.key(1), theta0["W"].shape)
+    }  # a trained-looking theta
     task = purify.make_task(cfg.data)
     x, _, y = sample(jax.random.key(2), cfg.data, task, 256, 0.0)
     y = y[:, 0]

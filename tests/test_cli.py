@@ -6,18 +6,42 @@ import sys
 
 import pytest
 
-from experiments import all_experiments
 from purify.cli import main
+from purify.experiment import all_experiments
 from purify.landmarks import window
 
-TINY = ["--set", "data.d=16", "--set", "data.k=2", "--set", "model.width=32", "--set", "train.steps=40",
-        "--set", "train.adv_start=20", "--set", "train.batch=32", "--set", "eval.n_eval=64", "--set", "eval.pgd_steps=2",
-        "--set", "hp.tau=0.3", "--set", "eval.taus=0.3", "--quiet"]
+TINY = [
+    "--set",
+    "data.d=16",
+    "--set",
+    "data.k=2",
+    "--set",
+    "model.width=32",
+    "--set",
+    "train.steps=40",
+    "--set",
+    "train.adv_start=20",
+    "--set",
+    "train.batch=32",
+    "--set",
+    "eval.n_eval=64",
+    "--set",
+    "eval.pgd_steps=2",
+    "--set",
+    "hp.tau=0.3",
+    "--set",
+    "eval.taus=0.3",
+    "--quiet",
+]
 # Fewer grid points where each one is a program of its own (a method and head init, a k, a
 # rank) or unrolled into one (radii): at tiny size they cover the same code in less compile time.
-EXTRA = {"roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"],
-         "fp-phase": ["--set", "exp.ks=2,4"], "fp-lowrank": ["--set", "exp.ranks=1,2"],
-         "fp-lowcomplexity": ["--set", "exp.n_taus=4"], "fp-robustness": ["--set", "exp.n_taus=4"]}
+EXTRA = {
+    "roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"],
+    "fp-phase": ["--set", "exp.ks=2,4"],
+    "fp-lowrank": ["--set", "exp.ranks=1,2"],
+    "fp-lowcomplexity": ["--set", "exp.n_taus=4"],
+    "fp-robustness": ["--set", "exp.n_taus=4"],
+}
 
 
 def test_list_names_every_experiment_and_preset(capsys):
@@ -30,7 +54,23 @@ def test_list_names_every_experiment_and_preset(capsys):
 
 @pytest.mark.parametrize("exp_id", sorted(all_experiments()))
 def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path, capsys):
-    assert main(["run", exp_id, "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY, *EXTRA.get(exp_id, [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                exp_id,
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--runs",
+                str(tmp_path / "runs"),
+                *TINY,
+                *EXTRA.get(exp_id, []),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / f"{exp_id}.json").read_text())
     png = (tmp_path / f"{exp_id}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
@@ -53,8 +93,13 @@ def test_presets_are_valid_configs(preset):
 
 
 def test_module_entry_point_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.fp_dynamics", "--seeds", "2", "--out", str(tmp_path), "--no-resume", *TINY],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.fp_dynamics", "--seeds", "2", "--out", str(tmp_path), "--no-resume", *TINY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fp-dynamics.png").exists()
 
@@ -71,7 +116,18 @@ def test_figures_are_redrawn_from_json_alone(tmp_path, capsys):
 
 
 def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, capsys, monkeypatch):
-    args = ["check", "--only", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "r"), *TINY[:-1]]
+    args = [
+        "check",
+        "--only",
+        "fp-dynamics",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "r"),
+        *TINY[:-1],
+    ]
     assert main(args) == 0  # whatever the verdicts say
     out = capsys.readouterr().out
     assert "fp-dynamics" in out and "95% CI" in out and " hold" in out
@@ -97,10 +153,12 @@ def test_figures_rerun_starts_from_scratch(tmp_path, monkeypatch, capsys):
     real = sweep_mod._run_chunk
     monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.chdir(tmp_path)  # the default runs/ folder would hold the finished chunks
-    import experiments
+    from purify import experiment
 
-    real_run = experiments.run_experiment
-    monkeypatch.setattr(experiments, "run_experiment", lambda *a, **k: real_run(*a, **{**k, "seeds": 2, "overrides": _tiny_overrides()}))
+    real_run = experiment.run_experiment
+    monkeypatch.setattr(
+        experiment, "run_experiment", lambda *a, **k: real_run(*a, **{**k, "seeds": 2, "overrides": _tiny_overrides()})
+    )
     assert main(["figures", "--rerun", "--out", str(out), "--only", "fp-dynamics"]) == 0
     assert calls  # trained again
     assert "from scratch" in capsys.readouterr().out

@@ -54,8 +54,14 @@ def test_unknown_and_ambiguous_settings():
 
 @pytest.mark.parametrize(
     "grid,seeds,match",
-    [({"tau": [0.1, -0.5]}, 2, "grid.tau=-0.5"), ({"gamma": [1.0]}, 2, "grid key 'gamma'"), ({"tau": []}, 2, "non-empty"),
-     ({"lr": [0.0]}, 2, "grid.lr=0.0"), (None, 0, "seeds=0"), (None, [1, 1], "distinct")],
+    [
+        ({"tau": [0.1, -0.5]}, 2, "grid.tau=-0.5"),
+        ({"gamma": [1.0]}, 2, "grid key 'gamma'"),
+        ({"tau": []}, 2, "non-empty"),
+        ({"lr": [0.0]}, 2, "grid.lr=0.0"),
+        (None, 0, "seeds=0"),
+        (None, [1, 1], "distinct"),
+    ],
 )
 def test_bad_sweep_input_fails_before_compiling(monkeypatch, grid, seeds, match):
     def no_compile(*a, **k):

@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import pytest
 
 import purify
-from purify import attacks, representation
+from purify import attacks, network, representation
 from purify.data import sample
+
+ARCH = network.Architecture(z_min=1 / 2**0.5)  # relative thresholds, d = 16, k = 2
+BETA = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +25,17 @@ def setup():
         u = task.label_directions[0].astype(jnp.float64)
         W = jnp.concatenate([task.M.T, -task.M.T]).astype(jnp.float64) + 0.3 * u[None, :]
         W = W + 0.05 * jax.random.normal(jax.random.key(1), W.shape, dtype=jnp.float64)
-        b = 0.6 * cfg.min_magnitude * jnp.linalg.norm(W, axis=-1)
         v = jax.random.normal(jax.random.key(2), (W.shape[0],), dtype=jnp.float64) + jnp.sign(W @ u)
-        yield W, b, x, y, v
+        yield {"W": W}, x, y, v
     finally:
         jax.config.update("jax_enable_x64", False)
 
 
 @pytest.mark.parametrize("norm,eps", [("l2", 0.05), ("l2", 0.3), ("linf", 0.02), ("linf", 0.1)])
 def test_certified_shift_is_never_below_an_attack(setup, norm, eps):
-    W, b, x, _, _ = setup
-    found = representation.shift_attack(W, b, x, eps, norm, jax.random.key(3))
-    cert = representation.certified_shift(W, b, x, eps, norm)
+    params, x, _, _ = setup
+    found = representation.shift_attack(ARCH, params, BETA, x, eps, norm, jax.random.key(3))
+    cert = representation.certified_shift(ARCH, params, BETA, x, eps, norm)
     assert bool(jnp.all(found <= cert * (1 + 1e-9) + 1e-12)), float((found - cert).max())
     assert float(found.mean()) > 0  # the attack moves g (random start: no zero gradient trap)
     assert float((found / jnp.maximum(cert, 1e-30)).mean()) > 0.2  # and the bound is not vacuous
@@ -44,16 +46,19 @@ def test_certified_shift_is_never_below_an_attack(setup, norm, eps):
 # reach cannot be seen by any attack, so that is what it can check)
 @pytest.mark.parametrize("norm,eps", [("l2", 0.1), ("linf", 0.04)])
 def test_rep_loss_bound_and_criterion_hold_on_every_sample(setup, norm, eps):
-    W, b, x, y, v = setup
-    cert = representation.certified_shift(W, b, x, eps, norm)
+    params, x, y, v = setup
+    cert = representation.certified_shift(ARCH, params, BETA, x, eps, norm)
 
     def f(z):
-        return representation.representation(W, b, z) @ v
+        return network.hidden(ARCH, params, z, BETA) @ v
 
     bounds = representation.rep_bounds(cert, f(x), y, v)
     loss = lambda z: jax.nn.softplus(-y * f(z))
-    deltas = [attacks.fgm(loss, x, eps, norm), attacks.pgd(loss, x, eps, norm, 20, key=jax.random.key(4), restarts=3),
-              attacks.pgd(lambda z: -y * f(z), x, eps, norm, 20, key=jax.random.key(5))]
+    deltas = [
+        attacks.fgm(loss, x, eps, norm),
+        attacks.pgd(loss, x, eps, norm, 20, key=jax.random.key(4), restarts=3),
+        attacks.pgd(lambda z: -y * f(z), x, eps, norm, 20, key=jax.random.key(5)),
+    ]
     flips = []
     for delta in deltas:
         assert bool(jnp.all(loss(x + delta) - loss(x) <= bounds["loss_bound"] + 1e-12))

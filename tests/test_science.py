@@ -14,8 +14,20 @@ from purify import attacks, landmarks
 from purify.data import sample
 
 SEEDS = 8
-SMALL = {"data.d": 32, "data.k": 4, "model.width": 128, "train.steps": 1600, "train.adv_start": 800, "train.batch": 256,
-         "hp.tau": 0.25, "hp.lr": 0.1, "hp.beta": 0.6, "eval.taus": (0.25,), "eval.n_eval": 1024, "train.n_log": 10}
+SMALL = {
+    "data.d": 32,
+    "data.k": 4,
+    "model.width": 128,
+    "train.steps": 1600,
+    "train.adv_start": 800,
+    "train.batch": 256,
+    "hp.tau": 0.25,
+    "hp.lr": 0.1,
+    "hp.beta": 0.6,
+    "eval.taus": (0.25,),
+    "eval.n_eval": 1024,
+    "train.n_log": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +69,10 @@ def test_l2_training_is_rotation_equivariant():
     for kind in ("identity", "haar"):
         cfg = purify.Config().set(**{**SMALL, "data.dictionary": kind, "train.steps": 1000, "train.adv_start": 500})
         res = purify.sweep(cfg, grid={"tau": [0.25]}, seeds=range(100, 100 + SEEDS)).sel(tau=0.25)
-        stats[kind] = {n: (res[n][..., -1, 0] if n == "robust_acc" else res[n][:, -1]) for n in ("purity_nw", "rho_nw", "clean_acc", "robust_acc", "features_nw")}
+        stats[kind] = {
+            n: (res[n][..., -1, 0] if n == "robust_acc" else res[n][:, -1])
+            for n in ("purity_nw", "rho_nw", "clean_acc", "robust_acc", "features_nw")
+        }
     for name in stats["haar"]:
         a, b = stats["identity"][name], stats["haar"][name]
         se = np.sqrt(a.var(ddof=1) / SEEDS + b.var(ddof=1) / SEEDS)
@@ -68,7 +83,7 @@ def test_l2_training_is_rotation_equivariant():
 
 
 def test_oracle_beats_linear_inside_the_window():
-    """SCIENCE section 4: the oracle pure network keeps robustness to Theta(1/sqrt k) while the
+    """docs/science.md section 4: the oracle pure network keeps robustness to Theta(1/sqrt k) while the
     best linear classifier loses it at Theta(1/sqrt d)."""
     cfg = purify.DataConfig(d=64, k=4)
     task = purify.make_task(cfg)
@@ -77,6 +92,8 @@ def test_oracle_beats_linear_inside_the_window():
     f = landmarks.oracle_logits(cfg, task, beta=0.6)
     margin = lambda v: y * f(v)
     for tau in (0.2, 0.3, 0.4):
-        _, oracle, _ = attacks.robust_accuracy(margin, x, y, (tau,), task.label_directions[0], jax.random.key(1), "l2", 20, 2)
+        _, oracle, _ = attacks.robust_accuracy(
+            margin, x, y, task.label_directions[0], jax.random.key(1), attacks.EvalSpec((tau,), "l2", 20, 2)
+        )
         linear = landmarks.linear_robust_accuracy(cfg, tau)
         assert float(oracle[0]) > linear + 0.25, (tau, float(oracle[0]), linear)

@@ -1,5 +1,7 @@
 """The compiled training program: vmapped = single run, no recompiles, chunking, resume, NaNs."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -21,11 +23,13 @@ def test_vmapped_row_equals_single_run():
     run = Run(cfg)
     task = purify.make_task(cfg.data)
     # row (tau=0.3, lr=0.05), seed 7
-    hp = {**cfg.hp.__dict__, "tau": 0.3, "lr": 0.05}
+    hp = {**dataclasses.asdict(cfg.hp), "tau": 0.3, "lr": 0.05}
     single = jax.jit(run.__call__)(jax.random.key(7), hp, task)
     row = res.sel(tau=0.3, lr=0.05, seed=7)
     for name in TRACE:
-        np.testing.assert_allclose(np.asarray(single.trace[name]).squeeze(), row[name].squeeze(), rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(single.trace[name]).squeeze(), row[name].squeeze(), rtol=1e-4, atol=1e-5, err_msg=name
+        )
     np.testing.assert_allclose(np.asarray(single.params["W"]), row["W_final"], rtol=1e-4, atol=1e-6)
 
 
@@ -152,7 +156,15 @@ def test_tau_zero_fgm_is_exactly_clean_training():
 @pytest.mark.parametrize("attack", ["pgd", "surrogate"])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_other_training_attacks_run_and_change_training(attack, norm):
-    cfg = tiny(**{"train.attack": attack, "train.norm": norm, "eval.norm": norm, "train.pgd_steps": 2, "hp.tau": 0.2 if norm == "l2" else 0.05})
+    cfg = tiny(
+        **{
+            "train.attack": attack,
+            "train.norm": norm,
+            "eval.norm": norm,
+            "train.pgd_steps": 2,
+            "hp.tau": 0.2 if norm == "l2" else 0.05,
+        }
+    )
     res = purify.sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=2)
     assert not res.failed().any()
     assert not np.allclose(res["W_final"][0], res["W_final"][1])
@@ -177,13 +189,22 @@ def test_finite_training_set_and_multi_task():
     # every training batch is drawn from the fixed set of 50 examples
     run = Run(cfg)
     task = purify.make_task(cfg.data)
-    state = run.init(jax.random.key(0), cfg.hp.__dict__, task)
+    state = run.init(jax.random.key(0), dataclasses.asdict(cfg.hp), task)
     x, _ = run._batch(state, task, jnp.int32(3))
     dists = jnp.min(jnp.linalg.norm(x[:, None] - state.train_set[0][None], axis=-1), axis=1)
     assert float(dists.max()) == 0.0
 
 
-@pytest.mark.parametrize("variant", [{"model.bias": "fixed"}, {"model.bias": "trainable"}, {"model.activation": "relu"}, {"model.head": "trained"}, {"train.momentum": 0.9}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"model.bias": "fixed"},
+        {"model.bias": "trainable"},
+        {"model.activation": "relu"},
+        {"model.head": "trained"},
+        {"train.momentum": 0.9},
+    ],
+)
 def test_model_variants_train(variant):
     res = purify.sweep(tiny(**variant), seeds=2)
     assert not res.failed().any()

@@ -45,8 +45,14 @@ def _assert_same(a, b, exact=False):
 def test_sharded_over_four_fake_devices_equals_one_device(reference, tmp_path):
     """6 runs on 4 devices: the chunk is padded to 8, the padding dropped."""
     out = tmp_path / "sharded.npz"
-    proc = subprocess.run([sys.executable, str(WORKER), str(out)], env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out)],
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = purify.Results.load(out)
     assert sharded.meta["devices"] == 4
@@ -61,8 +67,16 @@ def _free_port() -> int:
 
 def test_two_processes_under_jax_distributed_equal_one(reference, tmp_path):
     out, port = tmp_path / "dist.npz", str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out), str(i), "2", port], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(out), str(i), "2", port],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
@@ -87,9 +101,29 @@ def test_slices_and_merge_reproduce_the_unsliced_sweep(reference, tmp_path, monk
 
 
 def test_cli_slice_and_merge(tmp_path, capsys):
-    tiny_cli = ["--seeds", "2", "--quiet", "--chunk-size", "1", "--out", str(tmp_path / "fig"),
-                "--set", "data.d=16", "--set", "data.k=2", "--set", "model.width=32", "--set", "train.steps=20",
-                "--set", "train.adv_start=10", "--set", "eval.n_eval=32", "--set", "train.batch=16"]
+    tiny_cli = [
+        "--seeds",
+        "2",
+        "--quiet",
+        "--chunk-size",
+        "1",
+        "--out",
+        str(tmp_path / "fig"),
+        "--set",
+        "data.d=16",
+        "--set",
+        "data.k=2",
+        "--set",
+        "model.width=32",
+        "--set",
+        "train.steps=20",
+        "--set",
+        "train.adv_start=10",
+        "--set",
+        "eval.n_eval=32",
+        "--set",
+        "train.batch=16",
+    ]
     for i in range(2):
         assert main(["run", "fp-dynamics", "--slice", f"{i}/2", "--runs", str(tmp_path / f"r{i}"), *tiny_cli]) == 0
         assert f"slice {i}/2 finished" in capsys.readouterr().out
@@ -107,7 +141,10 @@ def _xla_bytes(cfg, c):
     hp = {n: jnp.full((c,), getattr(cfg.hp, n)) for n in HPARAM_NAMES}
     state = jax.eval_shape(jax.vmap(run.init, in_axes=(0, 0, None)), keys, hp, task)
     sizes = []
-    for fn, args in ((jax.vmap(run.advance, in_axes=(0, None, None)), (state, task, jnp.int32(0))), (jax.vmap(run.finalize, in_axes=(0, None)), (state, task))):
+    for fn, args in (
+        (jax.vmap(run.advance, in_axes=(0, None, None)), (state, task, jnp.int32(0))),
+        (jax.vmap(run.finalize, in_axes=(0, None)), (state, task)),
+    ):
         m = jax.jit(fn, donate_argnums=0).lower(*args).compile().memory_analysis()
         sizes.append(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
     return max(sizes)
@@ -144,3 +181,15 @@ def test_chunk_size_is_chosen_when_not_given(tmp_path):
 def test_keep_params_false_drops_final_weights():
     res = purify.sweep(tiny(), seeds=2, keep_params=False)
     assert "W_final" not in res and "purity_nw" in res
+
+
+def test_a_sweep_on_another_task_is_not_resumed_from_disk(tmp_path):
+    """The resume fingerprint covers the task: a downstream task's sweep must not reuse another's runs."""
+    cfg = tiny(**{"train.steps": 20, "train.adv_start": 10})
+    t1 = purify.make_task(cfg.data)
+    t2 = purify.Task(M=t1.M, w_star=-t1.w_star)
+    a = purify.sweep(cfg, grid={"tau": [0.0]}, seeds=1, task=t1, out_dir=tmp_path)
+    b = purify.sweep(cfg, grid={"tau": [0.0]}, seeds=1, task=t2, out_dir=tmp_path)
+    again = purify.sweep(cfg, grid={"tau": [0.0]}, seeds=1, task=t2, out_dir=tmp_path)
+    assert not np.allclose(a["W_final"], b["W_final"])
+    np.testing.assert_array_equal(b["W_final"], again["W_final"])
