@@ -186,7 +186,29 @@ def cmd_figures(args) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.compare:
+        return _compare(args)
     return 0
+
+
+def _compare(args) -> int:
+    """Print every value of the JSONs in --out that differs from the same experiment's JSON in --compare."""
+    import json
+
+    from .experiment import compare_records
+
+    moved = 0
+    for exp in _selected(args.only):
+        ref, new = Path(args.compare) / f"{exp.id}.json", Path(args.out) / f"{exp.id}.json"
+        if not ref.exists() or not new.exists():
+            print(f"{exp.id}: nothing to compare ({ref if not ref.exists() else new} is missing)")
+            continue
+        diffs = compare_records(json.loads(ref.read_text()), json.loads(new.read_text()))
+        moved += bool(diffs)
+        print(f"{exp.id}: " + (f"identical to {ref}" if not diffs else f"{len(diffs)} value(s) differ from {ref}"))
+        for path, a, b in diffs[:20]:
+            print(f"    {path}: {a!r} -> {b!r}")
+    return 1 if moved else 0
 
 
 def cmd_check(args) -> int:
@@ -292,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--rerun", action="store_true", help="run every experiment anew instead of redrawing")
     pf.add_argument("--preset", default="cpu")
     pf.add_argument("--only", default=None, help="comma-separated experiment ids")
+    pf.add_argument(
+        "--compare",
+        default=None,
+        metavar="DIR",
+        help="then list every value of the JSONs in --out that differs from DIR's (exit 1 if any does)",
+    )
     pf.set_defaults(func=cmd_figures)
     pc = sub.add_parser("check", help="run every experiment's preset and print a table of verdicts")
     pc.add_argument("--preset", default="cpu")

@@ -290,6 +290,33 @@ def save_figure(exp: Experiment, record: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+VOLATILE = ("provenance", "wall_seconds")  # what legitimately differs between two runs of one config
+
+
+def compare_records(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """Every number (or other value) that differs between two result records, as (path, old,
+    new); provenance and wall time are left out, NaN equals NaN."""
+    out: list[tuple[str, object, object]] = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                if not path and k in VOLATILE:
+                    continue
+                if k not in a or k not in b:
+                    out.append((f"{path}/{k}", a.get(k, "<absent>"), b.get(k, "<absent>")))
+                else:
+                    walk(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+            out.append((path, a, b))
+
+    walk(old, new, "")
+    return out
+
+
 def print_verdicts(record: dict) -> None:
     for v in record.get("verdicts", []):
         lo, hi = v["ci95"]

@@ -168,3 +168,27 @@ def _tiny_overrides():
     from purify.cli import _parse_sets
 
     return _parse_sets([TINY[i + 1] for i in range(0, len(TINY) - 1, 2) if TINY[i] == "--set"])
+
+
+def test_figures_compare_lists_every_moved_number(tmp_path, capsys):
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    record = {
+        "experiment": "fp-dynamics",
+        "provenance": {"created": 1},
+        "wall_seconds": 3,
+        "final": {"x": [0.5, float("nan")]},
+    }
+    (a / "fp-dynamics.json").write_text(json.dumps(record))
+    (b / "fp-dynamics.json").write_text(json.dumps({**record, "provenance": {"created": 2}, "wall_seconds": 9}))
+    args = ["figures", "--only", "fp-dynamics", "--out", str(b), "--compare", str(a)]
+    from purify.cli import _compare, build_parser
+
+    assert _compare(build_parser().parse_args(args)) == 0
+    assert "identical" in capsys.readouterr().out
+    (b / "fp-dynamics.json").write_text(json.dumps({**record, "final": {"x": [0.625, float("nan")]}}))
+    assert _compare(build_parser().parse_args(args)) == 1
+    assert "/final/x[0]: 0.5 -> 0.625" in capsys.readouterr().out
