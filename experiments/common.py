@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purify import downstream as ds
-from purify import metrics
+from purify import downstream, metrics
 from purify.config import Config
 from purify.data import Task
 from purify.downstream import select_by_validation
@@ -97,9 +96,9 @@ def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[d
         ["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()
     ]
     return {
-        "clean": ds.backbones(sup, rows=0),
-        "fgm": ds.backbones(sup, rows=1),
-        "pgd": ds.backbones(pgd, rows=0),
+        "clean": downstream.backbones(sup, rows=0),
+        "fgm": downstream.backbones(sup, rows=1),
+        "pgd": downstream.backbones(pgd, rows=0),
     }, failed
 
 
@@ -117,7 +116,7 @@ def contrastive_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, 
     return ctx.sweep(pcfg, grid={"noise": list(noises), "tau": taus}, seeds=seeds, task=task)
 
 
-def down_config(cfg: Config, options: dict, **kw) -> ds.DownstreamConfig:
+def down_config(cfg: Config, options: dict, **kw) -> downstream.DownstreamConfig:
     """Downstream sizes that scale with the pre-training config: a quarter of its steps, its
     batch halved, its evaluation size and radii, and options['n_down'] training samples."""
     base = {
@@ -134,7 +133,7 @@ def down_config(cfg: Config, options: dict, **kw) -> ds.DownstreamConfig:
         "noise": cfg.hp.noise,
     }
     base.update(kw)
-    return ds.DownstreamConfig(**base)
+    return downstream.DownstreamConfig(**base)
 
 
 def snapshot_steps(cfg: Config, fractions) -> tuple[int, ...]:
@@ -171,7 +170,7 @@ def features_per_neuron(W: np.ndarray, M) -> np.ndarray:
 def probe(
     ctx: Context,
     cfg: Config,
-    dc: ds.DownstreamConfig,
+    dc: downstream.DownstreamConfig,
     task: Task,
     backbone: dict,
     seeds: np.ndarray,
@@ -198,7 +197,14 @@ def broadcast_backbone(backbone: dict, lead: tuple[int, ...], axes: tuple[int, .
 
 
 def clean_heads(
-    ctx: Context, cfg: Config, dc: ds.DownstreamConfig, task: Task, backbone: dict, seeds: np.ndarray, thetas: dict, lrs
+    ctx: Context,
+    cfg: Config,
+    dc: downstream.DownstreamConfig,
+    task: Task,
+    backbone: dict,
+    seeds: np.ndarray,
+    thetas: dict,
+    lrs,
 ) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
     (d,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning

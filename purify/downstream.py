@@ -321,25 +321,28 @@ def fit_and_evaluate(
     chunk: int = 256,
     out_dir: str | Path | None = None,
     devices=None,
+    run_slice: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit and evaluate a flat batch of R downstream runs; every argument but cfg, dc, M is (R, ...) or broadcast.
+    """Fit and evaluate a flat batch of n_runs downstream runs; every argument but cfg, dc, M is
+    (n_runs, ...) or broadcast. run_slice=(i, n): compute and save only block i of n of the
+    chunks, then raise SliceFinished (merge the slices' folders, then call again).
 
     cfg: the backbones' config (its data model and architecture: unit, threshold rule). backbone:
-    the pre-trained parameters as saved, {'W': (R, m, d)} plus 'b' (R, m) for fixed or trainable
-    thresholds (see `backbones`; a head 'a' is ignored). seeds (R,) ints pick the data and init
-    keys; beta, n, lr, probe_lr, tau, lam (R,) or scalars. Runs go through one jit(vmap)
+    the pre-trained parameters as saved, {'W': (n_runs, m, d)} plus 'b' (n_runs, m) for fixed or trainable
+    thresholds (see `backbones`; a head 'a' is ignored). seeds (n_runs,) ints pick the data and init
+    keys; beta, n, lr, probe_lr, tau, lam (n_runs,) or scalars. Runs go through one jit(vmap)
     program in chunks of `chunk` (`purify.execute`); with out_dir, finished chunks are saved
-    and a repeated call resumes. Returns numpy arrays with a leading (R,) axis, as
+    and a repeated call resumes. Returns numpy arrays with a leading (n_runs,) axis, as
     `make_evaluate` names them, plus 'params' (the fitted parameters) and 'failed'
     (non-finite parameters).
     """
     seeds = np.asarray(seeds)
-    R = len(seeds)
+    n_runs = len(seeds)
     backbone = {k: np.asarray(v, np.float32) for k, v in network.backbone_params(backbone).items()}
     if "W" not in backbone or not set(backbone) <= {"W", "b"}:
         raise ConfigError(
-            f"backbone={sorted(backbone)} is not allowed: must hold 'W' (R, m, d) and, for fixed or trainable "
-            "thresholds, 'b' (R, m); see purify.downstream.backbones"
+            f"backbone={sorted(backbone)} is not allowed: must hold 'W' (n_runs, m, d) and, for fixed or trainable "
+            "thresholds, 'b' (n_runs, m); see purify.downstream.backbones"
         )
     m, d = backbone["W"].shape[-2:]
     arch = network.Architecture.of(cfg.validate())
@@ -348,24 +351,26 @@ def fit_and_evaluate(
             f"backbone={sorted(backbone)} is not allowed with model.bias={arch.bias!r}: pass the saved thresholds 'b'"
         )
     dc = dc.validate(m, d)
-    n_arr = np.broadcast_to(np.asarray(n), (R,)).astype(np.int32)
+    n_arr = np.broadcast_to(np.asarray(n), (n_runs,)).astype(np.int32)
     if n_arr.min() < 1 or n_arr.max() > dc.n_max:
         raise ConfigError(
             f"n={sorted(set(n_arr.tolist()))} is not allowed: every downstream sample size must be in "
             f"1..down.n_max={dc.n_max}"
         )
-    full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (R,))
+    full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (n_runs,))
     hp = {"lr": full(lr), "probe_lr": full(lr if probe_lr is None else probe_lr), "tau": full(tau), "lam": full(lam)}
-    beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (R, d))
+    beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (n_runs, d))
     shapes = {"W": (m, d), "b": (m,)}
-    backbone = {k: np.broadcast_to(v, (R, *shapes[k])) for k, v in backbone.items()}
+    backbone = {k: np.broadcast_to(v, (n_runs, *shapes[k])) for k, v in backbone.items()}
     # only the latent model matters downstream: configs that differ elsewhere share programs
     data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
     fit, evaluate = _compiled(data, dc, arch)
     keys = run_keys(seeds)
     M = jnp.asarray(M)
     devices = list(devices or jax.local_devices())
-    plan = make_plan(R, chunk, len(devices))
+    if run_slice is not None and out_dir is None:
+        raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
+    plan = make_plan(n_runs, chunk, len(devices), run_slice)
     spec = {
         "kind": "downstream",
         "data": dataclasses.asdict(data),
@@ -392,16 +397,16 @@ def fit_and_evaluate(
         e.update({f"params/{k}": np.asarray(v) for k, v in p.items()})
         return e
 
-    flat = execute(plan, ChunkStore(out_dir, fingerprint(spec)), compute)
+    flat = execute(plan, ChunkStore(out_dir, fingerprint(spec)), compute, slice_mode=run_slice is not None)
     result = {k: v for k, v in flat.items() if not k.startswith("params/")}
     result["params"] = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
-    finite = np.stack([np.isfinite(a.reshape(R, -1)).all(-1) for a in result["params"].values()]).all(0)
+    finite = np.stack([np.isfinite(a.reshape(n_runs, -1)).all(-1) for a in result["params"].values()]).all(0)
     result["failed"] = ~finite
     return result
 
 
 def backbones(res, rows=None) -> dict[str, np.ndarray]:
-    """The final parameters of a sweep's networks as frozen backbones: {'W': (R, m, d), ['b': (R, m)]}
+    """The final parameters of a sweep's networks as frozen backbones: {'W': (n_runs, m, d), ['b': (n_runs, m)]}
     with the (hparam, seed) axes (or `rows` of hparam) flattened into one run axis."""
     out = {}
     for name in ("W", "b", "U", "V"):

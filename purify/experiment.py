@@ -138,7 +138,7 @@ class Context:
         """`purify.downstream.fit_and_evaluate`, resumable in this context's runs folder."""
         from .downstream import fit_and_evaluate
 
-        return fit_and_evaluate(cfg, dc, M, out_dir=self.runs_dir, **kwargs)
+        return fit_and_evaluate(cfg, dc, M, out_dir=self.runs_dir, run_slice=self.run_slice, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,12 @@ class Results:
     def _take(self, dim: str, index, drop: bool) -> Results:
         arrays, dims = {}, {}
         for name, arr in self.arrays.items():
-            ds = self.dims[name]
-            if dim in ds:
-                ax = ds.index(dim)
+            axes = self.dims[name]
+            if dim in axes:
+                ax = axes.index(dim)
                 arr = np.take(arr, index, axis=ax)
-                ds = ds[:ax] + ds[ax + 1 :] if drop else ds
-            arrays[name], dims[name] = arr, ds
+                axes = axes[:ax] + axes[ax + 1 :] if drop else axes
+            arrays[name], dims[name] = arr, axes
         coords = dict(self.coords)
         if drop:
             coords.pop(dim)
@@ -177,12 +177,12 @@ class Results:
             fail, fail_dims = self.arrays["failed_step"] >= 0, self.dims["failed_step"]
         arrays, dims = {}, {}
         for name, arr in self.arrays.items():
-            ds = self.dims[name]
-            if dim in ds:
-                if fail is not None and fail.any() and ds[: len(fail_dims)] == fail_dims and arr.dtype.kind == "f":
+            axes = self.dims[name]
+            if dim in axes:
+                if fail is not None and fail.any() and axes[: len(fail_dims)] == fail_dims and arr.dtype.kind == "f":
                     arr = np.where(fail.reshape(fail.shape + (1,) * (arr.ndim - fail.ndim)), np.nan, arr)
-                arr, ds = fn(arr, axis=ds.index(dim)), tuple(d for d in ds if d != dim)
-            arrays[name], dims[name] = arr, ds
+                arr, axes = fn(arr, axis=axes.index(dim)), tuple(d for d in axes if d != dim)
+            arrays[name], dims[name] = arr, axes
         coords = {d: v for d, v in self.coords.items() if d != dim}
         return Results(arrays, dims, coords, self.hp, self.meta)
 

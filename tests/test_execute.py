@@ -47,3 +47,28 @@ def test_downstream_fits_resume_from_their_chunks(tmp_path, monkeypatch):
     for k in ("clean", "robust", "val_clean"):
         np.testing.assert_array_equal(again[k], first[k])
     np.testing.assert_array_equal(again["params"]["v"], first["params"]["v"])
+
+
+def test_downstream_fits_slice_like_sweeps(tmp_path):
+    cfg = tiny()
+    task = purify.make_task(cfg.data)
+    W = np.asarray(jax.random.normal(jax.random.key(1), (4, 32, 16))) * 0.3
+    dc = purify.DownstreamConfig(steps=5, n_max=32, n_val=16, n_test=16, batch=8, taus=(0.1,), eval_pgd_steps=1)
+    kw = {
+        "seeds": [0, 1, 2, 3],
+        "backbone": {"W": W},
+        "beta": 0.6,
+        "theta": np.ones(16),
+        "n": 32,
+        "lr": 0.01,
+        "chunk": 1,
+    }
+    whole = purify.fit_and_evaluate(cfg, dc, task.M, **kw)
+    for i in range(2):
+        with pytest.raises(purify.SliceFinished):
+            purify.fit_and_evaluate(cfg, dc, task.M, **kw, out_dir=tmp_path / f"s{i}", run_slice=(i, 2))
+    purify.merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all")
+    assert len(list((tmp_path / "all").glob("*/runs_*.npz"))) == 4
+    merged = purify.fit_and_evaluate(cfg, dc, task.M, **kw, out_dir=tmp_path / "all")
+    np.testing.assert_array_equal(merged["robust"], whole["robust"])
+    np.testing.assert_array_equal(merged["params"]["v"], whole["params"]["v"])
