@@ -78,6 +78,26 @@ RADIUS_OPTIONS = (
     ),
 )
 N_DOWN = Option("n_down", int, 2048, "downstream training-set size drawn per run", lo=1)
+OBJECTIVES = Option(
+    "objectives", str, ("infonce", "spectral"), "contrastive objectives", choices=("infonce", "spectral"), many=True
+)
+VIEW_NOISES = Option(
+    "view_noises",
+    float,
+    CONTRASTIVE_VIEW_NOISES["cpu"],
+    "view-noise levels σ of contrastive pre-training",
+    lo=0.0,
+    many=True,
+)
+DOWN_LRS = Option(
+    "down_lrs",
+    float,
+    (0.003, 0.01, 0.03),
+    "learning rates of the clean heads (chosen on validation)",
+    lo=0.0,
+    strict_lo=True,
+    many=True,
+)
 
 
 def radius_grid(cfg: Config, options: dict) -> np.ndarray:

@@ -24,8 +24,11 @@ from purify.stats import verdict
 from .common import (
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
+    DOWN_LRS,
     N_DOWN,
+    OBJECTIVES,
     PRETRAIN_PRESETS,
+    VIEW_NOISES,
     clean_heads,
     contrastive_backbones,
     contrastive_config,
@@ -242,14 +245,7 @@ EXPERIMENT = Experiment(
     run=run,
     plot=plot,
     options=(
-        Option(
-            "objectives",
-            str,
-            ("infonce", "spectral"),
-            "contrastive objectives",
-            choices=("infonce", "spectral"),
-            many=True,
-        ),
+        OBJECTIVES,
         Option(
             "attacks",
             str,
@@ -258,17 +254,9 @@ EXPERIMENT = Experiment(
             choices=("fgm", "pgd"),
             many=True,
         ),
-        Option("view_noises", float, CONTRASTIVE_VIEW_NOISES["cpu"], "view-noise levels σ", lo=0.0, many=True),
+        VIEW_NOISES,
         N_DOWN,
-        Option(
-            "down_lrs",
-            float,
-            (0.003, 0.01, 0.03),
-            "learning rates of the clean heads (chosen on validation)",
-            lo=0.0,
-            strict_lo=True,
-            many=True,
-        ),
+        DOWN_LRS,
     ),
 )
 

@@ -19,7 +19,9 @@ from purify.stats import verdict
 from .common import (
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
+    OBJECTIVES,
     PRETRAIN_PRESETS,
+    VIEW_NOISES,
     contrastive_backbones,
     contrastive_config,
     contrastive_name,
@@ -177,22 +179,8 @@ EXPERIMENT = Experiment(
     plot=plot,
     options=(
         Option("pgd", bool, True, "also pre-train with PGD (supervised)"),
-        Option(
-            "objectives",
-            str,
-            ("infonce", "spectral"),
-            "contrastive objectives",
-            choices=("infonce", "spectral"),
-            many=True,
-        ),
-        Option(
-            "view_noises",
-            float,
-            CONTRASTIVE_VIEW_NOISES["cpu"],
-            "view-noise levels σ of contrastive pre-training",
-            lo=0.0,
-            many=True,
-        ),
+        OBJECTIVES,
+        VIEW_NOISES,
     ),
 )
 

@@ -22,6 +22,7 @@ from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
 from .common import (
+    DOWN_LRS,
     N_DOWN,
     PRETRAIN_PRESETS,
     clean_heads,
@@ -330,15 +331,7 @@ OPTIONS = (
     ),
     Option("n_tasks", int, 3, "tasks of the multi-task backbone", lo=2),
     N_DOWN,
-    Option(
-        "down_lrs",
-        float,
-        (0.003, 0.01, 0.03),
-        "learning rates of the clean heads (chosen on validation)",
-        lo=0.0,
-        strict_lo=True,
-        many=True,
-    ),
+    DOWN_LRS,
 )
 
 
