@@ -111,6 +111,8 @@ def cmd_run(args) -> int:
             progress=not args.quiet,
             chunk_size=args.chunk_size,
             run_slice=run_slice,
+            overwrite=args.overwrite,
+            checkpoint_seconds=args.checkpoint_every,
         )
     except SliceFinished as done:
         print(f"purify: {done}")
@@ -123,10 +125,7 @@ def cmd_run(args) -> int:
     print_verdicts(record)
     if record.get("failed_runs"):
         print(f"  warning: {len(record['failed_runs'])} run(s) saw NaN/inf (hparam, seed): {record['failed_runs']}")
-    print(
-        f"wrote {Path(args.out) / (record['experiment'] + '.json')} and "
-        f"{Path(args.out) / (record['experiment'] + '.png')}"
-    )
+    print(f"wrote {record.written[0]} and {record.written[1]}")
     return 0
 
 
@@ -171,10 +170,17 @@ def cmd_figures(args) -> int:
     # experiments of this rerun that need the same sweep still train it once
     scratch = tempfile.TemporaryDirectory(prefix="purify-rerun-") if args.rerun else None
     for exp in _selected(args.only):
-        path = Path(args.out) / f"{exp.id}.json"
+        path = Path(args.out or "figures") / f"{exp.id}.json"
         if args.rerun:
-            run_experiment(exp.id, preset=args.preset, out=args.out, runs_dir=scratch.name, progress=False)
-            print(f"reran {exp.id} from scratch -> {path.with_suffix('.png')}")
+            record = run_experiment(
+                exp.id,
+                preset=args.preset,
+                out=args.out,
+                runs_dir=scratch.name,
+                progress=False,
+                overwrite=args.overwrite,
+            )
+            print(f"reran {exp.id} from scratch -> {record.written[0]}, {record.written[1]}")
         elif path.exists():
             save_figure(exp, json.loads(path.read_text()), path.with_suffix(".png"))
             print(f"redrew {path.with_suffix('.png')} from {path}")
@@ -182,7 +188,7 @@ def cmd_figures(args) -> int:
             missing.append(exp.id)
     if missing:
         print(
-            f"purify: error: no saved JSON for {', '.join(missing)} in {args.out}; run them first or use --rerun",
+            f"purify: error: no saved JSON for {', '.join(missing)} in {args.out or 'figures'}; run them first or use --rerun",
             file=sys.stderr,
         )
         return 1
@@ -199,7 +205,7 @@ def _compare(args) -> int:
 
     moved = 0
     for exp in _selected(args.only):
-        ref, new = Path(args.compare) / f"{exp.id}.json", Path(args.out) / f"{exp.id}.json"
+        ref, new = Path(args.compare) / f"{exp.id}.json", Path(args.out or "figures") / f"{exp.id}.json"
         if not ref.exists() or not new.exists():
             print(f"{exp.id}: nothing to compare ({ref if not ref.exists() else new} is missing)")
             continue
@@ -230,6 +236,7 @@ def cmd_check(args) -> int:
                 runs_dir=args.runs,
                 overrides=overrides,
                 progress=False,
+                overwrite=args.overwrite,
             )
         except Exception:  # noqa: BLE001 (any failure here is the toolkit's, reported per experiment)
             broken.append(exp.id)
@@ -262,6 +269,28 @@ def cmd_merge(args) -> int:
     return 0
 
 
+OUT_HELP = (
+    "folder for ID.json and ID.png (default: figures/, the committed records; a run whose preset, seeds or "
+    "overrides differ from the record there writes to RUNS/figures/ instead, unless --overwrite)"
+)
+RUNS_HELP = (
+    "folder for finished run chunks and checkpoints, found again on resume (default: runs); safe to share "
+    "between concurrent runs"
+)
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, seeds: bool = True, runs: bool = True) -> None:
+    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores, the default) or gpu (paper scale)")
+    if seeds:
+        p.add_argument("--seeds", type=int, default=None, help="number of seeds, >= 2 (default: the preset's)")
+    p.add_argument("--out", default=None, help=OUT_HELP)
+    if runs:
+        p.add_argument("--runs", default="runs", help=RUNS_HELP)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the committed record in figures/ even if it differs"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="purify", description="Theory simulations of adversarial robustness.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,12 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--settings", action="store_true", help="also list every --set key with its default")
     pl.set_defaults(func=cmd_list)
     pr = sub.add_parser("run", help="run one experiment; writes OUT/ID.json and OUT/ID.png")
-    pr.add_argument("experiment")
-    pr.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) or gpu (paper scale)")
-    pr.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-    pr.add_argument("--out", default="figures", help="folder for the figure and JSON (default: figures)")
-    pr.add_argument("--runs", default="runs", help="folder for resumable run chunks (default: runs)")
-    pr.add_argument("--no-resume", action="store_true", help="keep nothing on disk between runs")
+    pr.add_argument("experiment", help="an experiment id (see `purify list`)")
+    _add_run_options(pr)
+    pr.add_argument("--no-resume", action="store_true", help="keep nothing on disk between runs (no --runs folder)")
     pr.add_argument(
         "--set",
         action="append",
@@ -283,10 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument(
+        "--verbose", action="store_true", help="say which run chunks are computed, loaded, resumed or waited for"
+    )
+    pr.add_argument(
         "--chunk-size",
         type=int,
         default=None,
-        help="networks per compiled call (default: as many as fit half the memory)",
+        help="networks per compiled call (default: as many as fit half the memory; checked against the memory)",
+    )
+    pr.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="write the training state of the chunk in flight at most this often (default 60; 0: after every "
+        "step call); Ctrl-C always writes it",
     )
     pr.add_argument(
         "--slice",
@@ -307,13 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument("--steps", type=int, default=50, help="SGD steps per timed call")
     pb.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
-    pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json")
+    pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json (default: figures)")
     pb.set_defaults(func=cmd_bench)
     pf = sub.add_parser("figures", help="redraw every figure from its saved JSON (or --rerun the experiments)")
-    pf.add_argument("--out", default="figures")
-    pf.add_argument("--rerun", action="store_true", help="run every experiment anew instead of redrawing")
-    pf.add_argument("--preset", default="cpu")
-    pf.add_argument("--only", default=None, help="comma-separated experiment ids")
+    _add_run_options(pf, seeds=False, runs=False)
+    pf.add_argument(
+        "--rerun", action="store_true", help="run every experiment anew (from scratch) instead of redrawing"
+    )
+    pf.add_argument("--only", default=None, help="comma-separated experiment ids (default: all)")
     pf.add_argument(
         "--compare",
         default=None,
@@ -322,11 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pf.set_defaults(func=cmd_figures)
     pc = sub.add_parser("check", help="run every experiment's preset and print a table of verdicts")
-    pc.add_argument("--preset", default="cpu")
-    pc.add_argument("--out", default="figures")
-    pc.add_argument("--runs", default="runs")
-    pc.add_argument("--only", default=None, help="comma-separated experiment ids")
-    pc.add_argument("--seeds", type=int, default=None)
+    _add_run_options(pc)
+    pc.add_argument("--only", default=None, help="comma-separated experiment ids (default: all)")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting in every experiment")
     pc.set_defaults(func=cmd_check)
     pm = sub.add_parser("merge", help="gather the run chunks of several --slice jobs into one folder")
@@ -341,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command line only writes files; a REPL keeps its own backend
+    import logging
+
+    log = logging.getLogger("purify")  # the toolkit's own notes, on stderr
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("purify: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     try:
         if args.command in ("run", "check", "figures"):  # bench measures compile time: no disk cache there
             _enable_compilation_cache()

@@ -358,10 +358,27 @@ class Config:
                 sec, name = owners[0], key
             if sec not in sections or not name_in(sections[sec], name):
                 _fail(key, value, "unknown setting; see `purify list --settings`")
+            value = plain(value)
             if isinstance(getattr(sections[sec], name), tuple) and not isinstance(value, tuple):
                 value = (value,)
             sections[sec] = dataclasses.replace(sections[sec], **{name: value})
         return Config(**sections)
+
+
+def plain(value: Any) -> Any:
+    """A value as Python writes it: NumPy scalars and 0-d arrays become numbers, 1-d arrays and
+    lists become tuples (what a REPL user has in hand is accepted wherever a number is)."""
+    if hasattr(value, "ndim") and hasattr(value, "dtype"):
+        import numpy as np
+
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            # float32 0.1 is 0.1, not 0.10000000149011612: the shortest decimal that names it
+            return float(str(arr[()])) if arr.dtype.kind == "f" else arr.item()
+        return tuple(plain(v) for v in arr)
+    if isinstance(value, (list, tuple)):
+        return tuple(plain(v) for v in value)
+    return value
 
 
 def name_in(obj: Any, name: str) -> bool:

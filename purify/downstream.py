@@ -48,6 +48,7 @@ from .config import NORMS, Config, ConfigError, DataConfig, _choice, _float, _in
 from .data import Task, sample
 from .execute import execute
 from .plan import make_plan
+from .results import writable_folder
 from .store import ChunkStore, array_digest, fingerprint
 
 METHODS = ("probe", "bias", "lowrank", "full")
@@ -370,6 +371,8 @@ def fit_and_evaluate(
     devices = list(devices or jax.local_devices())
     if run_slice is not None and out_dir is None:
         raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
+    if out_dir is not None:
+        writable_folder(out_dir, "out_dir")
     plan = make_plan(n_runs, chunk, len(devices), run_slice)
     spec = {
         "kind": "downstream",
@@ -382,7 +385,7 @@ def fit_and_evaluate(
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs = NamedSharding(mesh, P("runs"))
 
-    def compute(idx):
+    def compute(idx, work):
         put = lambda tree: jax.device_put(tree, on_runs)
         p = fit(
             put(keys[idx]),

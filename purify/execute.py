@@ -1,32 +1,49 @@
 """The one loop that computes a batch of runs: every pre-training sweep and downstream fit.
 
 `execute(plan, store, compute)` walks the plan's chunks; a chunk found in the store is loaded,
-any other is computed by `compute(indices)` (one compiled call over the padded run indices)
-and saved before the next begins. Ctrl-C raises `SweepInterrupted` (every finished chunk is
-already on disk), a job-array slice raises `SliceFinished` once its chunks are saved, and under
-`jax.distributed` the runs of every process are all-gathered so each process returns them all.
+any other is locked for this process and computed by `compute(indices, work)` (compiled calls
+over the padded run indices), which checkpoints its state through `work` every
+`checkpoint_seconds` and resumes from the last checkpoint; the finished chunk is saved before
+the next begins. Ctrl-C writes a checkpoint and raises `SweepInterrupted`, which says exactly
+how much is on disk in the progress bar's unit; a job-array slice raises `SliceFinished` once
+its chunks are saved, and under `jax.distributed` the runs of every process are all-gathered
+so each process returns them all.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 from .plan import Plan
-from .store import ChunkStore
+from .store import ChunkLock, ChunkStore, holder
+
+log = logging.getLogger("purify")
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a batch of runs; finished chunks are already on disk when a store was given."""
+    """Ctrl-C during a batch of runs. `saved` of `total` units (the progress bar's unit) are on
+    disk: finished chunks plus the checkpoint of the chunk in flight; `position` were computed."""
 
-    def __init__(self, done: int, total: int, out_dir: Path | None):
-        self.done, self.total, self.out_dir = done, total, out_dir
-        where = (
-            f"saved in {out_dir}; run the same command again to resume" if out_dir else "not saved (no output folder)"
-        )
-        super().__init__(f"interrupted: {done} of {total} run chunk(s) finished and {where}")
+    def __init__(self, position: int, saved: int, total: int, unit: str, layout: str, out_dir: Path | None):
+        self.position, self.saved, self.total, self.unit = position, saved, total, unit
+        self.out_dir = out_dir
+        head = f"interrupted at {unit} {position} of {total} ({layout})"
+        if out_dir is None:
+            tail = "nothing is saved (no runs folder)"
+        elif saved == 0:
+            tail = f"nothing saved yet in {out_dir}"
+        else:
+            tail = f"{saved} of {total} {unit}s are saved in {out_dir}; run the same command again to resume there"
+        super().__init__(f"{head}: {tail}")
 
 
 class SliceFinished(Exception):
@@ -41,7 +58,7 @@ class SliceFinished(Exception):
 
 
 class Progress:
-    """A tqdm bar counted in `unit`s, `per_chunk` of them per chunk; `tick()` advances one."""
+    """A tqdm bar counted in `unit`s, `per_chunk` of them per chunk."""
 
     def __init__(self, total_chunks: int, per_chunk: int, desc: str, unit: str):
         from tqdm.auto import tqdm
@@ -56,43 +73,175 @@ class Progress:
         self.bar.close()
 
 
+class ChunkWork:
+    """What `compute` sees of the chunk it computes: the checkpoint to resume from, and where
+    to report progress. `advanced(done, state)` after each piece of work ticks the bar, shows
+    the chunk's lock is alive and, when `checkpoint_seconds` have passed, writes the training
+    state (`state()`: flat arrays) atomically; `interrupted(state)` writes it at once."""
+
+    def __init__(self, store: ChunkStore, lo: int, hi: int, lock: ChunkLock, bar, checkpoint_seconds: float):
+        self.store, self.lo, self.hi, self.lock, self.bar = store, lo, hi, lock, bar
+        self.every = float(checkpoint_seconds)
+        self.done = self.saved = 0  # units computed / units in the checkpoint on disk
+        self._last, self._cost = time.monotonic(), 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone looks at this chunk's progress (a bar, or a store for checkpoints)."""
+        return self.bar is not None or self.store.root is not None
+
+    def resume(self) -> dict | None:
+        """The checkpoint's arrays (`__done__` is the units it holds), or None to start afresh."""
+        ckpt = self.store.load_checkpoint(self.lo, self.hi)
+        if ckpt is not None:
+            self.done = self.saved = int(ckpt["__done__"])
+            log.info("resuming runs %d..%d from their checkpoint at %d", self.lo, self.hi - 1, self.done)
+            if self.bar is not None:
+                self.bar.tick(self.done)
+        return ckpt
+
+    def advanced(self, done: int, state: Callable[[], dict]) -> None:
+        if self.bar is not None:
+            self.bar.tick(done - self.done)
+        self.done = done
+        self.lock.refresh()
+        # never spend more than about a fifth of the time writing checkpoints
+        if time.monotonic() - self._last >= max(self.every, 4 * self._cost):
+            self.checkpoint(state())
+
+    def interrupted(self, state: dict | None) -> None:
+        if state is not None and self.done > self.saved:
+            self.checkpoint(state)
+
+    def checkpoint(self, arrays: dict) -> None:
+        if self.store.root is None:
+            return
+        t = time.monotonic()
+        self.store.save_checkpoint(self.lo, self.hi, {**arrays, "__done__": np.asarray(self.done)})
+        self.saved = self.done
+        self._last = time.monotonic()
+        self._cost = self._last - t
+
+
+class DeferredInterrupt:
+    """Within `with`, the first Ctrl-C is noted and raised by `check()` at the next consistent
+    point (the end of a step call, whose state can then be checkpointed: a call in flight has
+    consumed its input); a second Ctrl-C raises at once. Outside the main thread, where no signal
+    handler can be set, Ctrl-C behaves as usual."""
+
+    def __init__(self):
+        self.hit, self._previous = False, None
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        print("\npurify: stopping after the step call in flight (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def execute(
     plan: Plan,
     store: ChunkStore,
-    compute: Callable[[np.ndarray], dict],
+    compute: Callable[[np.ndarray, ChunkWork], dict],
     *,
-    progress: Progress | None = None,
+    per_chunk: int = 1,
+    unit: str = "chunk",
+    desc: str = "",
+    progress: bool = False,
+    checkpoint_seconds: float = 60.0,
     slice_mode: bool = False,
     distributed: bool = False,
+    poll_seconds: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """Every run's arrays, (n_runs, ...) each (only this share's runs in slice mode, which raises).
 
-    compute(indices) -> {name: (len(indices), ...)} for the padded run indices of one chunk; it
-    may call progress.tick() per unit of work. A chunk's padding is dropped before it is saved.
+    compute(indices, work) -> {name: (len(indices), ...)} for the padded run indices of one
+    chunk; `per_chunk` units of work (the bar's `unit`) per chunk, reported through `work`
+    (`ChunkWork`), which also resumes and writes checkpoints. A chunk's padding is dropped
+    before it is saved. A chunk locked by another live process is left to it: this process
+    computes the others, then waits for that one's file.
     """
-    pieces, done = [], 0
+    bar = Progress(len(plan.chunks), per_chunk, desc, unit) if progress else None
+    pieces: dict[int, dict] = {}
+    work: ChunkWork | None = None
+    pending, told = list(plan.chunks), set()
     try:
-        for c in plan.chunks:
-            lo, hi = plan.bounds(c)
-            piece = store.load(lo, hi)
-            if piece is None:
-                piece = {k: np.asarray(v)[: hi - lo] for k, v in compute(plan.indices(c)).items()}
-                store.save(lo, hi, piece)
-            elif progress is not None:
-                progress.tick(progress.per_chunk)
-            pieces.append(piece)
-            done += 1
+        while pending:
+            for c in list(pending):
+                lo, hi = plan.bounds(c)
+                piece = store.load(lo, hi)
+                if piece is None:
+                    lock = store.lock(lo, hi)
+                    if lock is None:
+                        if c not in told:
+                            told.add(c)
+                            log.warning(
+                                "runs %d..%d are being computed by %s; waiting for them",
+                                lo,
+                                hi - 1,
+                                holder_of(store, lo, hi),
+                            )
+                        continue
+                    with lock:
+                        piece = store.load(lo, hi)  # another process may have finished it meanwhile
+                        if piece is None:
+                            work = ChunkWork(store, lo, hi, lock, bar, checkpoint_seconds)
+                            log.info("computing runs %d..%d in %s", lo, hi - 1, store.folder)
+                            out = compute(plan.indices(c), work)
+                            piece = {k: np.asarray(v)[: hi - lo] for k, v in out.items()}
+                            store.save(lo, hi, piece)
+                            work = None
+                        else:
+                            log.info(
+                                "loaded runs %d..%d from %s (finished by another process)", lo, hi - 1, store.folder
+                            )
+                            if bar is not None:
+                                bar.tick(per_chunk)
+                else:
+                    log.info("loaded runs %d..%d from %s", lo, hi - 1, store.folder)
+                    if bar is not None:
+                        bar.tick(per_chunk)
+                pieces[c] = piece
+                pending.remove(c)
+            if pending:
+                time.sleep(poll_seconds)
     except KeyboardInterrupt as exc:
-        raise SweepInterrupted(done, len(plan.chunks), store.root) from exc
+        finished = len(pieces) * per_chunk
+        layout = f"{len(plan.chunks)} chunk(s) x {per_chunk} {unit}s"
+        raise SweepInterrupted(
+            finished + (work.done if work else 0),
+            finished + (work.saved if work else 0),
+            len(plan.chunks) * per_chunk,
+            unit,
+            layout,
+            store.folder,
+        ) from exc
     finally:
-        if progress is not None:
-            progress.close()
+        if bar is not None:
+            bar.close()
     if slice_mode:
-        raise SliceFinished(plan.share[0], plan.share[1], done, store.folder)
-    flat = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        raise SliceFinished(plan.share[0], plan.share[1], len(pieces), store.folder)
+    flat = {k: np.concatenate([pieces[c][k] for c in plan.chunks]) for k in pieces[plan.chunks[0]]}
     if distributed:
         flat = gather_runs(flat, plan.chunks.start * plan.chunk_size, plan.n_runs)
     return flat
+
+
+def holder_of(store: ChunkStore, lo: int, hi: int) -> str:
+    return holder(store.folder / f"runs_{lo:07d}-{hi:07d}.lock")
 
 
 def gather_runs(mine: dict, first: int, n_runs: int) -> dict:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .provenance import provenance
-from .results import atomic_write_bytes, atomic_write_json
+from .results import atomic_write_bytes, atomic_write_json, writable_folder
 
 ENTRY_POINT_GROUP = "purify.experiments"
 
@@ -121,6 +121,7 @@ class Context:
     options: dict = field(default_factory=dict)
     chunk_size: int | None = None
     run_slice: tuple[int, int] | None = None
+    checkpoint_seconds: float = 60.0
 
     def sweep(self, cfg: Config, **kwargs):
         from .sweeps import sweep
@@ -131,6 +132,7 @@ class Context:
             progress=self.progress,
             chunk_size=self.chunk_size,
             run_slice=self.run_slice,
+            checkpoint_seconds=self.checkpoint_seconds,
             **kwargs,
         )
 
@@ -226,18 +228,27 @@ def run_experiment(
     exp_id: str,
     preset: str = "cpu",
     seeds: int | None = None,
-    out: str | Path = "figures",
+    out: str | Path | None = None,
     runs_dir: str | Path | None = "runs",
     overrides: dict | None = None,
     progress: bool = True,
     chunk_size: int | None = None,
     run_slice: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    checkpoint_seconds: float = 60.0,
 ) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
 
-    Under jax.distributed every process runs this; the sweeps split the runs among them and
-    gather the results, and only process 0 writes files.
+    out None: the committed records' folder `figures/`, unless its record of this experiment
+    came from another preset, seed count or overrides: then, unless `overwrite`, the files go to
+    `<runs_dir>/figures/` instead and a note says so (see `output_folder`). Before anything
+    trains, every setting is validated and the output and runs folders are checked writable,
+    and a hand-chosen chunk size against the memory. Under jax.distributed every process runs
+    this; the sweeps split the runs among them and gather the results, and only process 0
+    writes files.
     """
+    import sys
+
     import jax
 
     exp = get(exp_id)
@@ -248,12 +259,25 @@ def run_experiment(
             f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)"
         )
     seeds = int(seeds)
+    if out is None:
+        out, note = output_folder(exp_id, preset, seeds, overrides, runs_dir=runs_dir, overwrite=overwrite)
+        if note and jax.process_index() == 0:
+            print(f"purify: {note}", file=sys.stderr)
+    # pre-flight: nothing trains that could not be saved or would not fit
+    out = writable_folder(out, "out")
+    if runs_dir:
+        runs_dir = writable_folder(runs_dir, "runs")
+    if chunk_size is not None:
+        from .sweeps import check_chunk_memory
+
+        check_chunk_memory(cfg, chunk_size)
     ctx = Context(
         runs_dir=Path(runs_dir) if runs_dir else None,
         progress=progress and jax.process_index() == 0,
         options=options,
         chunk_size=chunk_size,
         run_slice=run_slice,
+        checkpoint_seconds=checkpoint_seconds,
     )
     t0 = time.time()
     body = exp.run(cfg, seeds, ctx)
@@ -270,11 +294,68 @@ def run_experiment(
         "wall_seconds": round(time.time() - t0, 2),
         **body,
     }
+    record = Record(record)
+    record.written = (out / f"{exp.id}.json", out / f"{exp.id}.png")
     if jax.process_index() == 0:
-        out = Path(out)
-        atomic_write_json(out / f"{exp.id}.json", record)
-        save_figure(exp, record, out / f"{exp.id}.png")
+        atomic_write_json(record.written[0], record)
+        save_figure(exp, record, record.written[1])
     return record
+
+
+class Record(dict):
+    """An experiment's JSON record; `written` holds the paths of its JSON and figure."""
+
+    written: tuple[Path, Path] = ()
+
+
+RECORDS = Path("figures")  # where the committed records live, relative to the working folder
+
+
+def output_folder(
+    exp_id: str,
+    preset: str,
+    seeds: int,
+    overrides: dict | None,
+    *,
+    runs_dir: str | Path | None = "runs",
+    overwrite: bool = False,
+) -> tuple[Path, str | None]:
+    """Where a run writes when no output folder is named, and a note when that is not `figures/`.
+
+    The record `figures/<id>.json` is replaced only by a run of the same preset, seeds and
+    overrides (it reproduces it) or with `overwrite`; any other run goes to `<runs_dir>/figures/`
+    (`runs/figures/` without a runs folder), so a quick 2-seed try never replaces a committed
+    8-seed figure.
+    """
+    import json
+
+    path = RECORDS / f"{exp_id}.json"
+    if overwrite or not path.exists():
+        return RECORDS, None
+    try:
+        old = json.loads(path.read_text())
+        committed = (old["preset"], len(old["seeds"]), old.get("overrides") or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        committed = None
+    mine = (preset, seeds, json.loads(json.dumps(overrides or {}, default=_plain_json)))
+    if committed == mine:
+        return RECORDS, None
+    where = Path(runs_dir or "runs") / "figures"
+    was = (
+        f"preset {committed[0]}, {committed[1]} seeds, overrides {committed[2] or 'none'}"
+        if committed
+        else "unreadable"
+    )
+    return where, (
+        f"{path} is the record of another run ({was}); this run (preset {preset}, {seeds} seeds, overrides "
+        f"{overrides or 'none'}) writes to {where}/ instead; pass --overwrite to replace the record, or --out DIR"
+    )
+
+
+def _plain_json(o):
+    from .config import plain
+
+    return plain(o)
 
 
 def save_figure(exp: Experiment, record: dict, path: Path) -> None:

@@ -34,11 +34,13 @@ def plot_metric(res, metric: str, ax=None, label_by: str | None = None, radius: 
     """Mean over seeds with a min-max band over training steps, one line per hyper-parameter row."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    r = res
+    own = ax is None
+    if own:
+        _, ax = plt.subplots(figsize=(5.5, 3.8))
+    r, at = res, ""
     if "radius" in res.dims[metric] and "radius" in res.coords:
         r = res.sel(radius=radius) if radius is not None else res.isel(radius=0)
+        at = f" at evaluation radius {float(radius if radius is not None else res.coords['radius'][0]):g}"
     dims = r.dims[metric]
     arr = r[metric]
     extra = [d for d in dims if d not in ("hparam", "seed", "time")]
@@ -54,8 +56,16 @@ def plot_metric(res, metric: str, ax=None, label_by: str | None = None, radius: 
         label = ", ".join(f"{n}={v:g}" for n, v in vals.items()) or None
         band(ax, r.steps, arr[h], label=label, **kw)
     ax.set_xscale("symlog", linthresh=max(1, int(r.steps[1]) if len(r.steps) > 1 else 1))
-    ax.set_xlabel("SGD step")
+    ax.set_xlabel("SGD step (symlog scale)")
     ax.set_ylabel(LABELS.get(metric, metric))
+    n_seeds = arr.shape[1]
+    band_of = "min-max" if kw.get("kind", "minmax") == "minmax" else "± 1 std"
+    ax.set_title(
+        f"{LABELS.get(metric, metric)}{at} over training\nmean of {n_seeds} seed(s), band: {band_of} over seeds",
+        fontsize=9,
+    )
     if any(n for n in names):
         ax.legend(fontsize=8)
+    if own:
+        ax.figure.tight_layout()
     return ax

@@ -43,6 +43,29 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         raise
 
 
+def writable_folder(path: str | os.PathLike, name: str) -> Path:
+    """`path` as a folder this process can write (created if missing), or a ConfigError naming
+    `name`, the path and why, so that no work is done that could not be saved."""
+    from .config import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"{name}={str(path)!r} is not allowed: it is a file; must be a folder (it is created if missing)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".purify-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}={str(path)!r} is not allowed: it cannot be written ({exc.strerror or exc}); must be a folder this "
+            "user can write"
+        ) from None
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
 
@@ -93,7 +116,9 @@ class Results:
 
     def __repr__(self) -> str:
         shape = {d: len(v) for d, v in self.coords.items()}
-        swept = {n: np.unique(np.asarray(self.hp[n])).tolist() for n in self.meta.get("swept", [])}
+        from .config import plain
+
+        swept = {n: list(plain(np.unique(np.asarray(self.hp[n])))) for n in self.meta.get("swept", [])}
         return f"Results(axes={shape}, swept={swept}, metrics={sorted(self.arrays)})"
 
     def failed(self) -> np.ndarray:
@@ -215,9 +240,24 @@ class Results:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Results:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(z["__header__"].tobytes().decode())
-            arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+        """The Results saved at `path`; a file that is missing, damaged or not written by
+        `Results.save` raises an error naming the path and which of these it is."""
+        import zipfile
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "__header__" not in z.files:
+                    raise ValueError(f"{path} is not a purify results file (no header; write one with Results.save)")
+                header = json.loads(z["__header__"].tobytes().decode())
+                arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no results file at {path}") from None
+        except (OSError, EOFError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is damaged or not a purify results file ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path} is damaged or not a purify results file (ValueError: {exc})") from None
         dims = {k: tuple(v) for k, v in header["dims"].items()}
         coords = {d: np.asarray(v) for d, v in header["coords"].items()}
         hp = {n: np.asarray(v) for n, v in header["hp"].items()}

@@ -1,10 +1,14 @@
-"""Finished chunks of runs on disk: atomic files under a fingerprint, damaged files set aside.
+"""Finished chunks of runs on disk: atomic files under a fingerprint, checkpoints, locks, damaged files set aside.
 
 A batch of runs is named by the fingerprint of everything that decides its numbers; its
 finished chunks live in `root/<fingerprint>/runs_<lo>-<hi>.npz`, each written atomically
-(a reader never sees half a file) and tagged with the fingerprint. A chunk file that cannot be
-read, or carries another tag, is never used: it is renamed to `*.damaged` with a warning that
-names it, and the chunk is computed again.
+(a reader never sees half a file) and tagged with the fingerprint. While a chunk is being
+computed, `runs_<lo>-<hi>.ckpt.npz` holds its latest checkpoint (the training state and the
+step it reached, same tag) and `runs_<lo>-<hi>.lock` names the process computing it, so that
+a second process on the same folder waits for that chunk instead of computing it again.
+
+A chunk or checkpoint file that cannot be read, or carries another tag, is never used: it is
+renamed to `*.damaged` with a warning that names it, and its work is done again.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import socket
+import time
 import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -67,7 +74,59 @@ class ChunkStore:
 
     def load(self, lo: int, hi: int) -> dict | None:
         """The chunk's arrays, or None if it is not there (or was damaged and set aside)."""
+        return self._read(self.path(lo, hi), "chunk")
+
+    def save(self, lo: int, hi: int, arrays: dict) -> None:
+        """Write the finished chunk atomically; its checkpoint is then obsolete and removed."""
         path = self.path(lo, hi)
+        if path is None:
+            return
+        self._write(path, arrays)
+        ckpt = self.checkpoint_path(lo, hi)
+        ckpt.unlink(missing_ok=True)
+
+    # -- checkpoints of the chunk in flight ---------------------------------------------------
+    def checkpoint_path(self, lo: int, hi: int) -> Path | None:
+        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}.ckpt.npz"
+
+    def load_checkpoint(self, lo: int, hi: int) -> dict | None:
+        """The checkpoint's arrays (a training state flattened, plus its step), or None."""
+        return self._read(self.checkpoint_path(lo, hi), "checkpoint")
+
+    def save_checkpoint(self, lo: int, hi: int, arrays: dict) -> None:
+        path = self.checkpoint_path(lo, hi)
+        if path is not None:
+            self._write(path, arrays)
+
+    # -- locks: one process computes a chunk ----------------------------------------------------
+    def lock(self, lo: int, hi: int) -> ChunkLock | None:
+        """Claim the chunk for this process: a held ChunkLock, or None while another live process
+        holds it. Without a root there is nothing to share and the lock is always granted."""
+        if self.root is None:
+            return ChunkLock(None)
+        path = self.folder / f"runs_{lo:07d}-{hi:07d}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _stale(path):
+                    return None
+                # break the stale lock by renaming it: of several processes that find it stale,
+                # exactly one rename succeeds, and only then is a fresh lock created
+                try:
+                    path.replace(path.with_name(f"{path.name}.stale-{os.getpid()}"))
+                    path.with_name(f"{path.name}.stale-{os.getpid()}").unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(_me(), fh)
+            return ChunkLock(path)
+        return None
+
+    # -- files --------------------------------------------------------------------------------
+    def _read(self, path: Path | None, what: str) -> dict | None:
         if path is None or not path.exists():
             return None
         try:
@@ -76,29 +135,99 @@ class ChunkStore:
                     raise ValueError(f"it belongs to another batch of runs (tag {z['__tag__']})")
                 return {k: z[k] for k in z.files if k != "__tag__"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-            self._set_aside(path, exc)
+            self._set_aside(path, exc, what)
             return None
 
-    def _set_aside(self, path: Path, exc: BaseException) -> None:
+    def _write(self, path: Path, arrays: dict) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, __tag__=np.asarray(self.tag), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def _set_aside(self, path: Path, exc: BaseException, what: str) -> None:
         aside = path.with_name(path.name + ".damaged")
         try:
             path.replace(aside)
             where = f"moved to {aside}"
         except OSError:
             where = "left in place (could not move it)"
+        redo = "its runs are computed again" if what == "chunk" else "the chunk restarts from its last finished state"
         warnings.warn(
-            f"damaged chunk file {path} ({type(exc).__name__}: {exc}); {where}; its runs are computed again",
+            f"damaged {what} file {path} ({type(exc).__name__}: {exc}); {where}; {redo}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
-    def save(self, lo: int, hi: int, arrays: dict) -> None:
-        path = self.path(lo, hi)
-        if path is None:
+
+STALE_SECONDS = 600.0  # a lock not refreshed for this long belongs to a process that is gone
+
+
+def _me() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+def _stale(path: Path) -> bool:
+    """A lock is stale when its process is gone (same host: the pid is not alive) or, from
+    another host, when it has not been refreshed for STALE_SECONDS. Unreadable: stale."""
+    try:
+        owner = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # released meanwhile: try again
+    except (OSError, ValueError):
+        return True
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            pass
+        return False
+    return age > STALE_SECONDS
+
+
+class ChunkLock:
+    """A held lock on one chunk (path None: nothing to lock). `refresh()` shows this process is
+    alive to processes on other hosts; `release()` (or leaving the `with`) removes it."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def owner(self) -> dict | None:
+        return None if self.path is None else json.loads(self.path.read_text())
+
+    def refresh(self) -> None:
+        if self.path is not None:
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self.path is None:
             return
-        buf = io.BytesIO()
-        np.savez(buf, __tag__=np.asarray(self.tag), **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        try:
+            o = json.loads(self.path.read_text())
+            if o.get("pid") == os.getpid() and o.get("host") == socket.gethostname():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+        self.path = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder(path: Path) -> str:
+    """Who holds a lock file, in words."""
+    try:
+        o = json.loads(path.read_text())
+        return f"process {o['pid']} on {o['host']}"
+    except (OSError, ValueError, KeyError):
+        return "another process"
 
 
 def merge_runs(sources: Sequence[str | Path], into: str | Path) -> int:
@@ -109,6 +238,8 @@ def merge_runs(sources: Sequence[str | Path], into: str | Path) -> int:
         if not src.is_dir():
             raise ConfigError(f"source={str(src)!r} is not allowed: not a folder")
         for f in sorted(src.glob("*/runs_*.npz")):
+            if f.name.endswith(".ckpt.npz"):  # a slice's unfinished chunk: its job resumes it, not the merge
+                continue
             dest = into / f.parent.name / f.name
             if dest.exists() or dest.resolve() == f.resolve():
                 continue

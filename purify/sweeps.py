@@ -24,12 +24,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import attacks, network, trace
-from .config import HPARAM_NAMES, Config, ConfigError, HParams
+from .config import HPARAM_NAMES, Config, ConfigError, HParams, plain
 from .data import Task, make_task
-from .execute import Progress, SliceFinished, SweepInterrupted, execute
+from .execute import DeferredInterrupt, SliceFinished, SweepInterrupted, execute
 from .plan import make_plan
 from .provenance import provenance
-from .results import Results, warn_failed
+from .results import Results, warn_failed, writable_folder
 from .store import ChunkStore, merge_runs
 from .store import fingerprint as _hash
 
@@ -100,17 +100,42 @@ def auto_chunk_size(cfg: Config, n_runs: int, budget_bytes: int | None = None, d
     return int(min(n_runs, per_device * len(devices)))
 
 
+def check_chunk_memory(
+    cfg: Config,
+    chunk_size: int,
+    devices: Sequence | None = None,
+    budget_bytes: int | None = None,
+    n_runs: int | None = None,
+) -> None:
+    """A chunk size chosen by hand must fit the device's whole memory (twice the `memory_budget`
+    that `auto_chunk_size` fills): otherwise a ConfigError naming the settings that drive the
+    estimate, before anything compiles, instead of XLA running out of memory mid-sweep."""
+    devices = list(devices or jax.local_devices())
+    limit = 2 * (memory_budget(devices) if budget_bytes is None else int(budget_bytes))
+    per, base = network_bytes(cfg), 4 * (cfg.data.d * cfg.data.d + cfg.data.n_tasks * cfg.data.d) * 4
+    per_device = math.ceil(min(int(chunk_size), n_runs or int(chunk_size)) / len(devices))
+    if per_device * per + base > limit:
+        fits = max(0, (limit - base) // per) * len(devices)
+        raise ConfigError(
+            f"chunk_size={chunk_size} is not allowed here: {per_device} networks per device of model.width="
+            f"{cfg.model.width}, data.d={cfg.data.d}, train.batch={cfg.train.batch}, eval.n_eval={cfg.eval.n_eval} "
+            f"and {len(cfg.train.log_steps)} log points need about {(per_device * per + base) / 2**30:.2f} GiB, more "
+            f"than the {limit / 2**30:.2f} GiB this device has; use a chunk size <= {fits} (or leave it unset to "
+            "take the largest that fits half the memory)"
+        )
+
+
 def grid_table(cfg: Config, grid: Mapping[str, Iterable[float]] | None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Cartesian product of the grid (first key slowest) over cfg.hp defaults; every row validated."""
     checked = {}
     for name, values in dict(grid or {}).items():
         if name not in HPARAM_NAMES:
             raise ConfigError(f"grid key {name!r} is not allowed: sweepable hyper-parameters are {list(HPARAM_NAMES)}")
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or len(list(values)) == 0:
+        if not isinstance(values, (str, bytes)) and isinstance(values, Iterable):
+            values = plain(list(values))  # NumPy / JAX arrays and scalars become Python numbers
+        if not isinstance(values, tuple) or len(values) == 0:
             raise ConfigError(f"grid[{name!r}]={values!r} is not allowed: must be a non-empty list of numbers")
-        checked[name] = (
-            list(np.asarray(values, dtype=float).ravel()) if not isinstance(values, (list, tuple)) else list(values)
-        )
+        checked[name] = list(values)
     grid = checked
     names = list(grid)
     rows = []
@@ -154,19 +179,74 @@ def _task_digest(task: Task) -> str:
     ).hexdigest()
 
 
-def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, progress):
+def _flat_state(state) -> dict:
+    """A training state as flat host arrays s0, s1, ... (PRNG keys as their raw data)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    return {f"s{i}": np.asarray(jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
+
+
+def _restore_state(template, arrays: dict):
+    """`template` (a state of the right structure) with the checkpoint's arrays, or None if they
+    do not fit it (then the checkpoint is not this chunk's and is not used)."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    out = []
+    for i, x in enumerate(leaves):
+        a = arrays.get(f"s{i}")
+        want = jax.random.key_data(x) if _is_key(x) else x
+        if a is None or a.shape != want.shape or a.dtype != want.dtype:
+            return None
+        out.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(x)) if _is_key(x) else a)
+    if len(arrays) - 1 != len(leaves):  # the arrays plus __done__
+        return None
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, work=None):
+    """Train one chunk of runs to the end, resuming from `work`'s checkpoint when there is one
+    and checkpointing through it (see purify.execute.ChunkWork); None: no checkpoints."""
     _, init, advance, finalize = fns
     # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
     # equivalent on one device but a different cache key: pin them all to the keys' sharding so
     # every call of `advance` sees the same input and traces once.
     on_runs = keys.sharding
-    state = jax.device_put(init(keys, hp, task), on_runs)
-    for t0 in range(0, n_steps, step_chunk):
-        state = jax.device_put(advance(state, task, jnp.int32(t0)), on_runs)
-        if progress is not None:
-            jax.block_until_ready(state.failed_step)
-            progress.tick()
-    state = finalize(state, task)
+    state, start = jax.device_put(init(keys, hp, task), on_runs), 0
+    ckpt = work.resume() if work is not None else None
+    if ckpt is not None:
+        restored = _restore_state(state, ckpt)
+        if restored is None:
+            work.store._set_aside(
+                work.store.checkpoint_path(work.lo, work.hi),
+                ValueError("it does not fit this chunk's state"),
+                "checkpoint",
+            )
+            work.done = work.saved = 0
+        else:
+            state, start = jax.device_put(restored, on_runs), int(ckpt["__done__"])
+    # (state, steps done) change together in one assignment, so an interrupt never separates them
+    current = (state, start)
+    try:
+        with DeferredInterrupt() as interrupt:
+            for t0 in range(start, n_steps, step_chunk):
+                state = jax.device_put(advance(current[0], task, jnp.int32(t0)), on_runs)
+                current = (state, min(t0 + step_chunk, n_steps))
+                if work is not None and work.active:
+                    jax.block_until_ready(current[0].failed_step)
+                    work.advanced(current[1], lambda s=current[0]: _flat_state(s))
+                interrupt.check()
+    except KeyboardInterrupt:
+        state = current[0]
+        # after a second Ctrl-C the state handed to the call in flight may be donated (deleted):
+        # then the last checkpoint stands
+        alive = not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+        if work is not None and alive:
+            work.done = current[1]
+            work.interrupted(_flat_state(state))
+        raise
+    state = finalize(current[0], task)
     out = {k: np.asarray(v) for k, v in state.trace.items()}
     out["failed_step"] = np.asarray(state.failed_step)
     out["snapshots"] = np.asarray(state.snapshots)
@@ -190,6 +270,7 @@ def sweep(
     run_slice: tuple[int, int] | None = None,
     keep_params: bool = True,
     distributed: bool | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> Results:
     """Train every (grid row, seed) network; return a Results with axes (hparam, seed, ...).
 
@@ -205,6 +286,9 @@ def sweep(
     run_slice=(i, n): compute only the i-th of n contiguous blocks of chunks (a job array or
     one process of several), save them to out_dir and raise SliceFinished.
     keep_params: keep the final parameters (W_final, ...) in the results.
+    checkpoint_seconds: with out_dir, the training state of the chunk in flight is written
+    atomically at most this often (at the end of a step call) and on Ctrl-C; a rerun resumes
+    from it with the same numbers as an uninterrupted run. 0: after every step call.
     distributed: under jax.distributed (default: when jax.process_count() > 1), process p
     computes the p-th block of chunks on its local devices and the results are all-gathered,
     so every process returns the whole sweep.
@@ -219,10 +303,15 @@ def sweep(
     devices = list(devices or jax.local_devices())
     if run_slice is not None and out_dir is None:
         raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
+    if out_dir is not None:
+        writable_folder(out_dir, "out_dir")
     n_proc = jax.process_count()
     distributed = n_proc > 1 if distributed is None else distributed
     if chunk_size is None:
         chunk_size = auto_chunk_size(cfg, n_runs, memory_budget_bytes, devices)
+    else:
+        make_plan(n_runs, chunk_size)  # the chunk size's own rule first
+        check_chunk_memory(cfg, chunk_size, devices, memory_budget_bytes, n_runs)
         if distributed:
             chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
     plan = make_plan(
@@ -232,29 +321,40 @@ def sweep(
     step_chunk = step_chunk or max(1, math.ceil(steps / 20))
     if isinstance(step_chunk, bool) or not isinstance(step_chunk, numbers.Integral) or step_chunk < 1:
         raise ConfigError(f"step_chunk={step_chunk!r} is not allowed: must be an integer >= 1")
+    if (
+        isinstance(checkpoint_seconds, bool)
+        or not isinstance(checkpoint_seconds, numbers.Real)
+        or not (0 <= checkpoint_seconds < math.inf)
+    ):
+        raise ConfigError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed: must be a number >= 0")
     task = task if task is not None else make_task(cfg.data)
 
     run_hp = {n: np.repeat(v, S) for n, v in table.items()}  # run r = row * S + seed index
     run_seed = np.tile(seeds, H)
     store = ChunkStore(out_dir, fingerprint(cfg, table, seeds, plan.chunk_size, task))
     fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)))
-    n_step_calls = math.ceil(steps / step_chunk)
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
     task_on_mesh = jax.device_put(task, replicated)
-    bar = (
-        Progress(len(plan.chunks), n_step_calls, f"{n_runs} networks x {steps} steps", "step-call")
-        if progress
-        else None
-    )
 
-    def compute(idx):
+    def compute(idx, work):
         keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
         hp = jax.device_put(HParams(**{n: jnp.asarray(v[idx]) for n, v in run_hp.items()}), on_runs)
-        out = _run_chunk(fns, keys, hp, task_on_mesh, steps, step_chunk, bar)
+        out = _run_chunk(fns, keys, hp, task_on_mesh, steps, step_chunk, work)
         return {k: v for k, v in out.items() if keep_params or not k.endswith("_final")}
 
-    flat = execute(plan, store, compute, progress=bar, slice_mode=run_slice is not None, distributed=distributed)
+    flat = execute(
+        plan,
+        store,
+        compute,
+        per_chunk=steps,
+        unit="step",
+        desc=f"{n_runs} networks x {steps} steps",
+        progress=progress,
+        checkpoint_seconds=checkpoint_seconds,
+        slice_mode=run_slice is not None,
+        distributed=distributed,
+    )
     res = assemble(cfg, flat, table, swept, seeds, task, fns[0])
     warn_failed(res)
     return res

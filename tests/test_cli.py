@@ -36,11 +36,24 @@ TINY = [
 # Fewer grid points where each one is a program of its own (a method and head init, a k, a
 # rank) or unrolled into one (radii): at tiny size they cover the same code in less compile time.
 EXTRA = {
-    "roli-init": ["--set", "exp.methods=probe,full", "--set", "exp.head_inits=random,robust"],
-    "fp-phase": ["--set", "exp.ks=2,4"],
+    "roli-init": [
+        "--set",
+        "exp.methods=probe,full",
+        "--set",
+        "exp.head_inits=random,robust",
+        "--set",
+        "exp.n_down=256",
+        "--set",
+        "exp.sizes=64,256",
+    ],
+    "fp-phase": ["--set", "exp.ks=2,4", "--set", "exp.taus=0.125,0.3,0.6"],
     "fp-lowrank": ["--set", "exp.ranks=1,2"],
     "fp-lowcomplexity": ["--set", "exp.n_taus=4"],
     "fp-robustness": ["--set", "exp.n_taus=4"],
+    "fp-linf": ["--set", "exp.n_taus=4"],
+    "inh-supervised": ["--set", "exp.adv_fractions=0.5,1", "--set", "exp.n_tasks=2", "--set", "exp.n_down=256"],
+    "inh-contrastive": ["--set", "exp.view_noises=0.5", "--set", "exp.n_down=256"],
+    "inh-nodes": ["--set", "exp.view_noises=0.5"],
 }
 
 

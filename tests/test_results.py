@@ -63,12 +63,42 @@ def test_save_and_load_round_trip(res, tmp_path):
 
 def test_plot_draws_one_band_per_row(res):
     ax = res.plot("purity_nw")
-    assert len(ax.get_lines()) == 3 and ax.get_xlabel() == "SGD step"
+    assert len(ax.get_lines()) == 3 and ax.get_xlabel().startswith("SGD step")
+    assert "purity" in ax.get_title() and f"mean of {len(res.coords['seed'])} seed(s)" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["tau=0", "tau=0.2", "tau=0.4"]
     ax = res.sel(tau=0.2).plot("robust_acc", radius=0.3)
-    assert len(ax.get_lines()) == 1
+    assert len(ax.get_lines()) == 1 and "evaluation radius 0.3" in ax.get_title()
+    # nothing is cut off: the x-label lies inside the saved figure
+    fig = ax.figure
+    fig.canvas.draw()
+    box = ax.xaxis.label.get_window_extent()
+    assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.width
     with pytest.raises(ValueError, match="select"):
         res.plot("purity")  # per-neuron: choose a neuron first
+
+
+def test_repr_shows_swept_values_as_written(res):
+    assert "'tau': [0.0, 0.2, 0.4]" in repr(res)  # not 0.20000000298023224
+
+
+def test_load_names_the_path_of_a_damaged_or_foreign_file(tmp_path, res):
+    good = res.save(tmp_path / "r.npz")
+    blob = good.read_bytes()
+    cases = {
+        "truncated.npz": blob[: len(blob) // 2],
+        "empty.npz": b"",
+        "flipped.npz": blob[:200] + bytes([blob[200] ^ 0xFF]) + blob[201:],
+        "text.npz": b"hello",
+    }
+    for name, payload in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=f"{tmp_path / name} is damaged or not a purify results file"):
+            purify.Results.load(tmp_path / name)
+    np.savez(tmp_path / "foreign.npz", x=np.ones(3))
+    with pytest.raises(ValueError, match="foreign.npz is not a purify results file"):
+        purify.Results.load(tmp_path / "foreign.npz")
+    with pytest.raises(FileNotFoundError, match="no results file at .*missing.npz"):
+        purify.Results.load(tmp_path / "missing.npz")
 
 
 def test_atomic_writes_leave_ordinary_permissions(tmp_path):

@@ -120,7 +120,9 @@ def test_interrupt_keeps_finished_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "_run_chunk", flaky)
     with pytest.raises(purify.SweepInterrupted) as err:
         purify.sweep(cfg, seeds=3, chunk_size=1, out_dir=tmp_path)
-    assert err.value.done == 1 and err.value.total == 3 and "resume" in str(err.value)
+    steps = cfg.train.steps  # the message counts steps, the progress bar's unit: 3 chunks x steps
+    assert (err.value.position, err.value.saved, err.value.total) == (steps, steps, 3 * steps)
+    assert f"{steps} of {3 * steps} steps are saved" in str(err.value) and "resume" in str(err.value)
     assert len(list(tmp_path.rglob("runs_*.npz"))) == 1
 
 
