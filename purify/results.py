@@ -44,24 +44,27 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 
 
 def writable_folder(path: str | os.PathLike, name: str) -> Path:
-    """`path` as a folder this process can write (created if missing), or a ConfigError naming
-    `name`, the path and why, so that no work is done that could not be saved."""
+    """`path` if this process can write files there (a folder, or one it can create), else a
+    ConfigError naming `name`, the path and why, so that no work is done that could not be
+    saved. Nothing is created: the nearest existing folder on the way is probed."""
     from .config import ConfigError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ConfigError(
-            f"{name}={str(path)!r} is not allowed: it is a file; must be a folder (it is created if missing)"
-        )
+        raise ConfigError(f"{name}={str(path)!r} is not allowed: it is a file; must be a folder (created if missing)")
+    probe_in = path
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".purify-write-test-")
+        if not probe_in.is_dir():
+            raise NotADirectoryError(f"{probe_in} is a file")
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".purify-write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(
-            f"{name}={str(path)!r} is not allowed: it cannot be written ({exc.strerror or exc}); must be a folder this "
-            "user can write"
+            f"{name}={str(path)!r} is not allowed: it cannot be written ({getattr(exc, 'strerror', None) or exc} in "
+            f"{probe_in}); must be a folder this user can write"
         ) from None
     return path
 

@@ -309,11 +309,11 @@ def sweep(
     distributed = n_proc > 1 if distributed is None else distributed
     if chunk_size is None:
         chunk_size = auto_chunk_size(cfg, n_runs, memory_budget_bytes, devices)
+        if distributed:
+            chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
     else:
         make_plan(n_runs, chunk_size)  # the chunk size's own rule first
         check_chunk_memory(cfg, chunk_size, devices, memory_budget_bytes, n_runs)
-        if distributed:
-            chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
     plan = make_plan(
         n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None
     )

@@ -205,3 +205,40 @@ def test_figures_compare_lists_every_moved_number(tmp_path, capsys):
     (b / "fp-dynamics.json").write_text(json.dumps({**record, "final": {"x": [0.625, float("nan")]}}))
     assert _compare(build_parser().parse_args(args)) == 1
     assert "/final/x[0]: 0.5 -> 0.625" in capsys.readouterr().out
+
+
+def test_a_run_unlike_the_committed_record_does_not_replace_it(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    committed = Path(__file__).parents[1] / "figures" / "fp-dynamics.json"
+    (tmp_path / "figures").mkdir()
+    shutil.copy(committed, tmp_path / "figures")
+    shutil.copy(committed.with_suffix(".png"), tmp_path / "figures")
+    before = (tmp_path / "figures" / "fp-dynamics.json").read_bytes()
+    assert main(["run", "fp-dynamics", "--seeds", "2", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "figures" / "fp-dynamics.json").read_bytes() == before  # untouched
+    moved = Path("runs") / "figures" / "fp-dynamics.json"
+    assert json.loads(moved.read_text())["seeds"] == [0, 1]
+    assert "is the record of another run (preset cpu, 8 seeds" in captured.err and "--overwrite" in captured.err
+    assert f"wrote {moved}" in captured.out
+    # asked for: --overwrite (or naming --out) replaces it
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--overwrite", *TINY]) == 0
+    assert json.loads((tmp_path / "figures" / "fp-dynamics.json").read_text())["seeds"] == [0, 1]
+    # now the record is this run's: running it again reproduces it in place
+    assert main(["run", "fp-dynamics", "--seeds", "2", *TINY]) == 0
+    assert "record of another run" not in capsys.readouterr().err
+
+
+def test_help_explains_every_option():
+    from purify.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("run", "check", "figures"):
+        for action in sub[name]._actions:
+            if action.dest != "help":
+                assert action.help, f"purify {name} {action.option_strings or action.dest} has no help text"
