@@ -246,6 +246,7 @@ class Results:
         """The Results saved at `path`; a file that is missing, damaged or not written by
         `Results.save` raises an error naming the path and which of these it is."""
         import zipfile
+        import zlib
 
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -255,7 +256,7 @@ class Results:
                 arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
         except FileNotFoundError:
             raise FileNotFoundError(f"no results file at {path}") from None
-        except (OSError, EOFError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        except (OSError, EOFError, KeyError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as exc:
             raise ValueError(f"{path} is damaged or not a purify results file ({type(exc).__name__}: {exc})") from None
         except ValueError as exc:
             if str(path) in str(exc):

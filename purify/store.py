@@ -22,6 +22,7 @@ import socket
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -134,7 +135,7 @@ class ChunkStore:
                 if str(z["__tag__"]) != self.tag:
                     raise ValueError(f"it belongs to another batch of runs (tag {z['__tag__']})")
                 return {k: z[k] for k in z.files if k != "__tag__"}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error) as exc:
             self._set_aside(path, exc, what)
             return None
 

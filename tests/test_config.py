@@ -92,3 +92,27 @@ def test_cli_reports_bad_input_cleanly(capsys):
 def test_config_round_trips_through_dict():
     cfg = tiny(**{"train.snapshot_at": (0, 30)})
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_numpy_and_jax_scalars_are_numbers_everywhere():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from purify.sweeps import fingerprint, grid_table, seed_list
+
+    plain = tiny(**{"model.width": 32, "hp.tau": 0.1, "eval.taus": (0.1, 0.2)})
+    typed = tiny().set(
+        **{"model.width": np.int64(32), "hp.tau": np.float32(0.1), "eval.taus": np.array([0.1, 0.2], np.float32)}
+    )
+    assert typed == plain and type(typed.model.width) is int and typed.hp.tau == 0.1  # not 0.10000000149011612
+    assert tiny().set(**{"hp.tau": jnp.float32(0.1), "train.steps": np.array(60)}).hp.tau == 0.1
+    grid = {"tau": np.array([0.0, 0.1], np.float32), "beta": [np.float64(0.5), jnp.float32(0.6)]}
+    table, _ = grid_table(typed, grid)
+    assert table["tau"].tolist() == grid_table(plain, {"tau": [0.0, 0.1], "beta": [0.5, 0.6]})[0]["tau"].tolist()
+    seeds = seed_list([np.int64(0), np.int64(3)])
+    assert fingerprint(typed, table, seeds, 2) == fingerprint(plain, table, seed_list([0, 3]), 2)
+    # used to fail in the fingerprint's JSON encoder (hp values share the tiny program of other tests)
+    res = purify.sweep(
+        tiny().set(**{"model.width": np.int64(32), "hp.tau": np.float32(0.1)}), grid=grid, seeds=np.int64(2)
+    )
+    assert res.hp["beta"].tolist() == pytest.approx([0.5, 0.6, 0.5, 0.6])

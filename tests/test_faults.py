@@ -266,11 +266,13 @@ def test_a_checkpoint_resumes_only_the_remaining_steps_with_identical_numbers(tm
         purify.sweep(cfg, grid=grid, seeds=2, step_chunk=10, out_dir=tmp_path, checkpoint_seconds=3600)
     assert (err.value.position, err.value.saved) == (40, 40)
     monkeypatch.setattr(execute.ChunkWork, "advanced", real)
-    calls = []
-    fns = purify.train.compiled(cfg, 10, False)
-    monkeypatch.setattr(
-        purify.train, "compiled", lambda *a: (fns[0], fns[1], lambda *b: calls.append(1) or fns[2](*b), fns[3])
-    )
+    calls, compiled = [], purify.train.compiled
+
+    def counting(*a):
+        run, init, advance, finalize = compiled(*a)
+        return run, init, lambda *b: calls.append(1) or advance(*b), finalize
+
+    monkeypatch.setattr(purify.train, "compiled", counting)
     again = purify.sweep(cfg, grid=grid, seeds=2, step_chunk=10, out_dir=tmp_path)
     assert len(calls) == 2  # steps 40..59 only
     for name in whole.arrays:
