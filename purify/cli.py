@@ -179,6 +179,7 @@ def cmd_figures(args) -> int:
                 runs_dir=scratch.name,
                 progress=False,
                 overwrite=args.overwrite,
+                redirect_to=Path("runs") / "figures",  # not into the temporary runs folder
             )
             print(f"reran {exp.id} from scratch -> {record.written[0]}, {record.written[1]}")
         elif path.exists():

@@ -236,12 +236,13 @@ def run_experiment(
     run_slice: tuple[int, int] | None = None,
     overwrite: bool = False,
     checkpoint_seconds: float = 60.0,
+    redirect_to: str | Path | None = None,
 ) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
 
     out None: the committed records' folder `figures/`, unless its record of this experiment
     came from another preset, seed count or overrides: then, unless `overwrite`, the files go to
-    `<runs_dir>/figures/` instead and a note says so (see `output_folder`). Before anything
+    `redirect_to` (default `<runs_dir>/figures/`) instead and a note says so (see `output_folder`). Before anything
     trains, every setting is validated and the output and runs folders are checked writable,
     and a hand-chosen chunk size against the memory. Under jax.distributed every process runs
     this; the sweeps split the runs among them and gather the results, and only process 0
@@ -260,7 +261,14 @@ def run_experiment(
         )
     seeds = int(seeds)
     if out is None:
-        out, note = output_folder(exp_id, preset, seeds, overrides, runs_dir=runs_dir, overwrite=overwrite)
+        out, note = output_folder(
+            exp_id,
+            preset,
+            seeds,
+            overrides,
+            redirect_to=redirect_to or Path(runs_dir or "runs") / "figures",
+            overwrite=overwrite,
+        )
         if note and jax.process_index() == 0:
             print(f"purify: {note}", file=sys.stderr)
     # pre-flight: nothing trains that could not be saved or would not fit
@@ -317,15 +325,14 @@ def output_folder(
     seeds: int,
     overrides: dict | None,
     *,
-    runs_dir: str | Path | None = "runs",
+    redirect_to: str | Path = Path("runs") / "figures",
     overwrite: bool = False,
 ) -> tuple[Path, str | None]:
     """Where a run writes when no output folder is named, and a note when that is not `figures/`.
 
     The record `figures/<id>.json` is replaced only by a run of the same preset, seeds and
-    overrides (it reproduces it) or with `overwrite`; any other run goes to `<runs_dir>/figures/`
-    (`runs/figures/` without a runs folder), so a quick 2-seed try never replaces a committed
-    8-seed figure.
+    overrides (it reproduces it) or with `overwrite`; any other run goes to `redirect_to`, so a
+    quick 2-seed try never replaces a committed 8-seed figure.
     """
     import json
 
@@ -340,7 +347,7 @@ def output_folder(
     mine = (preset, seeds, json.loads(json.dumps(overrides or {}, default=_plain_json)))
     if committed == mine:
         return RECORDS, None
-    where = Path(runs_dir or "runs") / "figures"
+    where = Path(redirect_to)
     was = (
         f"preset {committed[0]}, {committed[1]} seeds, overrides {committed[2] or 'none'}"
         if committed

@@ -74,3 +74,29 @@ def test_list_settings_shows_every_option(capsys):
     for exp in all_experiments().values():
         for o in exp.options:
             assert f"exp.{o.name} = " in out
+
+
+def test_output_folder_replaces_a_record_only_with_a_run_like_it(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from purify.experiment import output_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert output_folder("fp-dynamics", "cpu", 2, None) == (Path("figures"), None)  # no record yet
+    Path("figures").mkdir()
+    record = {"preset": "cpu", "seeds": list(range(8)), "overrides": {"eval.taus": [0.1, 0.2]}}
+    Path("figures/fp-dynamics.json").write_text(json.dumps(record))
+    same = output_folder("fp-dynamics", "cpu", 8, {"eval.taus": (0.1, 0.2)})
+    assert same == (Path("figures"), None)  # a reproduction replaces it
+    for preset, seeds, overrides in [
+        ("gpu", 8, {"eval.taus": (0.1, 0.2)}),
+        ("cpu", 2, {"eval.taus": (0.1, 0.2)}),
+        ("cpu", 8, None),
+    ]:
+        where, note = output_folder("fp-dynamics", preset, seeds, overrides, redirect_to="elsewhere")
+        assert where == Path("elsewhere") and "figures/fp-dynamics.json is the record of another run" in note
+    assert output_folder("fp-dynamics", "gpu", 2, None, overwrite=True) == (Path("figures"), None)
+    Path("figures/fp-dynamics.json").write_text("{damaged")
+    where, note = output_folder("fp-dynamics", "cpu", 8, None, redirect_to="elsewhere")
+    assert where == Path("elsewhere") and "unreadable" in note
