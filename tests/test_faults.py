@@ -182,19 +182,28 @@ def test_two_processes_on_one_runs_folder_compute_each_chunk_once(tmp_path, refe
 # -- folders that cannot be written: refused before anything compiles ----------------------------
 
 
-def _read_only(path: Path) -> None:
+def _read_only(path: Path) -> str:
     """Make a folder read-only for this user: chmod, and for root (who writes through chmod) the
-    immutable attribute. Checked, so the test never passes on a folder that is still writable."""
+    immutable attribute, or where the file system has none a read-only bind mount. Checked, so
+    the test never passes on a folder that is still writable. Returns how, for `_writable_again`."""
     path.chmod(0o555)
+    how = "chmod"
     if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(path)], check=True)
+        if subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True).returncode == 0:
+            how = "chattr"
+        else:
+            subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], check=True)
+            how = "mount"
     with pytest.raises(OSError):
         (path / "probe").write_text("x")
+    return how
 
 
-def _writable_again(path: Path) -> None:
-    if os.geteuid() == 0:
+def _writable_again(path: Path, how: str) -> None:
+    if how == "chattr":
         subprocess.run(["chattr", "-i", str(path)], check=False)
+    elif how == "mount":
+        subprocess.run(["umount", str(path)], check=False)
     path.chmod(0o755)
 
 
@@ -217,7 +226,7 @@ def test_unwritable_or_misnamed_folders_are_refused_before_training(tmp_path):
     readonly, a_file = tmp_path / "readonly", tmp_path / "a-file"
     readonly.mkdir()
     a_file.write_text("not a folder")
-    _read_only(readonly)
+    how = _read_only(readonly)
     try:
         err = _refused(["--out", str(readonly), "--runs", str(tmp_path / "runs")], tmp_path)
         assert f"out='{readonly}' is not allowed: it cannot be written" in err
@@ -229,7 +238,7 @@ def test_unwritable_or_misnamed_folders_are_refused_before_training(tmp_path):
         assert f"out='{a_file}' is not allowed: it is a file" in err
         assert not list(tmp_path.rglob("*.npz"))  # nothing trained
     finally:
-        _writable_again(readonly)
+        _writable_again(readonly, how)
 
 
 def test_a_hand_chosen_chunk_size_is_checked_against_the_memory():
