@@ -192,7 +192,7 @@ def execute(
                                 "runs %d..%d are being computed by %s; waiting for them",
                                 lo,
                                 hi - 1,
-                                holder_of(store, lo, hi),
+                                holder(store.lock_path(lo, hi)),
                             )
                         continue
                     with lock:
@@ -238,10 +238,6 @@ def execute(
     if distributed:
         flat = gather_runs(flat, plan.chunks.start * plan.chunk_size, plan.n_runs)
     return flat
-
-
-def holder_of(store: ChunkStore, lo: int, hi: int) -> str:
-    return holder(store.folder / f"runs_{lo:07d}-{hi:07d}.lock")
 
 
 def gather_runs(mine: dict, first: int, n_runs: int) -> dict:

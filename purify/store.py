@@ -100,12 +100,15 @@ class ChunkStore:
             self._write(path, arrays)
 
     # -- locks: one process computes a chunk ----------------------------------------------------
+    def lock_path(self, lo: int, hi: int) -> Path | None:
+        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}.lock"
+
     def lock(self, lo: int, hi: int) -> ChunkLock | None:
         """Claim the chunk for this process: a held ChunkLock, or None while another live process
         holds it. Without a root there is nothing to share and the lock is always granted."""
         if self.root is None:
             return ChunkLock(None)
-        path = self.folder / f"runs_{lo:07d}-{hi:07d}.lock"
+        path = self.lock_path(lo, hi)
         path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -193,9 +196,6 @@ class ChunkLock:
 
     def __init__(self, path: Path | None):
         self.path = path
-
-    def owner(self) -> dict | None:
-        return None if self.path is None else json.loads(self.path.read_text())
 
     def refresh(self) -> None:
         if self.path is not None:
