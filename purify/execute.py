@@ -100,6 +100,13 @@ class ChunkWork:
                 self.bar.tick(self.done)
         return ckpt
 
+    def reject(self, reason: str) -> None:
+        """The checkpoint `resume` gave does not fit this chunk: set it aside and start afresh."""
+        self.store.set_aside(self.store.checkpoint_path(self.lo, self.hi), ValueError(reason), "checkpoint")
+        if self.bar is not None:
+            self.bar.tick(-self.done)
+        self.done = self.saved = 0
+
     def advanced(self, done: int, state: Callable[[], dict]) -> None:
         if self.bar is not None:
             self.bar.tick(done - self.done)

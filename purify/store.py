@@ -70,8 +70,11 @@ class ChunkStore:
     def folder(self) -> Path | None:
         return None if self.root is None else self.root / self.tag
 
+    def _file(self, lo: int, hi: int, suffix: str) -> Path | None:
+        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}{suffix}"
+
     def path(self, lo: int, hi: int) -> Path | None:
-        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}.npz"
+        return self._file(lo, hi, ".npz")
 
     def load(self, lo: int, hi: int) -> dict | None:
         """The chunk's arrays, or None if it is not there (or was damaged and set aside)."""
@@ -88,7 +91,7 @@ class ChunkStore:
 
     # -- checkpoints of the chunk in flight ---------------------------------------------------
     def checkpoint_path(self, lo: int, hi: int) -> Path | None:
-        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}.ckpt.npz"
+        return self._file(lo, hi, ".ckpt.npz")
 
     def load_checkpoint(self, lo: int, hi: int) -> dict | None:
         """The checkpoint's arrays (a training state flattened, plus its step), or None."""
@@ -101,7 +104,7 @@ class ChunkStore:
 
     # -- locks: one process computes a chunk ----------------------------------------------------
     def lock_path(self, lo: int, hi: int) -> Path | None:
-        return None if self.root is None else self.folder / f"runs_{lo:07d}-{hi:07d}.lock"
+        return self._file(lo, hi, ".lock")
 
     def lock(self, lo: int, hi: int) -> ChunkLock | None:
         """Claim the chunk for this process: a held ChunkLock, or None while another live process
@@ -139,7 +142,7 @@ class ChunkStore:
                     raise ValueError(f"it belongs to another batch of runs (tag {z['__tag__']})")
                 return {k: z[k] for k in z.files if k != "__tag__"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error) as exc:
-            self._set_aside(path, exc, what)
+            self.set_aside(path, exc, what)
             return None
 
     def _write(self, path: Path, arrays: dict) -> None:
@@ -147,7 +150,8 @@ class ChunkStore:
         np.savez(buf, __tag__=np.asarray(self.tag), **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
-    def _set_aside(self, path: Path, exc: BaseException, what: str) -> None:
+    def set_aside(self, path: Path, exc: BaseException, what: str) -> None:
+        """Rename a file that must not be used to `*.damaged`, with a warning naming it."""
         aside = path.with_name(path.name + ".damaged")
         try:
             path.replace(aside)

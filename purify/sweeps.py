@@ -218,12 +218,7 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, work=None):
     if ckpt is not None:
         restored = _restore_state(state, ckpt)
         if restored is None:
-            work.store._set_aside(
-                work.store.checkpoint_path(work.lo, work.hi),
-                ValueError("it does not fit this chunk's state"),
-                "checkpoint",
-            )
-            work.done = work.saved = 0
+            work.reject("it does not fit this chunk's state")
         else:
             state, start = jax.device_put(restored, on_runs), int(ckpt["__done__"])
     # (state, steps done) change together in one assignment, so an interrupt never separates them
