@@ -3,9 +3,11 @@
 For each standard config (FGM l2 training, batch 256, data sampled in the step) it measures:
 network-steps per second of `jit(vmap(advance))` over N networks; the achieved FLOP/s from an
 analytic count; the same machine's square-matmul FLOP/s; the ratio against the same N runs one
-after another (a Python loop over the single-run `jit(advance)`); the ratio against an eager
-PyTorch loop over networks written as a researcher would (optional); compile time; and memory
-per network from XLA's analysis of the compiled chunk.
+after another (a Python loop over the single-run `jit(advance)`); the ratios against two PyTorch
+peers (optional): an eager loop over networks, and the strongest, N stacked networks under
+`torch.func.vmap` and `torch.compile`; compile time; and memory per network from XLA's analysis
+of the compiled chunk. Beside them, the compile latency of a new tiny static config: the first
+`sweep` call against the second, with the persistent cache off.
 
 FLOPs per network-step (multiply-adds counted as 2): the FGM input gradient (forward and
 backward to x): 4 B d m; the training step on x + delta (forward and the weight gradient):
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from .config import HPARAM_NAMES, Config
 from .data import make_task
 from .provenance import provenance
-from .train import Run
+from .train import Run, compiler_options
 
 LOOP_NETWORKS = 1024  # the sequential JAX loop times at most this many networks
 TORCH_NETWORKS = 256  # the eager PyTorch loop likewise
@@ -83,14 +85,15 @@ def measure_vmapped(cfg: Config, n: int, steps: int) -> dict:
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     state = _states(run, cfg, n, task)
-    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None)))
+    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None, None)), compiler_options=compiler_options())
     t = time.perf_counter()
-    compiled = advance.lower(state, task, jnp.int32(2)).compile()
+    span = (jnp.int32(2), jnp.int32(2 + steps))
+    compiled = advance.lower(state, task, *span).compile()
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
     mem_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    jax.block_until_ready(compiled(state, task, jnp.int32(2)))
-    seconds = _best_of(lambda: compiled(state, task, jnp.int32(2)), 5)
+    jax.block_until_ready(compiled(state, task, *span))
+    seconds = _best_of(lambda: compiled(state, task, *span), 5)
     return {"seconds": seconds, "compile_seconds": compile_s, "bytes_per_network": mem_bytes / n}
 
 
@@ -99,14 +102,63 @@ def measure_sequential(cfg: Config, n: int, steps: int) -> float:
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     hp = {name: jnp.float32(getattr(cfg.hp, name)) for name in HPARAM_NAMES}
-    advance = jax.jit(run.advance)
+    advance = jax.jit(run.advance, compiler_options=compiler_options())
     states = [jax.jit(run.init)(jax.random.key(i), hp, task) for i in range(n)]
-    jax.block_until_ready(advance(states[0], task, jnp.int32(2)))
+    span = (jnp.int32(2), jnp.int32(2 + steps))
+    jax.block_until_ready(advance(states[0], task, *span))
 
     def loop():
-        return [advance(s, task, jnp.int32(2)) for s in states]
+        return [advance(s, task, *span) for s in states]
 
     return _best_of(loop, 3)
+
+
+def _torch_problem(cfg: Config):
+    """The benchmark's work written in PyTorch: the same data model (identity dictionary, exact-k
+    latents with magnitudes U[1,2]/sqrt(k) and random signs, labels sign <w*, z>), the same
+    network (soft threshold at the relative threshold beta z_min |w_i|, no gradient through it,
+    a fixed head of ones), FGM l2 at radius tau and plain SGD. Returns (torch, device, sync,
+    batch(n) -> (z, y) of shape (n, B, d), (n, B), loss(W, x, y) for one network)."""
+    import torch
+
+    dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    d, k, B = cfg.data.d, cfg.data.k, cfg.train.batch
+    beta, z_min = cfg.hp.beta, 1 / math.sqrt(k)
+    torch.manual_seed(0)
+    w_star = torch.randint(0, 2, (d,), device=dev).float() * 2 - 1
+
+    def support(n):
+        """(n, B, k) distinct feature indices by Floyd's algorithm, as purify.data samples them:
+        k draws and no sort over d columns (top-k over d would cost PyTorch more than the step)."""
+        u, chosen = torch.rand(k, n, B, device=dev), []
+        for i, j in enumerate(range(d - k, d)):
+            t = torch.clamp((u[i] * (j + 1)).floor().long(), max=j)
+            taken = torch.zeros_like(t, dtype=torch.bool)
+            for c in chosen:
+                taken |= c == t
+            chosen.append(torch.where(taken, j, t))
+        return torch.stack(chosen, dim=-1)
+
+    def batch(n):
+        idx = support(n)
+        signs = torch.randint(0, 2, (n, B, k), device=dev).float() * 2 - 1
+        vals = signs * (1 + torch.rand(n, B, k, device=dev)) / math.sqrt(k)
+        z = torch.zeros(n, B, d, device=dev).scatter_(-1, idx, vals)
+        return z, torch.sign(z @ w_star)  # identity dictionary: x = z, as in the JAX program
+
+    def loss(W, x, y):
+        u = x @ W.T
+        b = beta * z_min * W.detach().norm(dim=-1)
+        f = (torch.relu(u - b) - torch.relu(-u - b)).sum(-1)
+        return torch.nn.functional.softplus(-y * f).mean()
+
+    return torch, dev, sync, batch, loss
+
+
+def _init_weights(torch, cfg: Config, n: int, dev: str):
+    d, m = cfg.data.d, cfg.model.width
+    return torch.randn(n, m, d, device=dev) * cfg.hp.init_scale / math.sqrt(d)
 
 
 def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
@@ -115,39 +167,21 @@ def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
     Runs on CUDA when JAX runs on a GPU and PyTorch sees one, so both sides use the same chip.
     """
     try:
-        import torch
+        torch, dev, sync, batch, loss = _torch_problem(cfg)
     except ImportError:
         return None
-    dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
-    torch.set_default_device(dev)
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    d, k, m, B = cfg.data.d, cfg.data.k, cfg.model.width, cfg.train.batch
-    tau, lr, beta = cfg.hp.tau, cfg.hp.lr, cfg.hp.beta
-    torch.manual_seed(0)
-    w_star = torch.randint(0, 2, (d,)).float() * 2 - 1
-    z_min = 1 / math.sqrt(k)
-
-    def f(W, x):
-        u = x @ W.T
-        b = beta * z_min * W.detach().norm(dim=1)
-        return (torch.relu(u - b) - torch.relu(-u - b)).sum(1)
-
-    def batch():
-        idx = torch.rand(B, d).topk(k, dim=1).indices
-        vals = (torch.randint(0, 2, (B, k)).float() * 2 - 1) * (1 + torch.rand(B, k)) / math.sqrt(k)
-        z = torch.zeros(B, d).scatter_(1, idx, vals)
-        return z, torch.sign(z @ w_star)  # identity dictionary: x = z, as in the JAX program
+    tau, lr = cfg.hp.tau, cfg.hp.lr
 
     def train_all():
-        for _ in range(n):
-            W = (torch.randn(m, d) * cfg.hp.init_scale / math.sqrt(d)).requires_grad_(True)
+        for W in _init_weights(torch, cfg, n, dev):
+            W.requires_grad_(True)
             for _ in range(steps):
-                x, y = batch()
+                z, y = batch(1)
+                x, y = z[0], y[0]
                 xr = x.clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(torch.nn.functional.softplus(-y * f(W, xr)).mean(), xr)
+                (g,) = torch.autograd.grad(loss(W, xr, y), xr)
                 x_adv = x + tau * g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
-                loss = torch.nn.functional.softplus(-y * f(W, x_adv)).mean()
-                loss.backward()
+                loss(W, x_adv, y).backward()
                 with torch.no_grad():
                     W -= lr * W.grad
                     W.grad = None
@@ -157,15 +191,103 @@ def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
     t = time.perf_counter()
     train_all()
     sync()
-    seconds = time.perf_counter() - t
-    torch.set_default_device("cpu")
-    return seconds
+    return time.perf_counter() - t
 
 
-def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: int = 50, torch: bool = True) -> dict:
-    """Measure every size; returns a JSON-ready dict with one row per size."""
+def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
+    """The strongest PyTorch peer: n networks' weights stacked (n, m, d), one training step
+    `torch.func.vmap` over networks of `torch.func.grad` (FGM's input gradient, then the weight
+    gradient at x + delta), the whole step (data sampling included) under `torch.compile`.
+    Returns {'seconds': for `steps` steps, 'compile_seconds': the first call}, or None without
+    PyTorch. Same device rule as `measure_torch`."""
+    try:
+        torch, dev, sync, batch, loss = _torch_problem(cfg)
+    except ImportError:
+        return None
+    from torch.func import grad, vmap
+
+    tau, lr = cfg.hp.tau, cfg.hp.lr
+
+    def one_network(W, x, y):
+        g = grad(loss, argnums=1)(W, x, y)
+        x_adv = x + tau * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        return W - lr * grad(loss)(W, x_adv, y)
+
+    every_network = vmap(one_network)
+
+    @torch.compile(fullgraph=True)
+    def step(W):
+        z, y = batch(W.shape[0])
+        return every_network(W, z, y)
+
+    W = _init_weights(torch, cfg, n, dev)
+    t = time.perf_counter()
+    W = step(W)
+    sync()
+    compile_s = time.perf_counter() - t
+
+    def train():
+        nonlocal W
+        for _ in range(steps):
+            W = step(W)
+        sync()
+
+    train()  # warm-up
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        train()
+        best = min(best, time.perf_counter() - t)
+    return {"seconds": best, "compile_seconds": compile_s}
+
+
+# The REPL's question, timed: a new static config of tiny size, first call against second.
+LATENCY_CONFIG = {
+    "data.d": 32,
+    "data.k": 4,
+    "data.dictionary": "haar",
+    "model.width": 64,
+    "train.steps": 1000,
+    "train.adv_start": 500,
+    "train.attack": "fgm",
+}
+LATENCY_NETWORKS = 8
+
+
+def measure_compile_latency() -> dict:
+    """Seconds of the first and the second `sweep` call of one new static config (LATENCY_CONFIG,
+    LATENCY_NETWORKS networks: 2 radii x 4 seeds) in this process, with the persistent
+    compilation cache off: the first call compiles, the second reuses the programs."""
+    from .sweeps import sweep
+
+    cfg = Config().set(**LATENCY_CONFIG)
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            sweep(cfg, grid={"tau": [0.0, 0.2]}, seeds=LATENCY_NETWORKS // 2)
+            times.append(time.perf_counter() - t)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
+    return {
+        "config": LATENCY_CONFIG,
+        "networks": LATENCY_NETWORKS,
+        "first_seconds": times[0],
+        "second_seconds": times[1],
+        "first_over_second": times[0] / times[1],
+    }
+
+
+def run_bench(
+    sizes=("small", "medium"), networks: dict | None = None, steps: int = 50, torch: bool = True, latency: bool = True
+) -> dict:
+    """Measure every size; returns a JSON-ready dict with one row per size (and the compile
+    latency of a new tiny config, unless latency=False)."""
     on_cpu = jax.devices()[0].platform == "cpu"
     networks = networks or ({"small": 64, "medium": 16} if on_cpu else {"small": 1024, "medium": 4096})
+    lat = measure_compile_latency() if latency else None
     peak = matmul_flops()
     rows = []
     for size in sizes:
@@ -178,6 +300,7 @@ def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: in
         seq = measure_sequential(cfg, n_seq, steps) * n / n_seq
         tt = measure_torch(cfg, n_torch, steps) if torch else None
         tt = None if tt is None else tt * n / n_torch
+        tv = measure_torch_vmap(cfg, n, steps) if torch else None
         flops = flops_per_network_step(cfg) * n * steps / vm["seconds"]
         rows.append(
             {
@@ -194,17 +317,20 @@ def run_bench(sizes=("small", "medium"), networks: dict | None = None, steps: in
                 "fraction_of_matmul": flops / peak,
                 "speedup_vs_sequential_jax": None if seq is None else seq / vm["seconds"],
                 "speedup_vs_eager_torch": None if tt is None else tt / vm["seconds"],
+                "speedup_vs_torch_vmap_compile": None if tv is None else tv["seconds"] / vm["seconds"],
                 "sequential_networks_timed": n_seq,
                 "torch_networks_timed": n_torch if tt is not None else 0,
                 "torch": "absent (pip install -e '.[torch]')"
                 if torch and tt is None
                 else ("skipped" if not torch else "measured"),
                 "compile_seconds": vm["compile_seconds"],
+                "torch_compile_seconds": None if tv is None else tv["compile_seconds"],
                 "mb_per_network": vm["bytes_per_network"] / 1e6,
             }
         )
     return {
         "rows": rows,
+        "compile_latency": lat,
         "flop_count": "per network-step: 8 B d m (FGM input gradient and training step)",
         "provenance": provenance(),
         "cpu_count": os.cpu_count(),
@@ -221,6 +347,7 @@ def format_table(result: dict) -> str:
         "of matmul",
         "vs seq JAX",
         "vs eager torch",
+        "vs torch vmap",
         "compile s",
         "MB/net",
     ]
@@ -239,10 +366,18 @@ def format_table(result: dict) -> str:
             f"{100 * r['fraction_of_matmul']:.0f}%",
             ratio(r["speedup_vs_sequential_jax"]),
             ratio(r["speedup_vs_eager_torch"]),
+            ratio(r.get("speedup_vs_torch_vmap_compile")),
             f"{r['compile_seconds']:.1f}",
             f"{r['mb_per_network']:.2f}",
         ]
         lines.append("  ".join(f"{c:>14}" for c in cells))
+    lat = result.get("compile_latency")
+    if lat:
+        lines.append(
+            f"compile latency (new config d=32, width 64, {lat['networks']} networks, 1000 steps, no disk cache): "
+            f"first call {lat['first_seconds']:.2f} s, second {lat['second_seconds']:.2f} s, "
+            f"ratio {lat['first_over_second']:.2f}"
+        )
     dev = result["provenance"]["device"]
     lines.append(f"device: {dev['kind']} ({dev['platform']}, {dev['count']}), FLOPs: {result['flop_count']}")
     return "\n".join(lines)

@@ -140,7 +140,7 @@ def cmd_bench(args) -> int:
     networks = None
     if args.networks:
         networks = {c: args.networks for c in sizes}
-    result = run_bench(sizes, networks=networks, steps=args.steps, torch=not args.no_torch)
+    result = run_bench(sizes, networks=networks, steps=args.steps, torch=not args.no_torch, latency=not args.no_latency)
     print(format_table(result))
     import jax
 
@@ -336,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed", action="store_true", help="one process of several under jax.distributed.initialize()"
     )
     pr.set_defaults(func=cmd_run)
-    pb = sub.add_parser("bench", help="throughput of the vmapped sweep against sequential JAX and eager PyTorch")
+    pb = sub.add_parser(
+        "bench", help="throughput of the vmapped sweep against sequential JAX and PyTorch; compile latency"
+    )
     pb.add_argument(
         "--configs", default="small,medium", help="comma-separated: small (d=64, m=128), medium (d=256, m=512)"
     )
@@ -344,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--networks", type=int, default=None, help="networks per config (default: 64/16 on CPU, 1024/4096 on GPU)"
     )
     pb.add_argument("--steps", type=int, default=50, help="SGD steps per timed call")
-    pb.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
+    pb.add_argument(
+        "--no-torch", action="store_true", help="skip the PyTorch peers (eager loop, torch.func.vmap + compile)"
+    )
+    pb.add_argument("--no-latency", action="store_true", help="skip the compile-latency row (first vs second call)")
     pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json (default: figures)")
     pb.set_defaults(func=cmd_bench)
     pf = sub.add_parser("figures", help="redraw every figure from its saved JSON (or --rerun the experiments)")

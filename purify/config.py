@@ -336,6 +336,32 @@ class Config:
             _fail("config", sorted(unknown), f"unknown sections; known: {sorted(parts)}")
         return cls(**{name: build(kind, d.get(name, {})) for name, kind in parts.items()})
 
+    def resolve(self, key: str, value: Any = None) -> str:
+        """The dotted name ('section.field') of a setting written dotted or, when unique across
+        sections, bare ('width' -> 'model.width'); a ConfigError naming key and value otherwise."""
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if "." in key:
+            sec, name = key.split(".", 1)
+        else:
+            owners = [s for s, obj in sections.items() if name_in(obj, key)]
+            if len(owners) != 1:
+                _fail(
+                    key,
+                    value,
+                    "unknown setting; see `purify list --settings`"
+                    if not owners
+                    else f"ambiguous; write one of {[o + '.' + key for o in owners]}",
+                )
+            sec, name = owners[0], key
+        if sec not in sections or not name_in(sections[sec], name):
+            _fail(key, value, "unknown setting; see `purify list --settings`")
+        return f"{sec}.{name}"
+
+    def get(self, key: str) -> Any:
+        """The value of a setting, dotted or bare (see `resolve`)."""
+        sec, name = self.resolve(key).split(".", 1)
+        return getattr(getattr(self, sec), name)
+
     def set(self, **dotted: Any) -> Config:
         """Return a copy with dotted fields replaced, e.g. ``cfg.set(**{"data.d": 128})``.
 
@@ -343,21 +369,7 @@ class Config:
         """
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, value in dotted.items():
-            if "." in key:
-                sec, name = key.split(".", 1)
-            else:
-                owners = [s for s, obj in sections.items() if name_in(obj, key)]
-                if len(owners) != 1:
-                    _fail(
-                        key,
-                        value,
-                        "unknown setting"
-                        if not owners
-                        else f"ambiguous; write one of {[o + '.' + key for o in owners]}",
-                    )
-                sec, name = owners[0], key
-            if sec not in sections or not name_in(sections[sec], name):
-                _fail(key, value, "unknown setting; see `purify list --settings`")
+            sec, name = self.resolve(key, value).split(".", 1)
             value = plain(value)
             if isinstance(getattr(sections[sec], name), tuple) and not isinstance(value, tuple):
                 value = (value,)

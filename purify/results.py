@@ -160,6 +160,7 @@ class Results:
         """Select by label: seed=, time= (a step), radius=, attack=, task=, or a hyper-parameter
         value (tau=0.2). An exact single match drops the axis."""
         out = self
+        labels = {self._column(k): v for k, v in labels.items()}
         hp_query = {k: v for k, v in labels.items() if k in self.hp}
         for dim, value in labels.items():
             if dim in hp_query:
@@ -177,7 +178,11 @@ class Results:
             out._need("hparam")
             mask = np.ones(len(out.coords["hparam"]), bool)
             for name, value in hp_query.items():
-                mask &= np.isclose(np.asarray(out.hp[name], dtype=float), float(value))
+                column = np.asarray(out.hp[name])
+                if column.dtype.kind in "fiub" and not isinstance(value, str):
+                    mask &= np.isclose(column.astype(float), float(value))
+                else:
+                    mask &= column == value
             rows = np.flatnonzero(mask)
             if len(rows) == 0:
                 avail = {n: np.unique(np.asarray(out.hp[n])).tolist() for n in hp_query}
@@ -188,6 +193,74 @@ class Results:
                 else out._take("hparam", rows, drop=False)
             )
         return out
+
+    def _column(self, key: str) -> str:
+        """A selection key as named in `hp`: 'width' finds a swept 'model.width' (keyword
+        arguments cannot hold a dot); axes and hyper-parameters are their own names."""
+        if key in self.hp or key in self.coords:
+            return key
+        matches = [n for n in self.hp if n.rsplit(".", 1)[-1] == key]
+        return matches[0] if len(matches) == 1 else key
+
+    def row_config(self, row: int):
+        """The full `Config` of hparam row `row`: the saved config with that row's swept
+        settings and hyper-parameters (a grid may sweep any setting, see `purify.sweep`)."""
+        from .config import HPARAM_NAMES, Config
+
+        self._need("hparam")
+        values = {(f"hp.{n}" if n in HPARAM_NAMES else n): np.asarray(v)[row].item() for n, v in self.hp.items()}
+        return Config.from_dict(self.config).set(**values)
+
+    def to_xarray(self):
+        """An `xarray.Dataset` (needs `pip install -e ".[xarray]"`): one variable per array with
+        its named dims, every axis's coordinate, and each hparam row's settings (every column of
+        `hp`, swept or not) as coordinates along 'hparam', so `ds.sel(hparam=ds.tau == 0.2)`,
+        `ds.groupby("tau")`, faceted plots and `ds.to_netcdf(...)` work. The config, swept names
+        and provenance travel in `ds.attrs` as JSON; `Results.from_xarray` inverts it."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError('Results.to_xarray needs xarray: pip install -e ".[xarray]"') from None
+        # Empty axes (no snapshots, no low-rank update) and their arrays stay out of the Dataset:
+        # netCDF3 reads a zero-length dimension as unlimited. The attrs keep them for from_xarray.
+        coords = {d: (d, np.asarray(v)) for d, v in self.coords.items() if len(v)}
+        if "hparam" in self.coords:
+            coords.update({_xr_name(n): ("hparam", np.asarray(v)) for n, v in self.hp.items()})
+        data = {name: (self.dims[name], arr) for name, arr in self.arrays.items() if arr.size}
+        empty = {
+            name: [list(self.dims[name]), list(arr.shape), arr.dtype.str]
+            for name, arr in self.arrays.items()
+            if not arr.size
+        }
+        attrs = {
+            "purify_meta": json.dumps(self.meta, default=_jsonable),
+            "purify_hp": json.dumps(list(self.hp)),
+            "purify_axes": json.dumps(list(self.coords)),
+            "purify_empty": json.dumps(
+                {"arrays": empty, "axes": {d: np.asarray(v).dtype.str for d, v in self.coords.items() if not len(v)}}
+            ),
+        }
+        if "hparam" not in self.coords:
+            attrs["purify_hp_values"] = json.dumps({n: np.asarray(v).tolist() for n, v in self.hp.items()})
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    @classmethod
+    def from_xarray(cls, ds) -> Results:
+        """The Results a `to_xarray` Dataset was made from (after netCDF/zarr I/O too)."""
+        names = json.loads(ds.attrs["purify_hp"])
+        if "purify_hp_values" in ds.attrs:
+            hp = {n: np.asarray(v) for n, v in json.loads(ds.attrs["purify_hp_values"]).items()}
+        else:
+            hp = {n: np.asarray(ds.coords[_xr_name(n)].values) for n in names}
+        arrays = {n: np.asarray(v.values) for n, v in ds.data_vars.items()}
+        dims = {n: tuple(v.dims) for n, v in ds.data_vars.items()}
+        coords = {d: np.asarray(ds.coords[d].values) for d in ds.dims}
+        empty = json.loads(ds.attrs["purify_empty"])
+        for name, (axes, shape, dtype) in empty["arrays"].items():
+            arrays[name], dims[name] = np.zeros(shape, np.dtype(dtype)), tuple(axes)
+        coords.update({d: np.zeros(0, np.dtype(dtype)) for d, dtype in empty["axes"].items()})
+        coords = {d: coords[d] for d in json.loads(ds.attrs["purify_axes"])}
+        return cls(arrays, dims, coords, hp, json.loads(ds.attrs["purify_meta"]))
 
     def _need(self, dim: str) -> None:
         if dim not in self.coords:
@@ -273,6 +346,12 @@ class Results:
         from .plotting import plot_metric
 
         return plot_metric(self, metric, ax=ax, label_by=label_by, **kw)
+
+
+def _xr_name(column: str) -> str:
+    """An hp column as an xarray coordinate name: 'model.width' -> 'model_width' (a dot would
+    not survive attribute access); hyper-parameters keep their names."""
+    return column.replace(".", "_")
 
 
 def warn_failed(res: Results) -> None:

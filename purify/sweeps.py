@@ -9,6 +9,7 @@ grid row: rows are compared on the same init and data (common random numbers).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -125,26 +126,73 @@ def check_chunk_memory(
         )
 
 
-def grid_table(cfg: Config, grid: Mapping[str, Iterable[float]] | None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Cartesian product of the grid (first key slowest) over cfg.hp defaults; every row validated."""
-    checked = {}
-    for name, values in dict(grid or {}).items():
+# Settings that fix no shape: swept, they are per-run values of one program, like HParams.
+PER_RUN = ("train.adv_start",)
+
+
+def _grid_values(name: str, values) -> list:
+    if not isinstance(values, (str, bytes)) and isinstance(values, Iterable):
+        values = plain(list(values))  # NumPy / JAX arrays and scalars become Python values
+    if not isinstance(values, tuple) or len(values) == 0:
+        raise ConfigError(f"grid[{name!r}]={values!r} is not allowed: must be a non-empty list of values")
+    return list(values)
+
+
+def grid_rows(cfg: Config, grid: Mapping[str, Iterable] | None) -> tuple[list[dict], list[str]]:
+    """The grid's rows (Cartesian product, first key slowest), each {column: value}, and the
+    column names. A hyper-parameter keeps its bare name ('tau'); any other setting is named
+    dotted ('model.width', 'train.adv_start'; a unique bare name such as 'width' is accepted).
+    Every row's full config is validated here, before anything compiles."""
+    columns, values = [], []
+    for key, vals in dict(grid or {}).items():
+        name = key.split(".", 1)[1] if key.startswith("hp.") else key
         if name not in HPARAM_NAMES:
-            raise ConfigError(f"grid key {name!r} is not allowed: sweepable hyper-parameters are {list(HPARAM_NAMES)}")
-        if not isinstance(values, (str, bytes)) and isinstance(values, Iterable):
-            values = plain(list(values))  # NumPy / JAX arrays and scalars become Python numbers
-        if not isinstance(values, tuple) or len(values) == 0:
-            raise ConfigError(f"grid[{name!r}]={values!r} is not allowed: must be a non-empty list of numbers")
-        checked[name] = list(values)
-    grid = checked
-    names = list(grid)
-    rows = []
-    for combo in itertools.product(*(list(grid[n]) for n in names)) if names else [()]:
-        hp = HParams(**{**{n: getattr(cfg.hp, n) for n in HPARAM_NAMES}, **dict(zip(names, combo))})
-        hp.validate(prefix="grid")
-        rows.append(hp)
-    table = {n: np.asarray([getattr(r, n) for r in rows], np.float32) for n in HPARAM_NAMES}
-    return table, names
+            try:
+                name = cfg.resolve(name, vals)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"grid key {key!r} is not allowed: {exc}; a grid sweeps hyper-parameters "
+                    f"{list(HPARAM_NAMES)} or any setting of `purify list --settings`"
+                ) from None
+            name = name.removeprefix("hp.")
+        if name in columns:
+            raise ConfigError(f"grid key {key!r} is not allowed: {name!r} is already in the grid")
+        columns.append(name)
+        values.append(_grid_values(key, vals))
+    rows = [dict(zip(columns, combo)) for combo in itertools.product(*values)] if columns else [{}]
+    for row in rows:
+        row_config(cfg, row)  # validates
+    return rows, columns
+
+
+def row_config(cfg: Config, row: Mapping) -> Config:
+    """The full config of one grid row: cfg with the row's settings and hyper-parameters."""
+    hp = {f"hp.{n}": v for n, v in row.items() if n in HPARAM_NAMES}
+    other = {n: v for n, v in row.items() if n not in HPARAM_NAMES}
+    HParams(**{**dataclasses.asdict(cfg.hp), **{n[3:]: v for n, v in hp.items()}}).validate(prefix="grid")
+    try:
+        return cfg.set(**other, **hp).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"grid row {dict(row)}: {exc}") from None
+
+
+def _static_part(row: Mapping) -> tuple:
+    """What of a row decides its program: every setting but hyper-parameters and PER_RUN."""
+    return tuple((n, v) for n, v in row.items() if n not in HPARAM_NAMES and n not in PER_RUN)
+
+
+def grid_table(cfg: Config, grid: Mapping[str, Iterable[float]] | None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Cartesian product of a grid of hyper-parameters only (first key slowest) over cfg.hp
+    defaults, as {name: (H,) float32}; every row validated."""
+    rows, names = grid_rows(cfg, grid)
+    bad = [n for n in names if n not in HPARAM_NAMES]
+    if bad:
+        raise ConfigError(f"grid key {bad[0]!r} is not allowed here: hyper-parameters are {list(HPARAM_NAMES)}")
+    return _hp_table(cfg, rows), names
+
+
+def _hp_table(cfg: Config, rows: list[dict]) -> dict[str, np.ndarray]:
+    return {n: np.asarray([row.get(n, getattr(cfg.hp, n)) for row in rows], np.float32) for n in HPARAM_NAMES}
 
 
 def seed_list(seeds: int | Sequence[int]) -> np.ndarray:
@@ -205,15 +253,15 @@ def _is_key(x) -> bool:
     return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, work=None):
+def _run_chunk(fns, keys, hp, adv_start, task, n_steps, step_chunk, work=None):
     """Train one chunk of runs to the end, resuming from `work`'s checkpoint when there is one
     and checkpointing through it (see purify.execute.ChunkWork); None: no checkpoints."""
-    _, init, advance, finalize = fns
+    run, init, advance, observe = fns
     # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
     # equivalent on one device but a different cache key: pin them all to the keys' sharding so
     # every call of `advance` sees the same input and traces once.
     on_runs = keys.sharding
-    state, start = jax.device_put(init(keys, hp, task), on_runs), 0
+    state, start = jax.device_put(init(keys, hp, task, adv_start), on_runs), 0
     ckpt = work.resume() if work is not None else None
     if ckpt is not None:
         restored = _restore_state(state, ckpt)
@@ -221,13 +269,19 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, work=None):
             work.reject("it does not fit this chunk's state")
         else:
             state, start = jax.device_put(restored, on_runs), int(ckpt["__done__"])
-    # (state, steps done) change together in one assignment, so an interrupt never separates them
+    # (state, steps done) change together in one assignment, so an interrupt never separates them.
+    # A state saved at step t has not been observed at t yet: the rerun observes it first.
     current = (state, start)
     try:
         with DeferredInterrupt() as interrupt:
-            for t0 in range(start, n_steps, step_chunk):
-                state = jax.device_put(advance(current[0], task, jnp.int32(t0)), on_runs)
-                current = (state, min(t0 + step_chunk, n_steps))
+            for t0, t1 in run.segments(start, step_chunk):
+                state = current[0]
+                if t0 in run.observe_at:
+                    state = jax.device_put(observe(state, task, jnp.int32(t0)), on_runs)
+                state = jax.device_put(advance(state, task, jnp.int32(t0), jnp.int32(t1)), on_runs)
+                current = (state, t1)
+                if t1 % step_chunk and t1 != n_steps:
+                    continue  # a cut at a log step inside a step call
                 if work is not None and work.active:
                     jax.block_until_ready(current[0].failed_step)
                     work.advanced(current[1], lambda s=current[0]: _flat_state(s))
@@ -241,7 +295,7 @@ def _run_chunk(fns, keys, hp, task, n_steps, step_chunk, work=None):
             work.done = current[1]
             work.interrupted(_flat_state(state))
         raise
-    state = finalize(current[0], task)
+    state = observe(current[0], task, jnp.int32(n_steps))
     out = {k: np.asarray(v) for k, v in state.trace.items()}
     out["failed_step"] = np.asarray(state.failed_step)
     out["snapshots"] = np.asarray(state.snapshots)
@@ -288,33 +342,17 @@ def sweep(
     computes the p-th block of chunks on its local devices and the results are all-gathered,
     so every process returns the whole sweep.
     """
-    from .train import compiled
-
     cfg = cfg.validate()
-    table, swept = grid_table(cfg, grid)
+    rows, swept = grid_rows(cfg, grid)
     seeds = seed_list(seeds)
-    H, S = len(table["lr"]), len(seeds)
-    n_runs = H * S
     devices = list(devices or jax.local_devices())
     if run_slice is not None and out_dir is None:
         raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
     if out_dir is not None:
         writable_folder(out_dir, "out_dir")
-    n_proc = jax.process_count()
-    distributed = n_proc > 1 if distributed is None else distributed
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(cfg, n_runs, memory_budget_bytes, devices)
-        if distributed:
-            chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
-    else:
-        make_plan(n_runs, chunk_size)  # the chunk size's own rule first
-        check_chunk_memory(cfg, chunk_size, devices, memory_budget_bytes, n_runs)
-    plan = make_plan(
-        n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None
-    )
-    steps = cfg.train.steps
-    step_chunk = step_chunk or max(1, math.ceil(steps / 20))
-    if isinstance(step_chunk, bool) or not isinstance(step_chunk, numbers.Integral) or step_chunk < 1:
+    if step_chunk is not None and (
+        isinstance(step_chunk, bool) or not isinstance(step_chunk, numbers.Integral) or step_chunk < 1
+    ):
         raise ConfigError(f"step_chunk={step_chunk!r} is not allowed: must be an integer >= 1")
     if (
         isinstance(checkpoint_seconds, bool)
@@ -322,12 +360,112 @@ def sweep(
         or not (0 <= checkpoint_seconds < math.inf)
     ):
         raise ConfigError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed: must be a number >= 0")
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_static_part(row), []).append(i)
+    data_swept = [n for n in swept if n.startswith("data.")]
+    if task is not None and data_swept:
+        raise ConfigError(f"grid key {data_swept[0]!r} is not allowed with task=: the task fixes the data model")
+    # every group's chunk size is checked before the first one compiles
+    jobs = []
+    for static, idx in groups.items():
+        cfg_g = cfg.set(**dict(static)) if static else cfg
+        n_runs = len(idx) * len(seeds)
+        if chunk_size is None:
+            size = auto_chunk_size(cfg_g, n_runs, memory_budget_bytes, devices)
+        else:
+            make_plan(n_runs, chunk_size)  # the chunk size's own rule first
+            check_chunk_memory(cfg_g, chunk_size, devices, memory_budget_bytes, n_runs)
+            size = chunk_size
+        jobs.append((cfg_g, idx, size))
+    parts, sliced = [], []
+    for number, (cfg_g, idx, size) in enumerate(jobs):
+        label = ", ".join(f"{n}={v}" for n, v in _static_part(rows[idx[0]]))
+        try:
+            parts.append(
+                _sweep_group(
+                    cfg_g,
+                    [rows[i] for i in idx],
+                    seeds,
+                    task=task,
+                    chunk_size=size,
+                    step_chunk=step_chunk,
+                    out_dir=out_dir,
+                    progress=progress,
+                    devices=devices,
+                    run_slice=run_slice,
+                    distributed=distributed,
+                    checkpoint_seconds=checkpoint_seconds,
+                    keep_params=keep_params,
+                    label=f"group {number + 1}/{len(jobs)} ({label})" if len(jobs) > 1 else "",
+                )
+            )
+        except SliceFinished as done:
+            sliced.append(done)
+    if sliced:
+        first = sliced[0]
+        raise SliceFinished(first.index, first.count, sum(d.computed for d in sliced), first.where)
+    res = assemble(cfg, parts, rows, swept, seeds)
+    warn_failed(res)
+    return res
+
+
+def _per_run_adv_start(cfg: Config, rows: list[dict]) -> np.ndarray | None:
+    """Each row's first adversarial step when the grid sweeps it, else None (a constant)."""
+    if not any("train.adv_start" in row for row in rows):
+        return None
+    return np.asarray([row.get("train.adv_start", cfg.train.adv_start) for row in rows], np.int32)
+
+
+def _sweep_group(
+    cfg: Config,
+    rows: list[dict],
+    seeds: np.ndarray,
+    *,
+    task,
+    chunk_size,
+    step_chunk,
+    out_dir,
+    progress,
+    devices,
+    run_slice,
+    distributed,
+    checkpoint_seconds,
+    keep_params,
+    label,
+):
+    """Train the rows of one static config (one program); returns (flat arrays, run, task)."""
+    from .train import compiled
+
+    table = _hp_table(cfg, rows)
+    adv_start = _per_run_adv_start(cfg, rows)
+    log_steps = None
+    if adv_start is not None:
+        table["train.adv_start"] = adv_start  # part of the fingerprint: it decides the numbers
+        union = set()
+        for a in np.unique(adv_start):
+            union |= set(cfg.set(**{"train.adv_start": int(a)}).train.log_steps.tolist())
+        log_steps = tuple(sorted(union))
+    H, S = len(rows), len(seeds)
+    n_runs = H * S
+    n_proc = jax.process_count()
+    distributed = n_proc > 1 if distributed is None else distributed
+    if distributed:
+        chunk_size = min(chunk_size, math.ceil(n_runs / n_proc))
+    plan = make_plan(
+        n_runs, chunk_size, len(devices), run_slice, (jax.process_index(), n_proc) if distributed else None
+    )
+    steps = cfg.train.steps
+    step_chunk = step_chunk or max(1, math.ceil(steps / 20))
     task = task if task is not None else make_task(cfg.data)
 
-    run_hp = {n: np.repeat(v, S) for n, v in table.items()}  # run r = row * S + seed index
+    run_hp = {n: np.repeat(v, S) for n, v in table.items() if n in HPARAM_NAMES}  # run r = row * S + seed index
+    run_adv = np.repeat(
+        adv_start if adv_start is not None else np.int32(cfg.train.adv_start), S if adv_start is not None else n_runs
+    )
     run_seed = np.tile(seeds, H)
     store = ChunkStore(out_dir, fingerprint(cfg, table, seeds, plan.chunk_size, task))
-    fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)))
+    fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)), adv_start is not None, log_steps)
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
     task_on_mesh = jax.device_put(task, replicated)
@@ -335,7 +473,8 @@ def sweep(
     def compute(idx, work):
         keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
         hp = jax.device_put(HParams(**{n: jnp.asarray(v[idx]) for n, v in run_hp.items()}), on_runs)
-        out = _run_chunk(fns, keys, hp, task_on_mesh, steps, step_chunk, work)
+        adv = jax.device_put(jnp.asarray(run_adv[idx]), on_runs)
+        out = _run_chunk(fns, keys, hp, adv, task_on_mesh, steps, step_chunk, work)
         return {k: v for k, v in out.items() if keep_params or not k.endswith("_final")}
 
     flat = execute(
@@ -344,49 +483,108 @@ def sweep(
         compute,
         per_chunk=steps,
         unit="step",
-        desc=f"{n_runs} networks x {steps} steps",
+        desc=f"{n_runs} networks x {steps} steps" + (f", {label}" if label else ""),
         progress=progress,
         checkpoint_seconds=checkpoint_seconds,
         slice_mode=run_slice is not None,
         distributed=distributed,
     )
-    res = assemble(cfg, flat, table, swept, seeds, task, fns[0])
-    warn_failed(res)
-    return res
+    return flat, fns.run, task
 
 
-def assemble(cfg: Config, flat: dict, table: dict, swept: list, seeds: np.ndarray, task: Task, run) -> Results:
-    H, S = len(table["lr"]), len(seeds)
+def assemble(cfg: Config, parts: list, rows: list[dict], swept: list, seeds: np.ndarray) -> Results:
+    """One Results from every group's runs: rows in grid order along 'hparam'. Where groups
+    differ in an axis (width, d, log steps, ...), its coordinate is the union and a row's
+    entries outside its own are NaN (-1 for integer arrays)."""
+    S = len(seeds)
+    groups = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_static_part(row), []).append(i)
+    order = list(groups.values())  # the row indices of each part, in the parts' order
+    runs = [p[1] for p in parts]
+    coords = {
+        "hparam": np.arange(len(rows)),
+        "seed": seeds,
+        "time": _union([r.log_steps for r in runs]),
+        "neuron": np.arange(max(r.cfg.model.width for r in runs)),
+        "radius": _union([np.asarray(r.cfg.eval.taus, np.float32) for r in runs]),
+        "attack": np.asarray(attacks.ATTACK_NAMES),
+        "task": np.arange(max(r.cfg.data.n_tasks for r in runs)),
+        "snapshot": _union([r.snapshot_at for r in runs]),
+        "input": np.arange(max(r.cfg.data.d for r in runs)),
+        "rank": np.arange(max(r.cfg.train.adv_rank for r in runs)),
+        "feature": np.arange(max(r.cfg.data.d for r in runs)),
+    }
+    labelled = ("time", "radius", "snapshot")  # placed by label; the others by position
     arrays, dims = {}, {}
-    for name, arr in flat.items():
-        arrays[name], dims[name] = arr.reshape((H, S) + arr.shape[1:]), ("hparam", "seed") + _axes(name)
+    for name in parts[0][0]:
+        axes = _axes(name)
+        pieces = []
+        for (flat, run, _), idx in zip(parts, order):
+            own = {
+                "time": run.log_steps,
+                "radius": np.asarray(run.cfg.eval.taus, np.float32),
+                "snapshot": run.snapshot_at,
+            }
+            arr = flat[name].reshape((len(idx), S) + flat[name].shape[1:])
+            pieces.append(_widen(arr, axes, coords, own, labelled))
+        full = np.empty((len(rows), S) + pieces[0].shape[2:], pieces[0].dtype)
+        for piece, idx in zip(pieces, order):
+            full[idx] = piece
+        arrays[name], dims[name] = full, ("hparam", "seed") + axes
     arrays["constant_predictor"] = trace.constant_predictor(arrays["positive_rate"])
     dims["constant_predictor"] = dims["positive_rate"]
-    arrays["task_M"], dims["task_M"] = np.asarray(task.M), ("input", "feature")
-    arrays["task_w_star"], dims["task_w_star"] = np.asarray(task.w_star), ("task", "feature")
-    coords = {
-        "hparam": np.arange(H),
-        "seed": seeds,
-        "time": run.log_steps,
-        "neuron": np.arange(cfg.model.width),
-        "radius": np.asarray(cfg.eval.taus, np.float32),
-        "attack": np.asarray(attacks.ATTACK_NAMES),
-        "task": np.arange(cfg.data.n_tasks),
-        "snapshot": run.snapshot_at,
-        "input": np.arange(cfg.data.d),
-        "rank": np.arange(cfg.train.adv_rank),
-        "feature": np.arange(cfg.data.d),
-    }
+    tasks = [p[2] for p in parts]
+    same_task = all(
+        t.M.shape == tasks[0].M.shape
+        and np.array_equal(t.M, tasks[0].M)
+        and t.w_star.shape == tasks[0].w_star.shape
+        and np.array_equal(t.w_star, tasks[0].w_star)
+        for t in tasks
+    )
+    for key, attr, axes in (("task_M", "M", ("input", "feature")), ("task_w_star", "w_star", ("task", "feature"))):
+        if same_task:
+            arrays[key], dims[key] = np.asarray(getattr(tasks[0], attr)), axes
+        else:  # the data model is swept: each row has its own dictionary and labels
+            rows_of = [np.asarray(getattr(t, attr))[None, None] for t in tasks]
+            per_part = [_widen(a, axes, coords, {}, ())[0, 0] for a in rows_of]
+            full = np.empty((len(rows),) + per_part[0].shape, np.float32)
+            for piece, idx in zip(per_part, order):
+                full[idx] = piece
+            arrays[key], dims[key] = full, ("hparam",) + axes
+    hp = {n: np.asarray([row.get(n, getattr(cfg.hp, n)) for row in rows], np.float32) for n in HPARAM_NAMES}
+    for n in swept:
+        if n not in HPARAM_NAMES:
+            hp[n] = np.asarray([row[n] for row in rows])
     meta = {
         "config": json.loads(json.dumps(cfg.to_dict())),
         "swept": swept,
         "provenance": provenance(),
         "seed_rule": "run key = jax.random.key(seed), same on every grid row",
     }
-    res = Results(arrays, dims, coords, table, meta)
-    if cfg.data.n_tasks == 1:
+    res = Results(arrays, dims, coords, hp, meta)
+    if coords["task"].size == 1:
         res = res.isel(task=0)
     return res
+
+
+def _union(values: list) -> np.ndarray:
+    return np.unique(np.concatenate([np.asarray(v).ravel() for v in values])) if values else np.asarray([])
+
+
+def _widen(arr: np.ndarray, axes: tuple, coords: dict, own: dict, labelled: tuple) -> np.ndarray:
+    """arr (H, S, *axes) placed into the full coordinates of each axis: labelled axes (time,
+    radius, snapshot) by label, the others by position; the rest NaN (floats) or -1."""
+    shape = arr.shape[:2] + tuple(len(coords[a]) for a in axes)
+    if shape == arr.shape and all(a not in labelled or np.array_equal(own[a], coords[a]) for a in axes):
+        return arr
+    fill = np.nan if arr.dtype.kind == "f" else -1
+    out = np.full(shape, fill, arr.dtype)
+    where = [slice(None), slice(None)]
+    for a, n in zip(axes, arr.shape[2:]):
+        where.append(np.searchsorted(coords[a], own[a]) if a in labelled else np.arange(n))
+    out[np.ix_(*[np.arange(s) if isinstance(w, slice) else w for w, s in zip(where, arr.shape)])] = arr
+    return out
 
 
 def _axes(name: str) -> tuple[str, ...]:

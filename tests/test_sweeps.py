@@ -142,8 +142,8 @@ def _xla_bytes(cfg, c):
     state = jax.eval_shape(jax.vmap(run.init, in_axes=(0, 0, None)), keys, hp, task)
     sizes = []
     for fn, args in (
-        (jax.vmap(run.advance, in_axes=(0, None, None)), (state, task, jnp.int32(0))),
-        (jax.vmap(run.finalize, in_axes=(0, None)), (state, task)),
+        (jax.vmap(run.advance, in_axes=(0, None, None, None)), (state, task, jnp.int32(0), jnp.int32(1))),
+        (jax.vmap(run.observe, in_axes=(0, None, None)), (state, task, jnp.int32(0))),
     ):
         m = jax.jit(fn, donate_argnums=0).lower(*args).compile().memory_analysis()
         sizes.append(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)

@@ -43,13 +43,13 @@ def test_sweeping_hyperparameters_does_not_recompile():
     purify.sweep(cfg, grid={"tau": [0.2, 0.5], "lr": [0.3]}, seeds=[5, 9])
     purify.sweep(cfg, grid={"beta": [0.3], "init_scale": [0.05]}, seeds=4)
     assert compiled.cache_info().misses == 1
-    _, init, advance, finalize = compiled(cfg, 3, True)
-    assert init._cache_size() == 1 and advance._cache_size() == 1 and finalize._cache_size() == 1
+    _, init, advance, observe = compiled(cfg, 3, True, False, None)
+    assert init._cache_size() == 1 and advance._cache_size() == 1 and observe._cache_size() == 1
     purify.sweep(cfg, grid={"noise": [0.1, 0.2]}, seeds=2)
     purify.sweep(cfg, grid={"noise": [0.0, 0.3], "tau": [0.1]}, seeds=[3, 4])
     assert compiled.cache_info().misses == 2
-    _, init, advance, finalize = compiled(cfg, 3, False)
-    assert init._cache_size() == 1 and advance._cache_size() == 1 and finalize._cache_size() == 1
+    _, init, advance, observe = compiled(cfg, 3, False, False, None)
+    assert init._cache_size() == 1 and advance._cache_size() == 1 and observe._cache_size() == 1
 
 
 def test_noise_free_program_gives_the_same_numbers():
@@ -64,14 +64,16 @@ def test_advance_traces_once_across_hyperparameters_and_chunks():
     cfg = tiny()
     run = Run(cfg, chunk=10)
     task = purify.make_task(cfg.data)
-    advance = jax.jit(jax.vmap(chex.assert_max_traces(run.advance, n=1), in_axes=(0, None, None)))
+    advance = jax.jit(jax.vmap(chex.assert_max_traces(run.advance, n=1), in_axes=(0, None, None, None)))
+    observe = jax.jit(jax.vmap(chex.assert_max_traces(run.observe, n=1), in_axes=(0, None, None)))
     init = jax.jit(jax.vmap(run.init, in_axes=(0, 0, None)))
     for taus in ([0.0, 0.1], [0.4, 0.9]):
         hp = {n: jnp.full((2,), getattr(cfg.hp, n)) for n in purify.config.HPARAM_NAMES}
         hp["tau"] = jnp.asarray(taus)
         state = init(jax.vmap(jax.random.key)(jnp.arange(2)), hp, task)
-        for t0 in range(0, cfg.train.steps, 10):
-            state = advance(state, task, jnp.int32(t0))
+        for t0, t1 in run.segments(0, 10):
+            state = observe(state, task, jnp.int32(t0))
+            state = advance(state, task, jnp.int32(t0), jnp.int32(t1))
 
 
 def test_chunked_and_unchunked_sweeps_agree():
