@@ -1,6 +1,7 @@
 """The compiled training program: vmapped = single run, no recompiles, chunking, resume, NaNs."""
 
 import dataclasses
+import itertools
 
 import chex
 import jax
@@ -227,3 +228,16 @@ def test_low_rank_adversarial_phase():
     assert low.dims["U_final"] == ("hparam", "seed", "neuron", "rank")
     with pytest.raises(purify.ConfigError, match="train.adv_rank=17"):
         tiny(**{"train.adv_rank": 17})
+
+
+def test_segments_cover_every_step_once_and_cut_at_every_observation():
+    """The Python loop of a run: advance calls (t0, t1) tile [start, steps) and every log or
+    snapshot step starts a segment, so it is observed before it is trained on."""
+    run = Run(tiny(**{"train.snapshot_at": (7, 45)}), chunk=10)
+    for start in (0, 20, 37):
+        segs = run.segments(start, 10)
+        assert segs[0][0] == start and segs[-1][1] == 60
+        assert all(a < b and b == c for (a, b), (c, _) in itertools.pairwise(segs))
+        starts = {a for a, _ in segs}
+        assert {t for t in run.observe_at if start <= t < 60} <= starts
+        assert {t for t in range(start + 1, 60) if t % 10 == 0} <= starts
