@@ -233,12 +233,7 @@ def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
         sync()
 
     train()  # warm-up
-    best = math.inf
-    for _ in range(3):
-        t = time.perf_counter()
-        train()
-        best = min(best, time.perf_counter() - t)
-    return {"seconds": best, "compile_seconds": compile_s}
+    return {"seconds": _best_of(train, 3), "compile_seconds": compile_s}
 
 
 # The REPL's question, timed: a new static config of tiny size, first call against second.

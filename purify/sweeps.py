@@ -405,7 +405,7 @@ def sweep(
     if sliced:
         first = sliced[0]
         raise SliceFinished(first.index, first.count, sum(d.computed for d in sliced), first.where)
-    res = assemble(cfg, parts, rows, swept, seeds)
+    res = assemble(cfg, parts, list(groups.values()), rows, swept, seeds)
     warn_failed(res)
     return res
 
@@ -460,9 +460,8 @@ def _sweep_group(
     task = task if task is not None else make_task(cfg.data)
 
     run_hp = {n: np.repeat(v, S) for n, v in table.items() if n in HPARAM_NAMES}  # run r = row * S + seed index
-    run_adv = np.repeat(
-        adv_start if adv_start is not None else np.int32(cfg.train.adv_start), S if adv_start is not None else n_runs
-    )
+    row_adv = adv_start if adv_start is not None else np.full(H, cfg.train.adv_start, np.int32)
+    run_adv = np.repeat(row_adv, S)
     run_seed = np.tile(seeds, H)
     store = ChunkStore(out_dir, fingerprint(cfg, table, seeds, plan.chunk_size, task))
     fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)), adv_start is not None, log_steps)
@@ -492,15 +491,14 @@ def _sweep_group(
     return flat, fns.run, task
 
 
-def assemble(cfg: Config, parts: list, rows: list[dict], swept: list, seeds: np.ndarray) -> Results:
-    """One Results from every group's runs: rows in grid order along 'hparam'. Where groups
+def assemble(
+    cfg: Config, parts: list, order: list[list[int]], rows: list[dict], swept: list, seeds: np.ndarray
+) -> Results:
+    """One Results from every group's runs (`parts`, whose grid rows are `order[i]`): rows in
+    grid order along 'hparam'. Where groups
     differ in an axis (width, d, log steps, ...), its coordinate is the union and a row's
     entries outside its own are NaN (-1 for integer arrays)."""
     S = len(seeds)
-    groups = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(_static_part(row), []).append(i)
-    order = list(groups.values())  # the row indices of each part, in the parts' order
     runs = [p[1] for p in parts]
     coords = {
         "hparam": np.arange(len(rows)),
@@ -552,7 +550,7 @@ def assemble(cfg: Config, parts: list, rows: list[dict], swept: list, seeds: np.
             for piece, idx in zip(per_part, order):
                 full[idx] = piece
             arrays[key], dims[key] = full, ("hparam",) + axes
-    hp = {n: np.asarray([row.get(n, getattr(cfg.hp, n)) for row in rows], np.float32) for n in HPARAM_NAMES}
+    hp = _hp_table(cfg, rows)
     for n in swept:
         if n not in HPARAM_NAMES:
             hp[n] = np.asarray([row[n] for row in rows])
