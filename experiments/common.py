@@ -19,6 +19,11 @@ from purify.downstream import select_by_validation
 from purify.experiment import Context, Option
 from purify.landmarks import window
 
+# A trained model whose clean accuracy is under this (halfway from chance to a working model)
+# has collapsed to a near-constant predictor: robust by being useless. fp-lowcomplexity and
+# roli-init never count its robust accuracy.
+COLLAPSED_BELOW = 0.75
+
 # The purification protocol (fp-dynamics): clean for adv_start steps, then FGM at hp.tau.
 PURIFICATION_PRESETS = {
     "cpu": {
@@ -108,17 +113,21 @@ def radius_grid(cfg: Config, options: dict) -> np.ndarray:
 
 def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[dict, list]:
     """{'clean', 'fgm', 'pgd'}: the final parameters of supervised pre-training (clean, then
-    clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, and the failed pre-training runs."""
+    clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, plus 'flagged' (S,): seeds any of whose
+    three pre-training runs failed, diverged or ended at chance; and the failed pre-training runs."""
     tau = cfg.hp.tau
     sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
     pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
     failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [
         ["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()
     ]
+    failed += [["fgm", "at chance", *ij] for ij in np.argwhere(sup.at_chance()).tolist()]
+    failed += [["pgd", "at chance", *ij] for ij in np.argwhere(pgd.at_chance()).tolist()]
     return {
         "clean": downstream.backbones(sup, rows=0),
         "fgm": downstream.backbones(sup, rows=1),
         "pgd": downstream.backbones(pgd, rows=0),
+        "flagged": sup.flagged().any(0) | pgd.flagged()[0],
     }, failed
 
 

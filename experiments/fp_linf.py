@@ -27,6 +27,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "dynamics": {k: v for k, v in dyn.items() if k != "verdicts"},
         "robustness": {k: v for k, v in rob.items() if k != "verdicts"},
         "failed_runs": dyn["failed_runs"],
+        "chance_runs": dyn["chance_runs"],
         "verdicts": dyn["verdicts"] + rob["verdicts"],
     }
 
@@ -76,18 +77,21 @@ def plot(record: dict):
     return fig
 
 
+def linf_settings(d: int, tau: float, taus) -> dict:
+    """The l-inf version of an l2 protocol: a Haar dictionary, l-inf attacks, radii / sqrt(2d/pi)."""
+    s = math.sqrt(2 * d / math.pi)
+    return {
+        "data.dictionary": "haar",
+        "train.norm": "linf",
+        "eval.norm": "linf",
+        "hp.tau": round(tau / s, 5),
+        "eval.taus": tuple(round(t / s, 5) for t in taus),
+    }
+
+
 def _linf(preset: dict) -> dict:
     cfg = dict(preset["config"])
-    s = math.sqrt(2 * cfg["data.d"] / math.pi)
-    cfg.update(
-        {
-            "data.dictionary": "haar",
-            "train.norm": "linf",
-            "eval.norm": "linf",
-            "hp.tau": round(cfg["hp.tau"] / s, 5),
-            "eval.taus": tuple(round(t / s, 5) for t in cfg["eval.taus"]),
-        }
-    )
+    cfg.update(linf_settings(cfg["data.d"], cfg["hp.tau"], cfg["eval.taus"]))
     return {**preset, "config": cfg, "options": {"n_taus": 13, "tau_max": None}}
 
 

@@ -22,12 +22,11 @@ from purify.config import Config
 from purify.evaluate import eval_keys, eval_spec, landmark_curves, network_curves
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import window
-from purify.stats import verdict
+from purify.stats import verdict, with_original
 
+from .common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
-from .common import RADIUS_OPTIONS, radius_grid
 
-COLLAPSED_BELOW = 0.75  # clean accuracy under this (halfway from chance to a working model): collapsed
 MODELS = {
     "linear": "linear",
     "poly2": "polynomial, degree ≤ 2 (random features)",
@@ -88,19 +87,43 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     majority = np.asarray([_majority(cfg, task, s) for s in res.coords["seed"]])
     collapsed = {n: {m: np.asarray(a) < COLLAPSED_BELOW for m, a in d.items()} for n, d in clean_acc.items()}
     relu = curves["ReLU net"]["adversarial"][:, j]
+    flagged = res.flagged()[1]
+    # Family: one verdict per baseline. The original rule (fixed before the first run) compared
+    # with the better of clean and adversarial training of each baseline; a collapsed training
+    # (clean accuracy < COLLAPSED_BELOW: a near-constant predictor, robust by being useless) was
+    # excluded afterwards, in the commit that first saved these results: post hoc.
     verdicts = []
     for n, description in MODELS.items():
         best = np.maximum.reduce(
             [np.where(collapsed[n][m], -np.inf, curves[n][m][:, j]) for m in ("clean", "adversarial")]
         )
         best = np.where(np.isfinite(best), best, majority)
+        better_of = np.maximum(curves[n]["clean"][:, j], curves[n]["adversarial"][:, j])
+        common = {
+            "min_effect": 0.02,
+            "why": "two accuracy points: above the per-run sampling noise",
+            "flagged": flagged,
+        }
+        original = verdict(
+            relu - better_of,
+            ">",
+            0.0,
+            f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {description} (the better of "
+            "its clean and adversarial training)",
+            **common,
+        )
         verdicts.append(
-            verdict(
-                relu - best,
-                ">",
-                0.0,
-                f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {description}, "
-                f"however trained (its better non-collapsed training, clean accuracy >= {COLLAPSED_BELOW})",
+            with_original(
+                verdict(
+                    relu - best,
+                    ">",
+                    0.0,
+                    f"the FGM-trained ReLU net is more robust at tau={taus[j]:.3g} than the {description}, "
+                    f"however trained (its better non-collapsed training, clean accuracy >= {COLLAPSED_BELOW})",
+                    post_hoc="the collapse rule was set in the commit that first saved these results",
+                    **common,
+                ),
+                original,
             )
         )
     return {
@@ -118,6 +141,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "collapsed_below_clean_accuracy": COLLAPSED_BELOW,
         "collapsed": {n: {m: v.tolist() for m, v in d.items()} for n, d in collapsed.items()},
         "failed_runs": np.argwhere(res.failed()).tolist(),
+        "chance_runs": np.argwhere(res.at_chance()).tolist(),
         "verdicts": verdicts,
     }
 

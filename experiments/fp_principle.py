@@ -17,11 +17,16 @@ import numpy as np
 from purify import metrics
 from purify.config import Config
 from purify.experiment import Context, Experiment, main_for
-from purify.stats import verdict
+from purify.stats import verdict, with_original
 
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in d = 64: ~0.1)
+# A neuron counts as split into a kept direction and a removed dense mixture when, besides
+# |beta_i w'_i| > |v_i|, the removed part is a real share of the weight: |v_i| >= RESIDUAL_SHARE |w_i|
+# (sin of the angle between w_i and w'_i). Continued clean training moves w_i by a few percent
+# only, so this is the part of the principle its control can fail.
+RESIDUAL_SHARE = 0.25
 
 
 def decompose(W_init, W_clean, W_after) -> dict[str, np.ndarray]:
@@ -37,10 +42,14 @@ def decompose(W_init, W_clean, W_after) -> dict[str, np.ndarray]:
 def summarize(parts: dict, weight: np.ndarray) -> dict[str, np.ndarray]:
     """Per-seed (S,) statistics, plain and weighted by the clean norms `weight` (S, m)."""
     holds = (parts["along_norm"] > parts["residual_norm"]).astype(float)
+    share = parts["residual_norm"] / np.maximum(np.hypot(parts["along_norm"], parts["residual_norm"]), 1e-30)
+    split = holds * (share >= RESIDUAL_SHARE)
     w = weight / weight.sum(-1, keepdims=True)
     return {
         "holds_fraction": holds.mean(-1),
         "holds_fraction_nw": (holds * w).sum(-1),
+        "split_fraction_nw": (split * w).sum(-1),
+        "residual_share_nw": (share * w).sum(-1),
         "abs_cos_clean_init": np.abs(parts["cos_clean_init"]).mean(-1),
         "abs_cos_clean_init_nw": (np.abs(parts["cos_clean_init"]) * w).sum(-1),
         "abs_cos_adv_init": np.abs(parts["cos_adv_init"]).mean(-1),
@@ -58,24 +67,53 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     control = decompose(W_init, W_clean, snaps[0, :, 2])
     weight = np.linalg.norm(W_clean, axis=-1)
     s_adv, s_ctl = summarize(adv, weight), summarize(control, weight)
+    flagged = res.flagged()
+    pair = flagged[0] | flagged[1]
+    # The original rule (fixed before the first run): most neurons obey |beta w'| > |v|. It is
+    # the same as |cos(w, w')| > 1/sqrt(2), which continued clean training (the control) passes
+    # better than FGM does, so it cannot tell purification from more training. The rule below
+    # was set afterwards (issue 10), against the control paired by seed: post hoc.
+    original = verdict(
+        s_adv["holds_fraction_nw"],
+        ">",
+        0.5,
+        "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)",
+        min_effect=0.0,
+        why="the original rule: a majority of neurons",
+        flagged=flagged[1],
+    )
     verdicts = [
-        verdict(
-            s_adv["holds_fraction_nw"],
-            ">",
-            0.5,
-            "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)",
+        with_original(
+            verdict(
+                s_adv["split_fraction_nw"] - s_ctl["split_fraction_nw"],
+                ">",
+                0.0,
+                f"FGM, not continued clean training, splits neurons into |beta_i w'_i| > |v_i| with a removed part "
+                f"|v_i| >= {RESIDUAL_SHARE:g} |w_i| (norm-weighted fraction, FGM - clean control, paired by seed)",
+                min_effect=0.25,
+                why="a quarter of the weight norm moving to split neurons; less would be a few neurons, not a principle",
+                flagged=pair,
+                post_hoc="set in issue 10 after the control was seen to pass the original rule (1.000 vs 0.981)",
+            ),
+            original,
         ),
         verdict(
             s_adv["abs_cos_clean_init_nw"],
             "<",
             COS_LIMIT,
             f"clean weights nearly uncorrelated with init (norm-weighted mean |cos(w, w0)| < {COS_LIMIT})",
+            min_effect=0.0,
+            why=f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it",
+            flagged=flagged[1],
         ),
         verdict(
             s_adv["abs_cos_adv_init_nw"],
             "<",
             COS_LIMIT,
             f"adversarial weights nearly uncorrelated with init (norm-weighted mean |cos(w', w0)| < {COS_LIMIT})",
+            min_effect=0.0,
+            why=f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it",
+            flagged=flagged[1],
         ),
     ]
     ratio = np.log10(np.maximum(adv["along_norm"], 1e-30) / np.maximum(adv["residual_norm"], 1e-30))
@@ -85,6 +123,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "steps": n,
         "train_tau": cfg.hp.tau,
         "cos_limit": COS_LIMIT,
+        "residual_share": RESIDUAL_SHARE,
         # a neuron that grew along the feature where its random init was largest keeps
         # cos(w, w0) ~ that coordinate's share of the init, ~sqrt(2 ln d / d): the finite-d floor
         "reference_cos_top_feature": float(np.sqrt(2 * np.log(cfg.data.d) / cfg.data.d)),
@@ -100,6 +139,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             "clean_norm": weight.tolist(),
         },
         "failed_runs": np.argwhere(res.failed()).tolist(),
+        "chance_runs": np.argwhere(res.at_chance()).tolist(),
         "verdicts": verdicts,
     }
 
@@ -117,7 +157,14 @@ def plot(record: dict):
     ax.set_xlabel("log10 ( |β_i w'_i| / |v_i| )")
     ax.set_ylabel("fraction of neurons (weighted by |w_i|)")
     pa = record["per_seed"]["adversarial"]
-    ax.set_title(f"principle holds for {100 * np.mean(pa['holds_fraction_nw']):.0f}% (norm-weighted)", fontsize=10)
+    pc = record["per_seed"]["control_clean"]
+    title = f"|β w'| > |v|: {100 * np.mean(pa['holds_fraction_nw']):.0f}% of norm"
+    if "split_fraction_nw" in pa:
+        title += (
+            f"\nalso |v| ≥ {record['residual_share']:g}|w|: {100 * np.mean(pa['split_fraction_nw']):.0f}% (FGM) vs "
+            f"{100 * np.mean(pc['split_fraction_nw']):.0f}% (clean control)"
+        )
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.hist(np.asarray(nr["beta"]).ravel(), bins=40, weights=weight / weight.sum(), color="tab:purple", alpha=0.8)

@@ -19,7 +19,7 @@ from purify import make_task
 from purify.config import Config
 from purify.downstream import backbones, bayes_accuracy, downstream_tasks
 from purify.experiment import Context, Experiment, Option, main_for
-from purify.stats import verdict
+from purify.stats import verdict, with_original
 
 from .common import (
     DOWN_LRS,
@@ -101,6 +101,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             "other_tasks": {n: {k: v[rows] for k, v in h.items()} for n, h in fits.items() if n != "dense"},
             "purity": weighted_purity(res["W_final"], task.M),
             "pretrain_clean_acc": final_clean_accuracy(res),
+            "flagged": res.flagged(),
         }
     W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
     fits, _ = clean_heads(ctx, cfg, dc, task, {"W": W_or}, seed_ids, thetas, lrs)
@@ -110,7 +111,11 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     e2e = end_to_end(ctx, snap_cfg, task, thetas, seeds)  # snap_cfg: the single-task program, compiled once
 
     # -- verdicts ------------------------------------------------------------------------------
+    # Rules and smallest effects fixed before the run unless marked post hoc; family: all below.
     last = n_snap - 1
+    flag = single.flagged()  # (H, S): failed, diverged or at chance
+    pair = flag[i_adv] | flag[i_clean]
+    acc = {"min_effect": 0.02, "why": "two accuracy points: above the per-run sampling noise of n_test = 1024"}
     verdicts = []
     for name in thetas:
         gain = heads[name]["robust"][i_adv, last] - heads[name]["robust"][i_clean, last]
@@ -120,6 +125,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 ">",
                 0.0,
                 f"task '{name}': a clean head on the FGM(τ={tau:g}) backbone is more robust than on the clean backbone",
+                flagged=pair,
+                **acc,
             )
         )
     gap = heads["dense"]["robust"][i_adv, last] - e2e["dense"]["robust"]
@@ -130,6 +137,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             -0.05,
             "task 'dense': the clean head on the FGM backbone comes within 0.05 of the end-to-end adversarially "
             "trained model",
+            min_effect=0.0,
+            why="the tolerance 0.05 is the claim itself",
+            flagged=flag[i_adv],
         )
     )
     for label, v in variants.items():
@@ -139,6 +149,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 ">",
                 0.0,
                 f"{label} pre-training: FGM backbone's clean head more robust than clean backbone's (task 'dense')",
+                flagged=v["flagged"][0] | v["flagged"][1],
+                **acc,
             )
         )
     # where inheritance holds: per (pre-training radius, adversarial length) cell, the gain over the clean backbone
@@ -146,17 +158,45 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     cell = {}
     for i, t in enumerate(pre_taus):
         for j, step in enumerate(snaps):
-            v = verdict(heads["dense"]["robust"][i, j] - base, ">", 0.0, "")
+            v = verdict(heads["dense"]["robust"][i, j] - base, ">", 0.0, "", flagged=flag[i] | flag[i_clean], **acc)
             cell[f"{t:g}@{step}"] = {"verdict": v["verdict"], "mean": v["mean"], "purity": float(purity[i, j].mean())}
     holds = [k for k, v in cell.items() if v["verdict"] == "holds"]
-    corr = [np.corrcoef(purity[:, :, s].ravel(), heads["dense"]["robust"][:, :, s].ravel())[0, 1] for s in range(S)]
+
+    def correlation(rows, cols):
+        out = []
+        for s in range(S):
+            p = purity[np.ix_(rows, cols, [s])].ravel()
+            r = heads["dense"]["robust"][np.ix_(rows, cols, [s])].ravel()
+            out.append(np.corrcoef(p, r)[0, 1] if not flag[rows, s].any() else np.nan)
+        return np.asarray(out)
+
+    every = np.arange(len(pre_taus))
+    # the cells that vary: an adversarial radius and some adversarial training (the tau = 0 row and
+    # the snapshot at the switch are all the same clean network, which makes a correlation easy)
+    adv_rows = np.asarray([i for i, t in enumerate(pre_taus) if t > 0])
+    adv_cols = np.asarray([j for j, step in enumerate(snaps) if step > cfg.train.adv_start])
+    original = verdict(
+        correlation(every, np.arange(n_snap)),
+        ">",
+        0.0,
+        "inherited robustness rises with backbone purity (per-seed correlation over all radii x lengths)",
+        min_effect=0.0,
+        why="the original rule: a positive correlation",
+    )
     verdicts.append(
-        verdict(
-            np.asarray(corr),
-            ">",
-            0.0,
-            "inherited robustness rises with backbone purity (per-seed correlation over radii x lengths); gain "
-            f"holds at {len(holds)}/{len(cell)} cells",
+        with_original(
+            verdict(
+                correlation(adv_rows, adv_cols),
+                ">",
+                0.0,
+                f"inherited robustness rises with backbone purity (per-seed correlation over the {len(adv_rows)} x "
+                f"{len(adv_cols)} cells with adversarial pre-training); gain holds at {len(holds)}/{len(cell)} cells",
+                min_effect=0.3,
+                why="a correlation below 0.3 explains less than a tenth of the variance across cells",
+                post_hoc="set in issue 10: the original rule correlated over cells of which 7 of 16 are the same "
+                "clean network",
+            ),
+            original,
         )
     )
     return {
@@ -188,6 +228,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         },
         "inheritance_map": cell,
         "failed_runs": failed,
+        "chance_runs": [["single-task", *ij] for ij in np.argwhere(single.at_chance()).tolist()]
+        + [[label, *ij] for label, r in variant_runs for ij in np.argwhere(r.at_chance()).tolist()],
         "n_failed_downstream": n_bad,
         "verdicts": verdicts,
     }

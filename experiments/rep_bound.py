@@ -20,7 +20,7 @@ from purify.config import Config
 from purify.downstream import run_keys, splits
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.representation import per_sample_report
-from purify.stats import verdict
+from purify.stats import exact_verdict, verdict
 
 from .common import N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 
@@ -49,6 +49,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
     seed_ids = np.arange(seeds)
     backbones, failed = supervised_backbones(cfg, seeds, ctx, task)
+    flag = backbones.pop("flagged")
     theta = np.asarray(task.w_star[0])  # the downstream task: the pre-training task (its dense attack is known)
     arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     u = task.label_directions[0]
@@ -104,19 +105,29 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     per_seed = {name: _per_seed(r) for name, r in out.items()}
     at = {name: {k: np.stack([c[k] for c in cs]) for k in cs[0]} for name, cs in curves.items()}  # (n_eps, S)
     iv = eps_grid.index(eps_v)
+    n_test = int(out["clean/clean probe"]["robust"].shape[-1])
+    ok = ~flag
+    # The bounds are theorems about g: decided exactly, one violation on any sample at any ε fails.
+    # The comparisons below them are statistical, with smallest effects fixed before the run;
+    # family: every verdict of this experiment (the exact ones take no part in Holm).
     verdicts = []
     for name, s in at.items():
+        checked = n_test * len(eps_grid) * int(ok.sum())
         verdicts.append(
-            verdict(
-                s["violations_loss"].sum(0),
-                "<",
-                0.5,
-                f"{name}: the loss bound |v| Δ holds on every sample at every ε (violations per seed)",
+            exact_verdict(
+                int(s["violations_loss"][:, ok].sum()),
+                checked,
+                f"{name}: the loss bound |v| Δ holds on every sample at every ε (exact: violations over "
+                f"{int(ok.sum())} seeds x {len(eps_grid)} radii x {n_test} samples)",
+                flagged_runs=int(flag.sum()),
             )
         )
         verdicts.append(
-            verdict(
-                s["violations_criterion"].sum(0), "<", 0.5, f"{name}: no certified sample flips under attack at any ε"
+            exact_verdict(
+                int(s["violations_criterion"][:, ok].sum()),
+                checked,
+                f"{name}: no certified sample flips under attack at any ε (exact)",
+                flagged_runs=int(flag.sum()),
             )
         )
     for head in HEADS:
@@ -126,6 +137,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 ">",
                 0.0,
                 f"{head}: at ε={eps_v:g} the FGM backbone certifies more samples than the clean backbone",
+                min_effect=0.02,
+                why="two points of certified accuracy: above the per-run sampling noise of n_test = 1024",
+                flagged=flag,
             )
         )
         verdicts.append(
@@ -134,6 +148,9 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 "<",
                 2.0,
                 f"fgm/{head}: the certified shift is within 2x of the attacked one (median over samples, ε={eps:g})",
+                min_effect=0.0,
+                why="the factor 2 is the claim itself",
+                flagged=flag,
             )
         )
     keep = int(o["keep_samples"])
@@ -148,7 +165,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "eps": eps,
         "train_tau": tau,
         "norm": cfg.eval.norm,
-        "n_test": int(out["clean/clean probe"]["robust"].shape[-1]),
+        "n_test": n_test,
         "eps_grid": eps_grid,
         "eps_verdict": eps_v,
         "per_seed": {n: {k: np.asarray(v).tolist() for k, v in s.items()} for n, s in per_seed.items()},

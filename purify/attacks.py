@@ -8,6 +8,7 @@ because examples do not interact. Every returned delta satisfies ||delta|| <= ta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,6 +99,111 @@ def pgd(
     return jax.lax.fori_loop(1, restarts, restart, first)[0]
 
 
+def apgd_checkpoints(steps: int) -> tuple[int, ...]:
+    """APGD's checkpoints w_j = ceil(p_j steps), p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, section 3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return tuple(sorted({math.ceil(q * steps) for q in p if 0 < math.ceil(q * steps) <= steps}))
+
+
+def apgd(
+    objective: Objective,
+    x: jax.Array,
+    tau: jax.Array,
+    norm: str,
+    steps: int,
+    start: jax.Array,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+) -> tuple[jax.Array, jax.Array]:
+    """Auto-PGD from `start` (n, d): the best delta found and its objective (n,).
+
+    Step size eta starts at 2 tau and is halved per example at checkpoint w_j when the objective
+    rose in fewer than rho of the steps since w_{j-1}, or when eta was not halved at w_{j-1}
+    and the best objective has not improved since; a halving restarts from the best point. The
+    update is z = P(x_k + eta dir(grad)), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))
+    with a = 0.75 (1 on the first step) (Croce & Hein 2020, Algorithm 1). On a classifier, pass
+    the margin loss -y f(x) as the objective.
+    """
+    checkpoints = apgd_checkpoints(steps)
+    is_ckpt = jnp.zeros(steps + 1, bool).at[jnp.asarray(checkpoints)].set(True)
+    span = jnp.zeros(steps + 1, jnp.float32)
+    for prev, w in zip((0, *checkpoints[:-1]), checkpoints):
+        span = span.at[w].set(w - prev)
+
+    def value_grad(delta):
+        f, vjp = jax.vjp(objective, x + delta)
+        return f, vjp(jnp.ones_like(f))[0]
+
+    n = x.shape[0]
+    f0, g0 = value_grad(start)
+    init = {
+        "delta": start,
+        "prev": start,
+        "f": f0,
+        "g": g0,
+        "eta": jnp.full((n, 1), 2.0) * tau,
+        "best": start,
+        "f_best": f0,
+        "g_best": g0,
+        "rises": jnp.zeros(n),
+        "f_best_ckpt": f0,
+        "halved_last": jnp.zeros(n, bool),
+    }
+
+    def step(k, s):
+        z = project(s["delta"] + s["eta"] * direction(s["g"], norm), tau, norm)
+        a = jnp.where(k == 0, 1.0, momentum)
+        new = project(s["delta"] + a * (z - s["delta"]) + (1 - a) * (s["delta"] - s["prev"]), tau, norm)
+        f, g = value_grad(new)
+        better = f > s["f_best"]
+        best = jnp.where(better[:, None], new, s["best"])
+        g_best = jnp.where(better[:, None], g, s["g_best"])
+        f_best = jnp.maximum(f, s["f_best"])
+        rises = s["rises"] + (f > s["f"])
+        at = is_ckpt[k + 1]
+        halve = at & ((rises < rho * span[k + 1]) | (~s["halved_last"] & (f_best <= s["f_best_ckpt"])))
+        h = halve[:, None]
+        return {
+            "delta": jnp.where(h, best, new),
+            "prev": jnp.where(h, best, s["delta"]),
+            "f": jnp.where(halve, f_best, f),
+            "g": jnp.where(h, g_best, g),
+            "eta": jnp.where(h, s["eta"] / 2, s["eta"]),
+            "best": best,
+            "f_best": f_best,
+            "g_best": g_best,
+            "rises": jnp.where(at, 0.0, rises),
+            "f_best_ckpt": jnp.where(at, f_best, s["f_best_ckpt"]),
+            "halved_last": jnp.where(at, halve, s["halved_last"]),
+        }
+
+    s = jax.lax.fori_loop(0, steps, step, init)
+    return s["best"], s["f_best"]
+
+
+def strong_attack(
+    objective: Objective, x: jax.Array, tau: jax.Array, norm: str, key: jax.Array, steps: int = 100, restarts: int = 10
+) -> jax.Array:
+    """The reference attack: APGD on the margin loss with `restarts` starts, the first at the FGM
+    point, the others uniform in the ball; per example the start with the largest objective wins.
+    Robust accuracy counts only from the default evaluation where it agrees with this one
+    (the attack-audit experiment)."""
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps={steps}, restarts={restarts} are not allowed: both must be >= 1")
+    first = apgd(objective, x, tau, norm, steps, fgm(objective, x, tau, norm))
+
+    def restart(r, best):
+        start = random_start(jax.random.fold_in(key, r), x.shape, tau, norm)
+        delta, f = apgd(objective, x, tau, norm, steps, start)
+        better = (f > best[1])[:, None]
+        return jnp.where(better, delta, best[0]), jnp.maximum(f, best[1])
+
+    return jax.lax.fori_loop(1, restarts, restart, first)[0]
+
+
 def dense_direction(y: jax.Array, tau: jax.Array, u: jax.Array, norm: str) -> jax.Array:
     """delta = -y tau u (l2, u the unit label direction M w*/|w*|) or -y tau sign(u) (l-inf)."""
     v = u if norm == "l2" else jnp.sign(u)
@@ -132,6 +238,31 @@ def attacked_correct(
     )
     clean = margin(x) > 0
     return clean, jnp.stack([margin(x + d) > 0 for d in deltas])
+
+
+def audited_accuracy(
+    margin: Objective,
+    x: jax.Array,
+    y: jax.Array,
+    u: jax.Array,
+    key: jax.Array,
+    spec: EvalSpec,
+    steps: int = 100,
+    restarts: int = 10,
+) -> tuple[jax.Array, jax.Array]:
+    """Robust accuracy (radius,) under the default evaluation `spec`, and under the default
+    evaluation together with `strong_attack` (a prediction counts as robust only if it survives
+    both). Their difference is how much the default evaluation overstates robustness."""
+    clean = margin(x) > 0
+    default, strong = [], []
+    for i, tau in enumerate(spec.taus):
+        k = jax.random.fold_in(key, i)
+        _, hit = attacked_correct(margin, x, y, tau, u, k, spec)
+        ok = clean & hit.all(0)
+        delta = strong_attack(lambda v: -margin(v), x, tau, spec.norm, jax.random.fold_in(k, 0x5A), steps, restarts)
+        default.append(ok.mean())
+        strong.append((ok & (margin(x + delta) > 0)).mean())
+    return jnp.stack(default), jnp.stack(strong)
 
 
 def robust_accuracy(

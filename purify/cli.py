@@ -242,18 +242,41 @@ def cmd_check(args) -> int:
         except Exception:  # noqa: BLE001 (any failure here is the toolkit's, reported per experiment)
             broken.append(exp.id)
             print(f"purify: {exp.id} broke:\n{traceback.format_exc()}", file=sys.stderr)
-            rows.append((exp.id, exp.claim, "ERROR", "the experiment raised; see above", "", ""))
+            rows.append((exp.id, exp.claim, "ERROR", "ERROR", "the experiment raised; see above", "", "", "", ""))
             continue
         for v in record["verdicts"]:
             lo, hi = v["ci95"]
-            rows.append((exp.id, exp.claim, v["verdict"], v["claim"], f"{v['mean']:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]"))
-    width = max(len(r[3]) for r in rows)
-    print(f"{'experiment':16s} {'claim':5s} {'verdict':12s} {'statement':{width}s} {'mean':>9s} {'95% CI':>20s}")
-    for r in rows:
-        print(f"{r[0]:16s} {r[1]:5s} {r[2]:12s} {r[3]:{width}s} {r[4]:>9s} {r[5]:>20s}")
-    counts = {k: sum(r[2] == k for r in rows) for k in ("holds", "fails", "inconclusive")}
+            flags = (
+                ("post hoc; original: " + v["original"]["verdict"])
+                if v.get("original")
+                else ("post hoc" if v.get("post_hoc") else "exact" if v.get("exact") else "")
+            )
+            rows.append(
+                (
+                    exp.id,
+                    exp.claim,
+                    v.get("verdict_raw", v["verdict"]),
+                    v["verdict"],
+                    v["claim"],
+                    f"{v['mean']:+.4f}",
+                    f"[{lo:+.4f}, {hi:+.4f}]",
+                    f"{v.get('min_effect', 0):g}",
+                    flags,
+                )
+            )
+    width = min(100, max(len(r[4]) for r in rows))
     print(
-        f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive"
+        f"{'experiment':16s} {'claim':5s} {'raw':12s} {'after Holm':12s} {'statement':{width}s} {'mean':>9s} "
+        f"{'95% CI':>20s} {'min effect':>10s}  flags"
+    )
+    for r in rows:
+        print(
+            f"{r[0]:16s} {r[1]:5s} {r[2]:12s} {r[3]:12s} {r[4][:width]:{width}s} {r[5]:>9s} {r[6]:>20s} {r[7]:>10s}  {r[8]}"
+        )
+    counts = {k: sum(r[3] == k for r in rows) for k in ("holds", "fails", "inconclusive", "invalid")}
+    print(
+        f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive, "
+        f"{counts['invalid']} invalid (after Holm within each experiment)"
         + (f"; BROKEN: {', '.join(broken)}" if broken else "")
     )
     return 1 if broken else 0

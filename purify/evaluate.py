@@ -57,7 +57,9 @@ def network_curves(cfg: Config, res: Results, task: Task, taus, t: int = 0) -> d
 
 def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: float) -> dict[str, np.ndarray]:
     """Per seed (S, n_tau): the linear classifier's exact robust accuracy on the eval batch, the
-    same classifier under the attacks, and the oracle pure network under the attacks."""
+    same classifier under the attacks, the oracle pure network under the attacks, and the
+    constant predictor of the batch's majority class (no attack moves it: the floor any robust
+    accuracy must beat to mean something)."""
     spec = eval_spec(cfg, taus)
 
     def one(kd, ka):
@@ -73,6 +75,8 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
             out[name + "_clean"] = clean
         r = landmarks.linear_margin(task, x, y[:, 0], norm=spec.norm)
         out["linear_exact"] = jnp.stack([(r > tau).mean() for tau in spec.taus])
+        p = (y[:, 0] > 0).mean()
+        out["constant"] = jnp.full(len(spec.taus), jnp.maximum(p, 1 - p))
         return out
 
     kd, ka = zip(*(eval_keys(s) for s in seeds))

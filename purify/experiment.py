@@ -289,6 +289,10 @@ def run_experiment(
     )
     t0 = time.time()
     body = exp.run(cfg, seeds, ctx)
+    if "verdicts" in body:  # the experiment's verdicts are one family: Holm-Bonferroni across them
+        from .stats import holm
+
+        body["verdicts"] = holm(body["verdicts"])
     record = {
         "experiment": exp.id,
         "claim": exp.claim,
@@ -405,10 +409,28 @@ def compare_records(old: dict, new: dict) -> list[tuple[str, object, object]]:
     return out
 
 
+def describe_verdict(v: dict) -> str:
+    """One verdict in a line: the decision after Holm (and before, when it differs), the
+    statistic and its interval, the smallest effect of interest, and flags."""
+    lo, hi = v["ci95"]
+    raw = v.get("verdict_raw", v["verdict"])
+    head = v["verdict"] if raw == v["verdict"] else f"{v['verdict']} (raw: {raw})"
+    if v.get("exact"):
+        stat = f"{v.get('violations', 0)} violations in {v['n']} cases (exact)"
+    else:
+        stat = f"{v['mean']:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f}, n={v['n']}, min effect {v.get('min_effect', 0):g})"
+    text = f"[{head}] {v['claim']}: {stat}"
+    if v.get("post_hoc"):
+        o = v.get("original")
+        text += f"  POST HOC ({v.get('post_hoc_reason', '')})"
+        if o:
+            text += f"; original rule: {o['verdict']} at {o['mean']:+.4f}"
+    return text
+
+
 def print_verdicts(record: dict) -> None:
     for v in record.get("verdicts", []):
-        lo, hi = v["ci95"]
-        print(f"  [{v['verdict']:>12}] {v['claim']}: {v['mean']:+.4f}  (95% CI {lo:+.4f} .. {hi:+.4f}, n={v['n']})")
+        print("  " + describe_verdict(v))
 
 
 def main_for(exp_id: str) -> None:

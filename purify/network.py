@@ -8,7 +8,8 @@ with the network's parameters exactly as they are saved:
     'a' (m, T)   second layer, when model.head = 'trained' (otherwise fixed, see `head`)
     'b' (m,)     thresholds, when model.bias = 'fixed' or 'trainable'
     'U' (m, r), 'V' (r, d)   a low-rank update: the network sees W + U V
-    'db' (m,)    a threshold offset added to every mode's thresholds (bias-only fine-tuning)
+    'db' (m,)    a threshold offset added to every mode's thresholds (bias-only fine-tuning),
+                 clipped so that b + db >= 0
 
 The threshold rules (with z_min the smallest non-zero feature magnitude, beta a fraction of it):
 
@@ -83,15 +84,17 @@ def relative_threshold(W: jax.Array, beta: jax.Array, z_min: float) -> jax.Array
 
 
 def thresholds(arch: Architecture, params: dict, beta: jax.Array) -> jax.Array:
-    """(m,) thresholds b_i under the architecture's rule (see module docstring), plus 'db' if present."""
+    """(m,) thresholds b_i under the architecture's rule (see module docstring); with an offset
+    'db', max(b_i + db_i, 0): thresholds stay >= 0, as the certified bound of
+    `purify.representation` assumes."""
     if arch.bias == "relative":
         b = relative_threshold(effective_weights(params), beta, arch.z_min)
     elif arch.bias == "fixed":
         b = jax.lax.stop_gradient(params["b"])
     else:
         b = jnp.maximum(params["b"], 0.0)
-    if "db" in params:
-        b = b + params["db"]
+    if "db" in params:  # an offset never makes a threshold negative (the unit stays a dead zone)
+        b = jnp.maximum(b + params["db"], 0.0)
     return b
 
 

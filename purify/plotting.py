@@ -7,16 +7,34 @@ import numpy as np
 from .trace import LABELS
 
 
-def band(ax, x, runs, label=None, color=None, kind="minmax", **kw):
+def flagged_mask(record: dict, row: int, n_seeds: int, keys=("failed_runs", "chance_runs")) -> np.ndarray:
+    """(n_seeds,) runs of hparam row `row` listed as [row, seed] in a record's flagged-run lists."""
+    out = np.zeros(n_seeds, bool)
+    for key in keys:
+        for item in record.get(key, []):
+            if len(item) == 2 and int(item[0]) == row:
+                out[int(item[1])] = True
+    return out
+
+
+def band(ax, x, runs, label=None, color=None, kind="minmax", flagged=None, **kw):
     """Draw the mean of `runs` (seeds, len(x)) and a band: 'minmax' over seeds or 'std'.
 
     Runs containing NaN (failed) are left out of the line and the band, and counted in the label.
+    `flagged` (seeds,) marks runs that failed, diverged or ended at chance: they are left out of
+    the line and band too, drawn as thin dashed lines of their own, and counted in the label.
     """
     runs = np.asarray(runs, dtype=float)
     ok = np.all(np.isfinite(runs), axis=-1)
     n_bad = int((~ok).sum())
+    marked = np.zeros(len(runs), bool) if flagged is None else np.asarray(flagged, bool) & ok
     if n_bad:
         label = f"{label} ({n_bad} failed run(s) omitted)"
+    if marked.any():
+        label = f"{label} ({int(marked.sum())} flagged run(s), dashed)"
+        for r in runs[marked]:
+            ax.plot(x, r, color=color or "0.4", lw=0.8, ls="--", alpha=0.8)
+    ok &= ~marked
     good = runs[ok]
     if len(good) == 0:
         return None

@@ -130,6 +130,22 @@ class Results:
         log step it was seen."""
         return self["failed_step"] >= 0
 
+    def at_chance(self) -> np.ndarray:
+        """Boolean mask over (hparam, seed): supervised runs whose final held-out clean accuracy is at
+        most `purify.trace.CHANCE_ACCURACY` (0.6), i.e. that learned nothing."""
+        from .trace import at_chance
+
+        if "clean_acc" not in self.arrays:
+            return np.zeros(self["failed_step"].shape, bool)
+        dims = self.dims["clean_acc"]
+        final = np.take(self["clean_acc"], -1, axis=dims.index("time"))
+        rest = tuple(i for i, d in enumerate(d for d in dims if d != "time") if d not in ("hparam", "seed"))
+        return at_chance(final.mean(axis=rest) if rest else final)
+
+    def flagged(self) -> np.ndarray:
+        """Runs that never enter a verdict: failed (non-finite or diverged) or at chance."""
+        return self.failed() | self.at_chance()
+
     # -- selection and reduction --------------------------------------------------------------
     def _take(self, dim: str, index, drop: bool) -> Results:
         arrays, dims = {}, {}
@@ -359,6 +375,14 @@ def warn_failed(res: Results) -> None:
     if len(bad):
         warnings.warn(
             f"{len(bad)} run(s) went NaN/inf or diverged and are marked failed (indices hparam, seed): {bad.tolist()}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    low = np.argwhere(res.at_chance() & ~res.failed())
+    if len(low):
+        warnings.warn(
+            f"{len(low)} run(s) ended at chance (final clean accuracy <= 0.6) and are flagged; they enter no verdict "
+            f"(indices hparam, seed): {low.tolist()}",
             RuntimeWarning,
             stacklevel=3,
         )

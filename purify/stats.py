@@ -1,89 +1,194 @@
-"""Verdicts on claims across seeds: a statistic, its 95% interval and the rule that decides."""
+"""Verdicts on claims across seeds: a statistic, its 95% interval, the rule that decides, and
+the family-wise correction applied across one experiment's verdicts.
+
+A statistical claim "mean > threshold" (or "<") is written next to the experiment's code with
+its smallest effect of interest `min_effect` (delta), declared before the run:
+
+    holds         the 95% t-interval lies beyond threshold + delta  (the effect is at least delta)
+    fails         the 95% t-interval lies on the other side of threshold + delta
+                  (any effect is smaller than delta, or goes the wrong way)
+    inconclusive  otherwise
+    invalid       fewer than two runs are usable (the others failed, diverged or sit at chance):
+                  broken runs never produce a verdict
+
+Each verdict carries the two-sided p-value of the test of mean = threshold + delta, and
+`holm` adjusts the family of an experiment's statistical verdicts by Holm-Bonferroni
+(family-wise error 5%, i.e. 2.5% per side as for one interval): `verdict_raw` is the decision
+before, `verdict` after the adjustment. A deterministic claim ("never violated") is decided
+exactly by `exact_verdict`: one violation fails, and it takes no part in the correction.
+
+A rule chosen after seeing results is marked `post_hoc` with the reason, and the record of the
+rule fixed before the run is kept beside it (`original`).
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
+from scipy import stats as _st
 
-# Two-sided 97.5% Student-t quantiles for small samples (df = n - 1); normal beyond the table.
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    11: 2.201,
-    12: 2.179,
-    13: 2.160,
-    14: 2.145,
-    15: 2.131,
-    16: 2.120,
-    17: 2.110,
-    18: 2.101,
-    19: 2.093,
-    20: 2.086,
-    24: 2.064,
-    30: 2.042,
-    40: 2.021,
-    60: 2.000,
-    120: 1.980,
-}
+LEVEL = 0.05  # two-sided: 2.5% on each side, the level of a 95% interval
 
 
-def t_quantile(df: int) -> float:
-    if df in _T975:
-        return _T975[df]
-    keys = sorted(_T975)
-    for lo, hi in itertools.pairwise(keys):
-        if lo < df < hi:
-            return _T975[hi] + (_T975[lo] - _T975[hi]) * (1 / df - 1 / hi) / (1 / lo - 1 / hi)
-    return 1.96
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    """The two-sided (1 - level) Student-t quantile with df degrees of freedom."""
+    return float(_st.t.ppf(1 - level / 2, df))
 
 
-def mean_ci(values) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval of the finite values."""
+def mean_ci(values, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and (1 - level) Student-t interval of the finite values."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) < 2:
         m = float(v.mean()) if len(v) else math.nan
         return m, math.nan, math.nan
     m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-    h = t_quantile(len(v) - 1) * se
+    h = t_quantile(len(v) - 1, level) * se
     return m, m - h, m + h
 
 
-def verdict(values, direction: str = ">", threshold: float = 0.0, claim: str = "") -> dict:
+def _side(direction: str) -> int:
+    if direction not in (">", "<"):
+        raise ValueError(f"direction={direction!r} is not allowed: must be '>' or '<'")
+    return 1 if direction == ">" else -1
+
+
+def _decide(side: int, p: float, mean: float, edge: float, level: float) -> str:
+    if not math.isfinite(p) or p >= level:
+        return "inconclusive"
+    return "holds" if side * (mean - edge) > 0 else "fails"
+
+
+def verdict(
+    values,
+    direction: str = ">",
+    threshold: float = 0.0,
+    claim: str = "",
+    *,
+    min_effect: float,
+    why: str = "",
+    flagged=None,
+    post_hoc: str | None = None,
+) -> dict:
     """Decide a claim about the mean of per-seed `values` (e.g. paired differences).
 
-    direction '>' claims mean > threshold: 'holds' if the whole 95% interval is above it,
-    'fails' if the whole interval is at or below it, else 'inconclusive'. '<' mirrors it.
-    Runs with non-finite values are excluded and counted.
+    direction '>' claims mean > threshold + min_effect; '<' claims mean < threshold - min_effect.
+    min_effect >= 0 is the smallest effect of interest, declared with the claim; `why` says
+    where it comes from (required when it is 0: a claim about a sign must say so).
+    flagged: a boolean mask (same shape as values) of runs that failed, diverged or ended at
+    chance; their values are excluded and counted, like non-finite values. post_hoc: the reason,
+    when this rule was chosen after seeing results.
     """
-    v = np.asarray(values, dtype=float)
-    n_bad = int((~np.isfinite(v)).sum())
-    m, lo, hi = mean_ci(v)
-    if not np.isfinite(lo):
-        outcome = "inconclusive"
-    elif direction == ">":
-        outcome = "holds" if lo > threshold else "fails" if hi <= threshold else "inconclusive"
-    elif direction == "<":
-        outcome = "holds" if hi < threshold else "fails" if lo >= threshold else "inconclusive"
+    side = _side(direction)
+    if not (isinstance(min_effect, (int, float)) and math.isfinite(min_effect) and min_effect >= 0):
+        raise ValueError(f"min_effect={min_effect!r} is not allowed: must be a finite number >= 0")
+    if min_effect == 0 and not why:
+        raise ValueError(f"min_effect=0 for {claim!r} needs `why`: say why the claim is about a sign")
+    v = np.asarray(values, dtype=float).ravel()
+    bad = ~np.isfinite(v)
+    if flagged is not None:
+        bad |= np.asarray(flagged, bool).ravel()
+    good = v[~bad]
+    m, lo, hi = mean_ci(good)
+    edge = threshold + side * min_effect
+    if len(good) < 2:
+        p, outcome = math.nan, "invalid"
     else:
-        raise ValueError(f"direction={direction!r} is not allowed: must be '>' or '<'")
+        se = float(good.std(ddof=1) / math.sqrt(len(good)))
+        if se == 0:
+            p = 0.0 if m != edge else 1.0
+        else:
+            p = float(2 * _st.t.sf(abs(m - edge) / se, len(good) - 1))
+        outcome = _decide(side, p, m, edge, LEVEL)
+    word = "above" if side > 0 else "below"
+    out = {
+        "claim": claim,
+        "verdict": outcome,
+        "verdict_raw": outcome,
+        "mean": m,
+        "ci95": [lo, hi],
+        "n": len(good),
+        "n_failed_runs": int(bad.sum()),
+        "threshold": float(threshold),
+        "direction": direction,
+        "min_effect": float(min_effect),
+        "min_effect_why": why,
+        "p_value": p,
+        "p_holm": p,
+        "exact": False,
+        "post_hoc": post_hoc is not None,
+        "rule": f"holds if the 95% t-interval of the per-seed statistic lies {word} {edge:g} (threshold "
+        f"{threshold:g} {'+' if side > 0 else '-'} smallest effect of interest {min_effect:g}); fails if it lies "
+        "entirely on the other side; else inconclusive; after Holm-Bonferroni over the experiment's verdicts; "
+        "invalid with fewer than 2 usable runs",
+    }
+    if post_hoc is not None:
+        out["post_hoc_reason"] = post_hoc
+    return out
+
+
+def exact_verdict(violations: int, total: int, claim: str, *, flagged_runs: int = 0) -> dict:
+    """A deterministic claim ("never violated") decided exactly: holds with 0 violations over
+    `total` checked cases, fails with any; invalid when nothing could be checked."""
+    violations, total = int(violations), int(total)
+    outcome = "invalid" if total == 0 else "holds" if violations == 0 else "fails"
+    frac = violations / total if total else math.nan
     return {
         "claim": claim,
         "verdict": outcome,
-        "mean": m,
-        "ci95": [lo, hi],
-        "n": int(len(v) - n_bad),
-        "n_failed_runs": n_bad,
-        "rule": f"holds if the 95% t-interval of the per-seed statistic lies {'above' if direction == '>' else 'below'} "
-        f"{threshold:g}; fails if it lies entirely on the other side; else inconclusive",
+        "verdict_raw": outcome,
+        "mean": frac,
+        "ci95": [frac, frac],
+        "n": total,
+        "n_failed_runs": int(flagged_runs),
+        "violations": violations,
+        "min_effect": 0.0,
+        "min_effect_why": "a deterministic guarantee: a single violation refutes it",
+        "p_value": math.nan,
+        "p_holm": math.nan,
+        "exact": True,
+        "post_hoc": False,
+        "rule": "holds with 0 violations over every checked case; fails with any (decided exactly, no interval)",
     }
+
+
+def with_original(new: dict, original: dict) -> dict:
+    """A post-hoc verdict with the verdict of the rule fixed before the run kept beside it."""
+    if not new.get("post_hoc"):
+        raise ValueError(f"{new.get('claim')!r} is not marked post_hoc: only a post-hoc rule carries an original")
+    return {**new, "original": original}
+
+
+def holm(verdicts: list[dict], level: float = LEVEL) -> list[dict]:
+    """Holm-Bonferroni over the statistical verdicts of one family (exact and invalid ones take
+    no part): p_holm is the step-down adjusted p-value, `verdict` the decision at `level` after
+    adjustment, `verdict_raw` the one before. A post-hoc verdict's `original` is adjusted within
+    the same family size."""
+    out = [dict(v) for v in verdicts]
+    tested = [i for i, v in enumerate(out) if not v.get("exact") and math.isfinite(v.get("p_value", math.nan))]
+    K = len(tested)
+    order = sorted(tested, key=lambda i: out[i]["p_value"])
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (K - rank) * out[i]["p_value"]))
+        out[i]["p_holm"] = running
+    for i in tested:
+        v = out[i]
+        side = _side(v["direction"])
+        edge = v["threshold"] + side * v["min_effect"]
+        v["verdict"] = _decide(side, v["p_holm"], v["mean"], edge, level)
+        v["family_size"] = K
+        if "original" in v:
+            o = dict(v["original"])
+            if math.isfinite(o.get("p_value", math.nan)):
+                o["p_holm"] = min(1.0, K * o["p_value"])  # the conservative Bonferroni bound at its place
+                o["verdict"] = _decide(
+                    _side(o["direction"]),
+                    o["p_holm"],
+                    o["mean"],
+                    o["threshold"] + _side(o["direction"]) * o["min_effect"],
+                    level,
+                )
+            v["original"] = o
+    return out

@@ -35,6 +35,11 @@ DIVERGED_LOSS = 100 * math.log(2.0)
 DIVERGED_NORM = 1e6
 # A run predicting one class on more than this fraction of held-out inputs is flagged constant.
 CONSTANT_RATE = 0.98
+# A supervised run whose final held-out clean accuracy (mean over tasks) is at most this is
+# flagged *at chance*, like a diverged run: the labels are balanced, so 0.5 is guessing, and at
+# n_eval = 1024 a guesser exceeds 0.6 with probability below 1e-9. Its numbers (rho, purity,
+# robustness) describe a network that learned nothing and never enter a verdict.
+CHANCE_ACCURACY = 0.6
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,13 @@ def healthy(row: dict[str, jax.Array], W: jax.Array) -> jax.Array:
     """False once a run has diverged: non-finite weights, held-out loss above DIVERGED_LOSS or a
     weight row norm above DIVERGED_NORM (a NaN compares False, so it is unhealthy too)."""
     return jnp.all(jnp.isfinite(W)) & (row["loss"] < DIVERGED_LOSS) & (row["norm"].max() < DIVERGED_NORM)
+
+
+def at_chance(final_clean_acc: Any) -> np.ndarray:
+    """True where a run's final clean accuracy (mean over tasks) is at most CHANCE_ACCURACY; a
+    non-finite accuracy (a contrastive run has none) is not flagged here."""
+    final = np.asarray(final_clean_acc)
+    return np.isfinite(final) & (final <= CHANCE_ACCURACY)
 
 
 def constant_predictor(positive_rate: Any) -> np.ndarray:

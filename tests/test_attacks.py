@@ -174,3 +174,60 @@ def test_linf_attacks_reproduce_the_linear_classifier_exactly():
         ):
             got = np.asarray(margin(x + delta) > 0)
             assert ((got != (r > tau)) & ~near).sum() == 0
+
+
+def test_apgd_checkpoints_follow_croce_and_hein():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (steps of max(prev - 0.03, 0.06))
+    assert attacks.apgd_checkpoints(100) == (22, 41, 58, 70, 80, 87, 93, 99)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_strong_attack_stays_in_the_ball_and_beats_default_pgd(norm):
+    margin, x, _, _ = random_net()
+    tau = 0.5 if norm == "l2" else 0.1
+    delta = attacks.strong_attack(lambda v: -margin(v), x, tau, norm, jax.random.key(3), steps=30, restarts=3)
+    size = jnp.linalg.norm(delta, axis=-1) if norm == "l2" else jnp.abs(delta).max(-1)
+    assert float(size.max()) <= tau * (1 + 1e-5)
+    pgd = attacks.pgd(lambda v: -margin(v), x, tau, norm, 10, key=jax.random.key(3))
+    # per example, the strong attack (which starts at FGM and keeps its best point) is at least as
+    # strong as FGM, and on average at least as strong as 10-step PGD
+    m_fgm = margin(x + attacks.fgm(lambda v: -margin(v), x, tau, norm))
+    assert bool(jnp.all(margin(x + delta) <= m_fgm + 1e-5))
+    assert float(margin(x + delta).mean()) <= float(margin(x + pgd).mean()) + 1e-6
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_strong_attack_reproduces_the_linear_classifier_exactly(norm):
+    """On a linear classifier the worst perturbation is known in closed form: the audited
+    robust accuracy equals the exact one (margin > tau |u|_dual) at every radius."""
+    cfg = tiny(**{"data.d": 32, "data.k": 3, "data.dictionary": "haar"})
+    task = purify.make_task(cfg.data)
+    x, _, y = sample(jax.random.key(2), cfg.data, task, 256, 0.0)
+    f = landmarks.linear_logits(task)
+    margin = lambda v: y[:, 0] * f(v)
+    taus = (0.1, 0.3) if norm == "l2" else (0.02, 0.05)
+    spec = attacks.EvalSpec(taus, norm, 5, 1)
+    default, strong = attacks.audited_accuracy(
+        margin, x, y[:, 0], task.label_directions[0], jax.random.key(0), spec, steps=20, restarts=2
+    )
+    exact = landmarks.linear_margin(task, x, y[:, 0], norm=norm)
+    for i, t in enumerate(taus):
+        assert float(strong[i]) == pytest.approx(float((exact > t).mean()), abs=1.5 / 256)
+        assert float(strong[i]) <= float(default[i])
+
+
+def test_strong_attack_finds_what_a_masked_gradient_hides():
+    """A gradient-masking model: f(x) = <u, x> + 10 sin(100 <u, x>)/100 has a gradient that
+    points the wrong way half the time near most points, so FGM is weak; APGD's restarts and
+    step-size control still find the flip that the linear part allows."""
+    cfg = tiny(**{"data.d": 16, "data.k": 2})
+    task = purify.make_task(cfg.data)
+    x, _, y = sample(jax.random.key(4), cfg.data, task, 256, 0.0)
+    u = task.label_directions[0]
+    f = lambda v: v @ u + 0.3 * jnp.sin(60.0 * (v @ u))
+    margin = lambda v: y[:, 0] * f(v)
+    spec = attacks.EvalSpec((0.3,), "l2", 1, 1)
+    default, strong = attacks.audited_accuracy(
+        margin, x, y[:, 0], u * 0.0, jax.random.key(0), spec, steps=50, restarts=5
+    )
+    assert float(strong[0]) < float(default[0]) - 0.05

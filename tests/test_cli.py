@@ -54,6 +54,18 @@ EXTRA = {
     "inh-supervised": ["--set", "exp.adv_fractions=0.5,1", "--set", "exp.n_tasks=2", "--set", "exp.n_down=256"],
     "inh-contrastive": ["--set", "exp.view_noises=0.5", "--set", "exp.n_down=256"],
     "inh-nodes": ["--set", "exp.view_noises=0.5"],
+    "attack-audit": [
+        "--set",
+        "exp.steps=5",
+        "--set",
+        "exp.restarts=2",
+        "--set",
+        "exp.n_audit=32",
+        "--set",
+        "exp.radii=0.3",
+        "--set",
+        "exp.n_down=256",
+    ],
 }
 
 
@@ -89,7 +101,12 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
     assert record["config"]["data"]["d"] == 16 and record["seeds"] == [0, 1]
     assert record["provenance"]["versions"]["jax"]
-    assert record["verdicts"] and all(v["verdict"] in ("holds", "fails", "inconclusive") for v in record["verdicts"])
+    verdicts = record["verdicts"]
+    assert verdicts and all(v["verdict"] in ("holds", "fails", "inconclusive", "invalid") for v in verdicts)
+    for v in verdicts:  # every verdict declares its effect size, says whether it was adjusted and if post hoc
+        assert {"verdict_raw", "min_effect", "post_hoc", "p_holm"} <= set(v), v["claim"]
+        assert v["exact"] or v.get("min_effect_why"), v["claim"]
+        assert not v["post_hoc"] or (v["post_hoc_reason"] and "verdict" in v.get("original", {"verdict": 0}))
     assert exp_id in capsys.readouterr().out
     # the figure can be redrawn from the JSON alone
     exp = all_experiments()[exp_id]

@@ -81,3 +81,20 @@ def test_thresholds_follow_each_rule():
     np.testing.assert_array_equal(
         network.soft_threshold(jnp.asarray([-3.0, -0.5, 0.5, 3.0]), 1.0), [-2.0, 0.0, 0.0, 2.0]
     )
+
+
+@pytest.mark.parametrize("bias", ["relative", "fixed", "trainable"])
+def test_a_threshold_offset_never_makes_a_threshold_negative(bias):
+    """Bias-only fine-tuning trains db without bound; b + db < 0 would turn the dead zone into an
+    overlap and break the certified bound's assumption b >= 0."""
+    W = jnp.asarray([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0]])
+    params = {"W": W, "b": jnp.asarray([1.0, 0.3, 0.2]), "db": jnp.asarray([-5.0, -0.1, 0.4])}
+    b = network.thresholds(network.Architecture(bias=bias, z_min=0.5), params, 0.6)
+    base = network.thresholds(network.Architecture(bias=bias, z_min=0.5), {k: params[k] for k in ("W", "b")}, 0.6)
+    np.testing.assert_allclose(b, np.maximum(np.asarray(base) + np.asarray(params["db"]), 0.0), rtol=1e-6)
+    assert float(b[0]) == 0.0 and float(b.min()) >= 0.0
+    # and the gradient through a clipped offset is zero, not a push further below zero
+    g = jax.grad(
+        lambda db: network.thresholds(network.Architecture(bias=bias, z_min=0.5), {**params, "db": db}, 0.6).sum()
+    )(params["db"])
+    assert float(g[0]) == 0.0 and float(g[2]) == 1.0
