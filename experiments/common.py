@@ -157,6 +157,7 @@ def down_config(cfg: Config, options: dict, **kw) -> downstream.DownstreamConfig
         "n_test": cfg.eval.n_eval,
         "taus": tuple(cfg.eval.taus),
         "eval_pgd_steps": cfg.eval.pgd_steps,
+        "restarts": cfg.eval.restarts,
         "pgd_steps": min(5, cfg.eval.pgd_steps),
         "norm": cfg.eval.norm,
         "noise": cfg.hp.noise,

@@ -36,7 +36,8 @@ def band(ax, x, runs, label=None, color=None, kind="minmax", flagged=None, **kw)
             ax.plot(x, r, color=color or "0.4", lw=0.8, ls="--", alpha=0.8)
     ok &= ~marked
     good = runs[ok]
-    if len(good) == 0:
+    if len(good) == 0:  # still named in the legend, so a reader sees the curve is missing and why
+        ax.plot([], [], color=color or "0.4", ls="--", label=f"{label}: no usable run")
         return None
     mean = good.mean(0)
     (line,) = ax.plot(x, mean, label=label, color=color, **kw)

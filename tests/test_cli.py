@@ -259,3 +259,32 @@ def test_help_explains_every_option():
         for action in sub[name]._actions:
             if action.dest != "help":
                 assert action.help, f"purify {name} {action.option_strings or action.dest} has no help text"
+
+
+def test_broken_runs_give_invalid_verdicts_not_fails(tmp_path, capsys):
+    """lr = 1e6 diverges every run: no verdict may come out of them (it used to say 'fails'), and
+    the figure marks them."""
+    args = ["run", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]
+    with pytest.warns(RuntimeWarning, match="marked failed|at chance"):
+        assert main([*args, "--set", "hp.lr=1e6"]) == 0
+    record = json.loads((tmp_path / "fp-dynamics.json").read_text())
+    assert record["failed_runs"] or record["chance_runs"]
+    assert [v["verdict"] for v in record["verdicts"]] == ["invalid"] * 4
+    assert all(v["n"] == 0 and v["n_failed_runs"] == 2 for v in record["verdicts"])
+
+
+def test_a_run_at_chance_is_flagged():
+    import numpy as np
+
+    from purify.results import Results
+
+    acc = np.asarray([[[0.9, 0.97], [0.6, 0.55]], [[0.5, 0.95], [np.nan, np.nan]]])  # (hparam, seed, time)
+    res = Results(
+        {"clean_acc": acc, "failed_step": np.full((2, 2), -1)},
+        {"clean_acc": ("hparam", "seed", "time"), "failed_step": ("hparam", "seed")},
+        {"hparam": np.arange(2), "seed": np.arange(2), "time": np.arange(2)},
+        {},
+        {},
+    )
+    np.testing.assert_array_equal(res.at_chance(), [[False, True], [False, False]])
+    np.testing.assert_array_equal(res.flagged(), res.at_chance())

@@ -21,7 +21,8 @@ def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
     assert avg.dims["robust_acc"] == ("hparam", "time", "radius")
     assert (tmp_path / "purity.png").exists() and (tmp_path / "runs" / "tau-sweep.npz").exists()
     assert back.dims == res.dims
-    # the sweep learned: the largest training radius purifies more than clean training
+    # regression guard (a scientific hypothesis, not a property of the code): the largest
+    # training radius purifies more than clean training
     final = avg["purity_nw"][:, -1]
     assert final[3] > final[0] + 0.1, final
 
@@ -34,5 +35,6 @@ def test_readme_transfer_example_runs_verbatim(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (running the documented example is the test)
     robust, con = scope["robust"], scope["con"]
     assert robust.shape == (2, 4)
-    assert robust[1].mean() > robust[0].mean() + 0.05, robust  # the clean head inherits the FGM backbone's robustness
+    # regression guard: the clean head inherits the FGM backbone's robustness
+    assert robust[1].mean() > robust[0].mean() + 0.05, robust
     assert con["purity_nw"].shape[:2] == (2, 2) and not con.failed().any()

@@ -1,4 +1,9 @@
-"""The science, statistically, at a small CPU config over 8 seeds.
+"""The science, statistically, at a small CPU config over 8 seeds: regression guards.
+
+A test named `test_regression_guard_*` asserts that a scientific hypothesis holds at this
+config. It is not evidence for the hypothesis (the experiments and their verdicts are); it
+guards against a code change that silently breaks what the toolkit measured before. The other
+tests here check exact properties (shared clean phase, rotation equivariance in distribution).
 
 Thresholds are stated before looking: an effect counts only when the mean paired difference
 (adversarial - clean, same seed) exceeds three times the larger seed-to-seed standard deviation
@@ -42,7 +47,7 @@ def _final(res, name):
 
 
 @pytest.mark.parametrize("name,sign", [("purity_nw", +1), ("robust_acc", +1), ("rho_nw", -1), ("features_nw", -1)])
-def test_fgm_after_clean_training_purifies(fp_run, name, sign):
+def test_regression_guard_fgm_after_clean_training_purifies(fp_run, name, sign):
     assert not fp_run.failed().any()
     clean, adv = _final(fp_run, name)
     diff = sign * (adv - clean)
@@ -51,7 +56,7 @@ def test_fgm_after_clean_training_purifies(fp_run, name, sign):
     assert (diff > 0).all(), (name, diff)
 
 
-def test_clean_accuracy_is_kept(fp_run):
+def test_regression_guard_clean_accuracy_is_kept(fp_run):
     clean, adv = _final(fp_run, "clean_acc")
     assert clean.min() > 0.9 and adv.min() > 0.9
     assert not fp_run["constant_predictor"].any(axis=(0, 1))[-1]
@@ -82,7 +87,7 @@ def test_l2_training_is_rotation_equivariant():
     assert stats["haar"]["purity_nw"].mean() > 0.5
 
 
-def test_oracle_beats_linear_inside_the_window():
+def test_regression_guard_oracle_beats_linear_inside_the_window():
     """docs/science.md section 4: the oracle pure network keeps robustness to Theta(1/sqrt k) while the
     best linear classifier loses it at Theta(1/sqrt d)."""
     cfg = purify.DataConfig(d=64, k=4)
