@@ -27,7 +27,7 @@ import numpy as np
 from purify import attacks, landmarks, make_task, network
 from purify.config import Config
 from purify.data import Task, sample
-from purify.downstream import downstream_tasks, logits, run_keys, splits
+from purify.downstream import backbones, downstream_tasks, logits, run_keys, splits
 from purify.evaluate import eval_keys
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import exact_verdict
@@ -131,8 +131,6 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     res = ctx.sweep(lcfg, grid={"tau": [0.0, lcfg.hp.tau]}, seeds=seeds, task=ltask)
     failed += [["linf", *ij] for ij in np.argwhere(res.failed()).tolist()]
     flagged = flagged | res.flagged().any(0)
-    from purify.downstream import backbones
-
     lbbs = {"clean-trained net": backbones(res, rows=0), "FGM-trained net": backbones(res, rows=1)}
     families["linf"] = {
         "radii": list(ltaus),

@@ -60,6 +60,12 @@ def _decide(side: int, p: float, mean: float, edge: float, level: float) -> str:
     return "holds" if side * (mean - edge) > 0 else "fails"
 
 
+def _redecide(v: dict, p: float, level: float) -> str:
+    """A recorded verdict's decision at adjusted p-value p (its edge: threshold +- min_effect)."""
+    side = _side(v["direction"])
+    return _decide(side, p, v["mean"], v["threshold"] + side * v["min_effect"], level)
+
+
 def verdict(
     values,
     direction: str = ">",
@@ -175,20 +181,12 @@ def holm(verdicts: list[dict], level: float = LEVEL) -> list[dict]:
         out[i]["p_holm"] = running
     for i in tested:
         v = out[i]
-        side = _side(v["direction"])
-        edge = v["threshold"] + side * v["min_effect"]
-        v["verdict"] = _decide(side, v["p_holm"], v["mean"], edge, level)
+        v["verdict"] = _redecide(v, v["p_holm"], level)
         v["family_size"] = K
         if "original" in v:
             o = dict(v["original"])
             if math.isfinite(o.get("p_value", math.nan)):
                 o["p_holm"] = min(1.0, K * o["p_value"])  # the conservative Bonferroni bound at its place
-                o["verdict"] = _decide(
-                    _side(o["direction"]),
-                    o["p_holm"],
-                    o["mean"],
-                    o["threshold"] + _side(o["direction"]) * o["min_effect"],
-                    level,
-                )
+                o["verdict"] = _redecide(o, o["p_holm"], level)
             v["original"] = o
     return out
