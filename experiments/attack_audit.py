@@ -98,7 +98,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         cfg, task, {f"{k}-trained net": v for k, v in bbs.items()}, seed_ids, n, steps, restarts, taus
     )
     # clean linear heads on the clean and FGM backbones, on a new dense task
-    theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
+    theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
     dc = down_config(cfg, o, taus=taus)
     arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     keys = run_keys(seed_ids)

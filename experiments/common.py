@@ -183,7 +183,11 @@ def weighted_purity(W: np.ndarray, M) -> np.ndarray:
     W = np.asarray(W)
     flat = W.reshape((-1,) + W.shape[-2:])
     out = [
-        float(metrics.weighted_mean(metrics.purity(metrics.feature_coefficients(w, M)), np.linalg.norm(w, axis=-1)))
+        float(
+            metrics.weighted_mean(
+                metrics.purity(metrics.feature_coefficients(w, M), (w**2).sum(-1)), np.linalg.norm(w, axis=-1)
+            )
+        )
         for w in flat
     ]
     return np.asarray(out).reshape(W.shape[:-2])
@@ -237,15 +241,16 @@ def clean_heads(
     lrs,
 ) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
-    (d,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
+    (D,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
     rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean'}}
     with (B, S) test accuracies (robust at the first radius) and the number of non-finite fits."""
     names = list(thetas)
-    B, S, d = *backbone["W"].shape[:2], backbone["W"].shape[-1]
+    B, S = backbone["W"].shape[:2]
+    D = len(thetas[names[0]])  # the number of features (d unless the dictionary is over-complete)
     L, K = len(lrs), len(names)
     shape = (K, B, S, L)
     bb = broadcast_backbone(backbone, shape, (1, 2))
-    th = np.broadcast_to(np.stack([thetas[n] for n in names])[:, None, None, None], (*shape, d)).reshape(-1, d)
+    th = np.broadcast_to(np.stack([thetas[n] for n in names])[:, None, None, None], (*shape, D)).reshape(-1, D)
     sd = np.broadcast_to(np.asarray(seeds)[None, None, :, None], shape).ravel()
     lr = np.broadcast_to(np.asarray(lrs, np.float32), shape).ravel()
     out = probe(ctx, cfg, dc, task, bb, sd, th, n=dc.n_max, lr=lr)

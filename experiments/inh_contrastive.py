@@ -47,7 +47,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     tau = cfg.hp.tau
     dc = down_config(cfg, o, noise=0.0)
     lrs = np.asarray(o["down_lrs"], np.float32)
-    thetas = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))
+    thetas = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))
     variants = ["clean", *o["attacks"]]
     noises = [float(v) for v in o["view_noises"]]
     out, failed = {}, []
@@ -70,7 +70,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 fits, _ = clean_heads(ctx, pcfg, dc, task, bb, seed_ids, thetas, lrs)
                 entry.update({tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()})
                 out[name] = entry
-    W_or = np.broadcast_to(oracle_backbone(task), (1, seeds, cfg.data.d, cfg.data.d))
+    W_or = np.broadcast_to(oracle_backbone(task), (1, seeds) + oracle_backbone(task).shape)
     fits, _ = clean_heads(ctx, cfg.set(**{"model.bias": "relative"}), dc, task, {"W": W_or}, seed_ids, thetas, lrs)
     oracle = {tname: {k: v[0].tolist() for k, v in h.items()} for tname, h in fits.items()}
     # the end-to-end reference: supervised FGM training on each task, with this experiment's batch and init

@@ -52,7 +52,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     snaps = snapshot_steps(cfg, (0.0, *fractions))
     lrs = np.asarray(o["down_lrs"], np.float32)
     dc = down_config(cfg, o)
-    thetas = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))
+    thetas = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))
     failed = []  # [backbone, hparam row, seed] of every pre-training run that went non-finite or diverged
 
     # -- pre-training --------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             "pretrain_clean_acc": final_clean_accuracy(res),
             "flagged": res.flagged(),
         }
-    W_or = np.broadcast_to(oracle_backbone(task), (1, S, cfg.data.d, cfg.data.d))
+    W_or = np.broadcast_to(oracle_backbone(task), (1, S) + oracle_backbone(task).shape)
     fits, _ = clean_heads(ctx, cfg, dc, task, {"W": W_or}, seed_ids, thetas, lrs)
     oracle = {name: {k: v[0] for k, v in h.items()} for name, h in fits.items()}
 

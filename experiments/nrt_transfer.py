@@ -67,7 +67,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
     bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     bbs_flagged = bbs.pop("flagged")
-    theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
+    theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
     S, N = seeds, len(sizes)
     m, d = cfg.model.width, cfg.data.d

@@ -44,7 +44,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     flag = bbs.pop("flagged")  # (S,) seeds whose pre-training failed, diverged or ended at chance
     names = list(bbs)
-    theta = downstream_tasks(cfg.data.d, np.asarray(task.w_star[0]))["dense"]
+    theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
     B, S, N = len(names), seeds, len(sizes)
     stacked = {k: np.stack([bbs[n][k] for n in names]) for k in bbs[names[0]]}  # (B, S, ...)

@@ -213,12 +213,16 @@ def dense_direction(y: jax.Array, tau: jax.Array, u: jax.Array, norm: str) -> ja
 @dataclass(frozen=True)
 class EvalSpec:
     """How robust accuracy is measured: the radii (a static tuple), the norm, and PGD's steps and
-    random restarts. Hashable, so it is a static argument of compiled programs."""
+    random restarts. Hashable, so it is a static argument of compiled programs.
+
+    The defaults (20 steps, 4 starts) are the weakest setting that the attack-audit experiment
+    measured within 0.01 of APGD (100 steps, 10 starts) on every model family; 10 steps and one
+    start overstated robust accuracy by up to 0.019 on clean-trained networks."""
 
     taus: tuple[float, ...] = (0.25,)
     norm: str = "l2"
-    pgd_steps: int = 10
-    restarts: int = 1
+    pgd_steps: int = 20
+    restarts: int = 4
 
 
 def attacked_correct(

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from flax import struct
 
+from .attacks import EvalSpec
+
 
 class ConfigError(ValueError):
     """A configuration value is not allowed. The message names parameter, value and rule."""
@@ -47,7 +49,7 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
         _fail(name, value, f"must be one of {', '.join(repr(o) for o in options)}")
 
 
-DICTIONARIES = ("identity", "haar", "hadamard")
+DICTIONARIES = ("identity", "haar", "hadamard", "sphere")
 SPARSITIES = ("exact_k", "iid")
 MAGNITUDES = ("uniform", "sign")
 LABELS = ("rademacher", "gaussian")
@@ -63,14 +65,18 @@ OBJECTIVES = ("supervised", "infonce", "spectral")
 class DataConfig:
     """Sparse-coding data x = M z + xi (docs/science.md section 2).
 
-    d: ambient dimension (M is d x d orthonormal). k: active features per sample (exact_k) or
-    expected number (iid). magnitude 'uniform': non-zero z_j = +-U[1,2]/sqrt(k); 'sign': +-1
+    d: ambient dimension. features: D, the number of features (columns of M); None means D = d.
+    dictionary 'identity', 'haar' (uniformly random orthonormal) and 'hadamard' are d x d
+    orthonormal; 'sphere' draws D unit-norm columns uniformly on the sphere of R^d, not
+    orthogonal, so D > d gives an over-complete dictionary (features in superposition).
+    k: active features per sample (exact_k) or expected number (iid), out of D. magnitude 'uniform': non-zero z_j = +-U[1,2]/sqrt(k); 'sign': +-1
     (needs odd k, so margins <w*, z> are odd integers). n_tasks: number of independent label
     vectors w*. n_train: None samples fresh data every step (online); an integer draws one fixed
     training set of that size per run. task_seed fixes M and w*, shared by all runs of a sweep.
     """
 
     d: int = 64
+    features: int | None = None
     k: int = 4
     dictionary: str = "identity"
     sparsity: str = "exact_k"
@@ -82,10 +88,19 @@ class DataConfig:
 
     def validate(self) -> None:
         _int("data.d", self.d, lo=1)
-        _int("data.k", self.k, lo=1)
-        if self.k > self.d:
-            _fail("data.k", self.k, f"must be <= data.d = {self.d}")
         _choice("data.dictionary", self.dictionary, DICTIONARIES)
+        if self.features is not None:
+            _int("data.features", self.features, lo=self.d)
+            if self.features != self.d and self.dictionary != "sphere":
+                _fail(
+                    "data.features",
+                    self.features,
+                    f"must equal data.d = {self.d} (or be None) for the orthonormal dictionary "
+                    f"{self.dictionary!r}; an over-complete dictionary needs data.dictionary='sphere'",
+                )
+        _int("data.k", self.k, lo=1)
+        if self.k > self.n_features:
+            _fail("data.k", self.k, f"must be <= the number of features D = {self.n_features}")
         if self.dictionary == "hadamard" and (self.d & (self.d - 1)) != 0:
             _fail("data.d", self.d, "must be a power of two for dictionary='hadamard'")
         _choice("data.sparsity", self.sparsity, SPARSITIES)
@@ -97,6 +112,16 @@ class DataConfig:
         if self.n_train is not None:
             _int("data.n_train", self.n_train, lo=1)
         _int("data.task_seed", self.task_seed, lo=0)
+
+    @property
+    def n_features(self) -> int:
+        """D: the number of features (columns of M); d unless data.features says otherwise."""
+        return self.d if self.features is None else self.features
+
+    @property
+    def orthonormal(self) -> bool:
+        """Whether M is d x d orthonormal (then C = W M keeps norms and z = M^T x exactly)."""
+        return self.dictionary != "sphere"
 
     @property
     def min_magnitude(self) -> float:
@@ -227,8 +252,8 @@ class EvalConfig:
     n_eval: int = 1024
     taus: tuple[float, ...] = (0.25,)
     norm: str = "l2"
-    pgd_steps: int = 10
-    restarts: int = 1
+    pgd_steps: int = EvalSpec.pgd_steps
+    restarts: int = EvalSpec.restarts
 
     def validate(self) -> None:
         _int("eval.n_eval", self.n_eval, lo=1)
@@ -243,8 +268,6 @@ class EvalConfig:
     @property
     def spec(self):
         """The attack settings of the evaluation (an `attacks.EvalSpec`)."""
-        from .attacks import EvalSpec
-
         return EvalSpec(tuple(float(t) for t in self.taus), self.norm, self.pgd_steps, self.restarts)
 
 

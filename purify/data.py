@@ -1,7 +1,8 @@
 """The sparse-coding data model x = M z + xi, y = sign <w*, z> (docs/science.md section 2).
 
-Shapes: M is (d, d) with orthonormal columns M_j (the features); w_star is (T, d), one dense
-label vector per task; a batch is x (n, d), z (n, d), y (n, T) with entries in {-1, +1}.
+Shapes: M is (d, D) with unit-norm columns M_j (the features; orthonormal when D = d and the
+dictionary is not 'sphere'); w_star is (T, D), one dense label vector per task; a batch is
+x (n, d), z (n, D), y (n, T) with entries in {-1, +1}.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from .config import DataConfig
 class Task:
     """The random but fixed part of the data distribution: dictionary and label vectors."""
 
-    M: jax.Array  # (d, d), columns are features
-    w_star: jax.Array  # (T, d), in latent (feature) coordinates
+    M: jax.Array  # (d, D), columns are features
+    w_star: jax.Array  # (T, D), in latent (feature) coordinates
 
     @property
     def label_directions(self) -> jax.Array:
@@ -36,7 +37,12 @@ def hadamard(d: int) -> np.ndarray:
     return h / np.sqrt(d)
 
 
-def make_dictionary(kind: str, d: int, key: jax.Array) -> jax.Array:
+def make_dictionary(kind: str, d: int, key: jax.Array, features: int | None = None) -> jax.Array:
+    """M (d, D), D = features (default d). 'sphere': i.i.d. uniform unit columns (any D);
+    the others are orthonormal and need D = d."""
+    if kind == "sphere":
+        g = jax.random.normal(key, (d, d if features is None else features))
+        return g / jnp.linalg.norm(g, axis=0, keepdims=True)
     if kind == "identity":
         return jnp.eye(d)
     if kind == "hadamard":
@@ -50,8 +56,8 @@ def make_task(cfg: DataConfig) -> Task:
     """Draw M and w* from `cfg.task_seed`, independently of every training stream."""
     cfg.validate()
     k_dict, k_label = jax.random.split(jax.random.key(cfg.task_seed), 2)
-    M = make_dictionary(cfg.dictionary, cfg.d, k_dict)
-    shape = (cfg.n_tasks, cfg.d)
+    M = make_dictionary(cfg.dictionary, cfg.d, k_dict, cfg.n_features)
+    shape = (cfg.n_tasks, cfg.n_features)
     if cfg.label == "rademacher":
         w = jax.random.rademacher(k_label, shape, dtype=jnp.float32)
     else:
@@ -80,13 +86,14 @@ def exact_k_support(key: jax.Array, d: int, k: int, n: int) -> jax.Array:
 def _active(key: jax.Array, cfg: DataConfig, n: int):
     """The non-zero part of z: signs times magnitudes, (n, k) for exact_k or (n, d) for iid."""
     k_support, k_sign, k_mag = jax.random.split(key, 3)
-    shape = (n, cfg.k) if cfg.sparsity == "exact_k" else (n, cfg.d)
+    D = cfg.n_features
+    shape = (n, cfg.k) if cfg.sparsity == "exact_k" else (n, D)
     values = jax.random.rademacher(k_sign, shape, dtype=jnp.float32)
     if cfg.magnitude == "uniform":
         values = values * jax.random.uniform(k_mag, shape, minval=1.0, maxval=2.0) / jnp.sqrt(cfg.k)
     if cfg.sparsity == "exact_k":
-        return exact_k_support(k_support, cfg.d, cfg.k, n), values
-    return None, jnp.where(jax.random.uniform(k_support, shape) < cfg.k / cfg.d, values, 0.0)
+        return exact_k_support(k_support, D, cfg.k, n), values
+    return None, jnp.where(jax.random.uniform(k_support, shape) < cfg.k / D, values, 0.0)
 
 
 def labels(key: jax.Array, z: jax.Array, w_star: jax.Array) -> jax.Array:
@@ -100,7 +107,7 @@ def _sign_with_coin(key: jax.Array, margin: jax.Array) -> jax.Array:
 
 
 def sample(key: jax.Array, cfg: DataConfig, task: Task, n: int, noise: jax.Array | float, noise_free: bool = False):
-    """Draw (x, z, y): x (n, d) = z M^T + xi with xi ~ N(0, noise^2/d I); y (n, T).
+    """Draw (x, z, y): x (n, d) = z M^T + xi with xi ~ N(0, noise^2/d I), z (n, D); y (n, T).
 
     With exact_k sparsity x and y are built from the k active features only (x = sum_i v_i
     M[:, idx_i]: 2 n k d FLOPs instead of the 2 n d^2 of z M^T; the identity dictionary needs
@@ -113,7 +120,7 @@ def sample(key: jax.Array, cfg: DataConfig, task: Task, n: int, noise: jax.Array
         z = values
         x, margin = z @ task.M.T, z @ task.w_star.T
     else:
-        z = jnp.zeros((n, cfg.d)).at[jnp.arange(n)[:, None], idx].set(values)
+        z = jnp.zeros((n, cfg.n_features)).at[jnp.arange(n)[:, None], idx].set(values)
         x = z if cfg.dictionary == "identity" else jnp.einsum("nk,nkd->nd", values, task.M.T[idx])
         margin = jnp.einsum("nk,nkt->nt", values, task.w_star.T[idx])
     if not noise_free:

@@ -86,8 +86,8 @@ class DownstreamConfig:
     pgd_steps: int = 5
     noise: float = 0.0
     taus: tuple[float, ...] = (0.25,)
-    eval_pgd_steps: int = 10
-    restarts: int = 1
+    eval_pgd_steps: int = EvalSpec.pgd_steps
+    restarts: int = EvalSpec.restarts
     discrepancy: bool = False
 
     def validate(self, width: int, d: int) -> DownstreamConfig:
@@ -257,7 +257,7 @@ def make_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architec
     def evaluate(params, key, beta, theta, M):
         k_data, _, _, _ = jax.random.split(key, 4)
         _, val, test = splits(k_data, data, theta, M, dc, which=(1, 2))
-        u = M @ theta / jnp.linalg.norm(theta)
+        u = M @ theta / jnp.linalg.norm(M @ theta)  # = |theta| when M is orthonormal
         k_att = jax.random.fold_in(key, 7)
         out = {}
         for name, (x, y) in (("val_", val), ("", test)):
@@ -360,7 +360,7 @@ def fit_and_evaluate(
         )
     full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (n_runs,))
     hp = {"lr": full(lr), "probe_lr": full(lr if probe_lr is None else probe_lr), "tau": full(tau), "lam": full(lam)}
-    beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (n_runs, d))
+    beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (n_runs, np.shape(theta)[-1]))
     shapes = {"W": (m, d), "b": (m,)}
     backbone = {k: np.broadcast_to(v, (n_runs, *shapes[k])) for k, v in backbone.items()}
     # only the latent model matters downstream: configs that differ elsewhere share programs
@@ -469,5 +469,5 @@ def bayes_accuracy(data: DataConfig, theta: np.ndarray) -> float:
             f"data.magnitude={data.magnitude!r} is not allowed for bayes_accuracy: needs exact_k sparsity and "
             "uniform magnitudes"
         )
-    p_miss = comb(data.d - s, data.k) / comb(data.d, data.k)
+    p_miss = comb(data.n_features - s, data.k) / comb(data.n_features, data.k)
     return 1.0 - p_miss / 2

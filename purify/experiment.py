@@ -370,12 +370,15 @@ def _plain_json(o):
 
 
 def save_figure(exp: Experiment, record: dict, path: Path) -> None:
-    """Draw into memory, then write atomically."""
+    """Draw into memory, with the record's flagged runs named under the figure, then write atomically."""
     import io
 
     import matplotlib.pyplot as plt
 
+    from .plotting import mark_flagged
+
     fig = exp.plot(record)
+    mark_flagged(fig, record)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)

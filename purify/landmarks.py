@@ -5,6 +5,11 @@ example is y <u, x> (its margin, which FGM, PGD and the dense attack all reach e
 its robust accuracy at tau is P(y <u, x> > tau). Without noise, with Rademacher w* and exact-k
 supports, <w*, z> = sum of k terms eps_j m_j (eps Rademacher, m the magnitudes), and |w*| =
 sqrt(d): the population value has a closed form for both magnitude modes (below).
+
+With an over-complete dictionary ('sphere', D > d) the per-example radius y <u, x> is still exact
+for this classifier (a hyperplane's distance), but <u, x> is no longer <w*, z>/|w*|: features
+interfere, the classifier is no longer Bayes-optimal (clean accuracy < 1) and the population
+closed form does not hold (`linear_robust_accuracy` refuses it); use the empirical version.
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ def linear_robust_accuracy(cfg: DataConfig, tau: float) -> float:
     U_j ~ U[1, 2]; given p positive signs it equals 3p - 2k + IH_k (IH_k the Irwin-Hall sum of
     k uniforms), so the probability is a binomial mixture of Irwin-Hall tails.
     """
+    if not cfg.orthonormal:
+        raise ValueError(
+            f"closed form needs an orthonormal dictionary, got data.dictionary={cfg.dictionary!r}: with "
+            "non-orthogonal features <u, x> != <w*, z>/|w*|; use linear_robust_accuracy_empirical"
+        )
     if cfg.label != "rademacher" or cfg.sparsity != "exact_k":
         raise ValueError(
             f"closed form needs data.label='rademacher' and data.sparsity='exact_k', got {cfg.label!r}, "

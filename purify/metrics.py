@@ -1,8 +1,10 @@
 """Per-neuron feature-mixture metrics (docs/science.md section 3).
 
-All functions take the first layer W (m, d), the dictionary M (d, d) and, where needed, a
-label vector w* (d,) in feature coordinates. Feature coefficients are C = W M, c_ij = <w_i, M_j>;
-because M is orthonormal, sum_j c_ij^2 = |w_i|^2.
+All functions take the first layer W (m, d), the dictionary M (d, D) and, where needed, a
+label vector w* (D,) in feature coordinates. Feature coefficients are C = W M, c_ij = <w_i, M_j>
+(m, D). When M is orthonormal, sum_j c_ij^2 = |w_i|^2; for an over-complete dictionary (D > d,
+unit-norm columns) it is not, so purity divides by |w_i|^2 itself: p_i is then the squared
+cosine between w_i and its closest feature, still 1 exactly for a pure neuron.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ def feature_coefficients(W: jax.Array, M: jax.Array) -> jax.Array:
     return W @ M
 
 
-def purity(C: jax.Array) -> jax.Array:
-    """p_i = max_j c_ij^2 / |w_i|^2 (m,): 1 for a pure neuron, ~2 ln d / d for a random one."""
+def purity(C: jax.Array, norm_sq: jax.Array | None = None) -> jax.Array:
+    """p_i = max_j c_ij^2 / |w_i|^2 (m,): 1 for a pure neuron, ~2 ln D / d for a random one.
+
+    norm_sq (m,) = |w_i|^2; None takes sum_j c_ij^2, which equals it when M is orthonormal."""
     sq = C**2
-    return sq.max(-1) / jnp.maximum(sq.sum(-1), _EPS)
+    return sq.max(-1) / jnp.maximum(sq.sum(-1) if norm_sq is None else norm_sq, _EPS)
 
 
 def features_per_neuron(C: jax.Array, gamma: float = 0.5) -> jax.Array:
@@ -67,9 +71,10 @@ def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 def neuron_metrics(W: jax.Array, M: jax.Array, w_star: jax.Array) -> dict[str, jax.Array]:
     """Per-neuron (m,) arrays: norm, purity, features per neuron, participation ratio, rho."""
     C = feature_coefficients(W, M)
+    norm_sq = (W**2).sum(-1)
     return {
-        "norm": jnp.sqrt((C**2).sum(-1)),
-        "purity": purity(C),
+        "norm": jnp.sqrt(norm_sq),
+        "purity": purity(C, norm_sq),
         "features": features_per_neuron(C),
         "participation": participation_ratio(C),
         "rho": coherence(C, w_star),

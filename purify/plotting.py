@@ -17,6 +17,29 @@ def flagged_mask(record: dict, row: int, n_seeds: int, keys=("failed_runs", "cha
     return out
 
 
+def flagged_note(record: dict, limit: int = 6) -> str:
+    """One line naming a record's flagged runs (its 'failed_runs' and 'chance_runs' lists), or
+    saying there are none: every figure carries it, so a reader sees what no verdict used."""
+    parts = []
+    for key, what in (("failed_runs", "failed or diverged"), ("chance_runs", "at chance (clean accuracy <= 0.6)")):
+        items = record.get(key) or []
+        if items:
+            shown = ", ".join(str(list(i) if isinstance(i, (list, tuple)) else i) for i in items[:limit])
+            more = f", … {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{len(items)} {what}: {shown}{more}")
+    if not parts:
+        return "flagged runs: none (no run failed, diverged or ended at chance)"
+    return "flagged runs, left out of every verdict: " + "; ".join(parts)
+
+
+def mark_flagged(fig, record: dict) -> str:
+    """Write `flagged_note` under the figure; returns the text."""
+    text = flagged_note(record)
+    any_flagged = bool(record.get("failed_runs") or record.get("chance_runs"))
+    fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=8, color="tab:red" if any_flagged else "0.25")
+    return text
+
+
 def band(ax, x, runs, label=None, color=None, kind="minmax", flagged=None, **kw):
     """Draw the mean of `runs` (seeds, len(x)) and a band: 'minmax' over seeds or 'std'.
 

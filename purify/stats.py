@@ -48,6 +48,26 @@ def mean_ci(values, level: float = LEVEL) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
+def slopes(x, values, log_y: bool = True) -> np.ndarray:
+    """Per-seed least-squares slope of log y (log_y) or y against log x.
+
+    x (n,) positive (e.g. the dimensions d); values (n, S), one column per seed. Returns (S,);
+    a seed with a non-finite (or, with log_y, non-positive) value at any x gets NaN, so a
+    broken run drops its seed instead of bending the fit. Across seeds the slopes are
+    independent replicates (every x of a seed is its own run), so `mean_ci` gives the interval.
+    """
+    lx = np.log(np.asarray(x, float))
+    y = np.asarray(values, float)
+    if y.ndim != 2 or y.shape[0] != len(lx):
+        raise ValueError(f"values.shape={y.shape} is not allowed: must be (len(x), seeds) = ({len(lx)}, S)")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ly = np.log(y) if log_y else y
+    ok = np.isfinite(ly).all(0)
+    lc = lx - lx.mean()
+    out = (lc[:, None] * (ly - ly.mean(0))).sum(0) / (lc**2).sum()
+    return np.where(ok, out, np.nan)
+
+
 def _side(direction: str) -> int:
     if direction not in (">", "<"):
         raise ValueError(f"direction={direction!r} is not allowed: must be '>' or '<'")

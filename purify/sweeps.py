@@ -92,7 +92,7 @@ def auto_chunk_size(cfg: Config, n_runs: int, budget_bytes: int | None = None, d
     devices = list(devices or jax.local_devices())
     budget = memory_budget(devices) if budget_bytes is None else int(budget_bytes)
     per = network_bytes(cfg)
-    base = 4 * (cfg.data.d * cfg.data.d + cfg.data.n_tasks * cfg.data.d) * 4  # task arrays and slack
+    base = 4 * (cfg.data.d + cfg.data.n_tasks) * cfg.data.n_features * 4  # task arrays and slack
     per_device = (budget - base) // per
     if per_device < 1:
         raise ConfigError(
@@ -113,7 +113,7 @@ def check_chunk_memory(
     estimate, before anything compiles, instead of XLA running out of memory mid-sweep."""
     devices = list(devices or jax.local_devices())
     limit = 2 * (memory_budget(devices) if budget_bytes is None else int(budget_bytes))
-    per, base = network_bytes(cfg), 4 * (cfg.data.d * cfg.data.d + cfg.data.n_tasks * cfg.data.d) * 4
+    per, base = network_bytes(cfg), 4 * (cfg.data.d + cfg.data.n_tasks) * cfg.data.n_features * 4
     per_device = math.ceil(min(int(chunk_size), n_runs or int(chunk_size)) / len(devices))
     if per_device * per + base > limit:
         fits = max(0, (limit - base) // per) * len(devices)
@@ -511,7 +511,7 @@ def assemble(
         "snapshot": _union([r.snapshot_at for r in runs]),
         "input": np.arange(max(r.cfg.data.d for r in runs)),
         "rank": np.arange(max(r.cfg.train.adv_rank for r in runs)),
-        "feature": np.arange(max(r.cfg.data.d for r in runs)),
+        "feature": np.arange(max(r.cfg.data.n_features for r in runs)),
     }
     labelled = ("time", "radius", "snapshot")  # placed by label; the others by position
     arrays, dims = {}, {}

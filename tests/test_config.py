@@ -10,7 +10,9 @@ from purify.cli import main
 from .conftest import tiny
 
 BAD = [
-    ({"data.k": 65}, "data.k=65", "<= data.d"),
+    ({"data.k": 65}, "data.k=65", "<= the number of features D = 64"),
+    ({"data.features": 128}, "data.features=128", "needs data.dictionary='sphere'"),
+    ({"data.features": 32, "data.dictionary": "sphere"}, "data.features=32", ">= 64"),
     ({"data.k": 0}, "data.k=0", ">= 1"),
     ({"data.d": 0}, "data.d=0", ">= 1"),
     ({"data.magnitude": "sign", "data.k": 4}, "data.k=4", "odd"),

@@ -125,3 +125,21 @@ def test_post_hoc_rules_carry_the_original():
     assert v["post_hoc"] and v["post_hoc_reason"] == "chosen after seeing results"
     assert v["original"]["mean"] == pytest.approx(0.015) and "verdict" in v["original"]
     assert not verdict([1.0, 2.0], ">", **SIGN)["post_hoc"]
+
+
+def test_slopes_recover_a_power_law_per_seed_and_drop_broken_seeds():
+    from purify.stats import slopes
+
+    d = np.asarray([32, 64, 128, 256, 512], float)
+    a = np.asarray([-0.5, -0.25, 0.0, 0.4])
+    y = 3.0 * d[:, None] ** a[None, :]
+    np.testing.assert_allclose(slopes(d, y), a, atol=1e-10)
+    y[2, 1] = np.nan  # a broken run drops its seed, not the fit
+    y[0, 2] = -1.0  # a non-positive value has no logarithm
+    got = slopes(d, y)
+    assert np.isnan(got[1]) and np.isnan(got[2]) and np.allclose(got[[0, 3]], a[[0, 3]])
+    # log_y=False: the slope of y against log d (per e-fold of d)
+    lin = 0.7 + 0.05 * np.log(d)[:, None] * np.ones((1, 3))
+    np.testing.assert_allclose(slopes(d, lin, log_y=False), 0.05, atol=1e-10)
+    with pytest.raises(ValueError, match="values.shape"):
+        slopes(d, np.ones((4, 2)))
