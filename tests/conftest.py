@@ -39,6 +39,7 @@ def tiny(**settings) -> purify.Config:
         "train.batch": 32,
         "eval.n_eval": 64,
         "eval.pgd_steps": 3,
+        "eval.restarts": 1,  # one start: tests cover the code paths; restarts have their own tests
         "train.n_log": 8,
         "hp.tau": 0.3,
         "eval.taus": (0.3,),

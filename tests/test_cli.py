@@ -28,6 +28,8 @@ TINY = [
     "--set",
     "eval.pgd_steps=2",
     "--set",
+    "eval.restarts=1",
+    "--set",
     "hp.tau=0.3",
     "--set",
     "eval.taus=0.3",
@@ -54,6 +56,18 @@ EXTRA = {
     "inh-supervised": ["--set", "exp.adv_fractions=0.5,1", "--set", "exp.n_tasks=2", "--set", "exp.n_down=256"],
     "inh-contrastive": ["--set", "exp.view_noises=0.5", "--set", "exp.n_down=256"],
     "inh-nodes": ["--set", "exp.view_noises=0.5"],
+    "fp-scaling": [
+        "--set",
+        "exp.ds=8,16",
+        "--set",
+        "exp.k_fixed=2",
+        "--set",
+        "exp.overcomplete_ds=8",
+        "--set",
+        "exp.ratios=2",
+        "--set",
+        "exp.n_down=256",
+    ],
     "attack-audit": [
         "--set",
         "exp.steps=5",
@@ -271,6 +285,20 @@ def test_broken_runs_give_invalid_verdicts_not_fails(tmp_path, capsys):
     assert record["failed_runs"] or record["chance_runs"]
     assert [v["verdict"] for v in record["verdicts"]] == ["invalid"] * 4
     assert all(v["n"] == 0 and v["n_failed_runs"] == 2 for v in record["verdicts"])
+    # every figure names its flagged runs under the plot
+    import matplotlib.pyplot as plt
+
+    from purify.plotting import mark_flagged
+
+    fig = all_experiments()["fp-dynamics"].plot(record)
+    note = mark_flagged(fig, record)
+    assert note in [t.get_text() for t in fig.texts]
+    assert "left out of every verdict" in note
+    for key, what in (("failed_runs", "failed or diverged"), ("chance_runs", "at chance")):
+        assert (f"{len(record[key])} {what}" in note) == bool(record[key])
+    plt.close(fig)
+    clean = {**record, "failed_runs": [], "chance_runs": []}
+    assert "none" in mark_flagged(all_experiments()["fp-dynamics"].plot(clean), clean)
 
 
 def test_a_run_at_chance_is_flagged():
