@@ -40,6 +40,7 @@ from purify.downstream import downstream_tasks
 from purify.evaluate import landmark_curves
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import linear_robust_accuracy
+from purify.plotting import band
 from purify.stats import mean_ci, slopes, verdict
 
 from .common import DOWN_LRS, N_DOWN, PURIFICATION_PRESETS, clean_heads, down_config
@@ -304,11 +305,13 @@ def plot(record: dict):
     fig, axes = plt.subplots(2, 4, figsize=(20, 9))
     axes = axes.ravel()
 
-    def series(ax, x, v, color, label, ls="-", marker="o"):
-        v = np.asarray(v, float)
-        m = np.nanmean(v, axis=1)
-        ax.plot(x, m, ls=ls, marker=marker, color=color, label=label)
-        ax.fill_between(x, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color=color, alpha=0.15, lw=0)
+    def series(ax, x, v, color, label, ls="-", marker="o", points=None):
+        """v (len(x), seeds): mean line and min-max band; seeds flagged at any point drawn apart."""
+        flagged = None if points is None else np.asarray([p["flagged"] for p in points], bool).any(0)
+        band(ax, x, np.asarray(v, float).T, label=label, color=color, flagged=flagged, ls=ls, marker=marker)
+
+    def pts(path):
+        return record["paths"][path]["points"]
 
     def per_seed(path, name):
         return np.asarray([p["per_seed"][name] for p in record["paths"][path]["points"]], float)
@@ -329,52 +332,60 @@ def plot(record: dict):
 
     ax = axes[0]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "purity_fgm"), c, f"FGM, {path}")
-        series(ax, ds, per_seed(path, "purity_clean"), c, f"clean, {path}", ls="--", marker="s")
+        series(ax, ds, per_seed(path, "purity_fgm"), c, f"FGM, {path}", points=pts(path))
+        series(ax, ds, per_seed(path, "purity_clean"), c, f"clean, {path}", ls="--", marker="s", points=pts(path))
     ax.plot(ds, np.minimum(1, 2 * np.log(ds) / ds), ":", color="0.4", label="random vector 2 ln d / d")
     log_d(ax, "purity (norm-weighted, final)", "FGM purifies at every d", logy=True)
     ax = axes[1]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "gap"), c, f"{path}")
+        series(ax, ds, per_seed(path, "gap"), c, f"{path}", points=pts(path))
     ax.axhline(0, color="k", lw=0.8)
     log_d(ax, "robust accuracy, FGM − clean (at τ mid-window)", "the gap inside the window, against d")
     ax = axes[2]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "rho_sqrt_k"), c, f"clean net, {path}: {slope_txt(path, 'rho_sqrt_k')}")
+        series(
+            ax,
+            ds,
+            per_seed(path, "rho_sqrt_k"),
+            c,
+            f"clean net, {path}: {slope_txt(path, 'rho_sqrt_k')}",
+            points=pts(path),
+        )
         pure = [p["pure_rho_sqrt_k"] for p in record["paths"][path]["points"]]
         ax.plot(ds, pure, ":", color=c, label=f"pure neuron √(k/d), {path}")
     log_d(ax, "ρ·√k (norm-weighted, final)", "dense mixture of the clean network vs a pure neuron", logy=True)
     ax = axes[3]
     for path, c in colors.items():
-        series(
-            ax, ds, per_seed(path, "cos_clean_init"), c, f"|cos(w, w⁰)|, {path}: {slope_txt(path, 'cos_clean_init')}"
-        )
-        series(
-            ax,
-            ds,
-            per_seed(path, "cos_adv_init"),
-            c,
-            f"|cos(w', w⁰)|, {path}: {slope_txt(path, 'cos_adv_init')}",
-            ls="--",
-            marker="s",
-        )
+        label = f"|cos(w, w⁰)|, {path}: {slope_txt(path, 'cos_clean_init')}"
+        series(ax, ds, per_seed(path, "cos_clean_init"), c, label, points=pts(path))
+        label = f"|cos(w', w⁰)|, {path}: {slope_txt(path, 'cos_adv_init')}"
+        series(ax, ds, per_seed(path, "cos_adv_init"), c, label, ls="--", marker="s", points=pts(path))
     ax.plot(ds, np.sqrt(2 * np.log(ds) / ds), ":", color="k", label="√(2 ln d / d)")
     log_d(ax, "mean |cos| with init (norm-weighted)", "correlation with the initial weights", logy=True)
     ax = axes[4]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "holds_fraction"), c, f"|βw'| > |v|, {path}")
-        series(ax, ds, per_seed(path, "split_fraction"), c, f"… and |v| ≥ 0.25|w|, {path}", ls="--", marker="s")
+        series(ax, ds, per_seed(path, "holds_fraction"), c, f"|βw'| > |v|, {path}", points=pts(path))
+        series(
+            ax,
+            ds,
+            per_seed(path, "split_fraction"),
+            c,
+            f"… and |v| ≥ 0.25|w|, {path}",
+            ls="--",
+            marker="s",
+            points=pts(path),
+        )
     log_d(ax, "fraction of neurons (norm-weighted)", "purification principle, neuron by neuron")
     ax = axes[5]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "robust_clean"), c, f"clean net, {path}")
+        series(ax, ds, per_seed(path, "robust_clean"), c, f"clean net, {path}", points=pts(path))
         ax.plot(ds, per_seed(path, "clean_acc_clean").mean(1), "-.", color=c, lw=1, label=f"its clean accuracy, {path}")
         lin = [p["linear_robust_closed_form"] for p in record["paths"][path]["points"]]
         ax.plot(ds, lin, ":", marker="x", color=c, label=f"linear classifier (closed form), {path}")
     log_d(ax, "accuracy at τ mid-window", "clean network against the best linear classifier")
     ax = axes[6]
     for path, c in colors.items():
-        series(ax, ds, per_seed(path, "inheritance_gain"), c, f"{path}")
+        series(ax, ds, per_seed(path, "inheritance_gain"), c, f"{path}", points=pts(path))
     ax.axhline(0, color="k", lw=0.8)
     log_d(ax, "clean head's robust accuracy, FGM − clean backbone", "inheritance of robustness (new dense task)")
     ax = axes[7]
@@ -382,11 +393,11 @@ def plot(record: dict):
     cmap = plt.get_cmap("viridis")
     for i, d in enumerate(over_ds):
         for name, ls, marker in (("purity_gain", "-", "o"), ("gap", "--", "s")):
-            v = np.asarray([record["overcomplete"][str(r)][i]["per_seed"][name] for r in ratios], float)
+            points = [record["overcomplete"][str(r)][i] for r in ratios]
+            v = np.asarray([p["per_seed"][name] for p in points], float)
             label = f"{'purity gain' if name == 'purity_gain' else 'robust gap'}, d={d}"
-            series(
-                ax, np.asarray(ratios, float), v, cmap(i / max(1, len(over_ds) - 1) * 0.8), label, ls=ls, marker=marker
-            )
+            color = cmap(i / max(1, len(over_ds) - 1) * 0.8)
+            series(ax, np.asarray(ratios, float), v, color, label, ls=ls, marker=marker, points=points)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ratios, [str(r) for r in ratios])
