@@ -200,8 +200,8 @@ def plot(record: dict):
     v = record["verdicts"][0]["verdict"]
     sa = record["strong_attack"]
     fig.suptitle(
-        "Attack audit: the default evaluation (FGM, PGD-"
-        f"{record['default_attack']['pgd_steps']}, dense) against APGD ({sa['steps']} steps, {sa['restarts']} "
+        f"Attack audit: the default evaluation (FGM, PGD {record['default_attack']['pgd_steps']} steps × "
+        f"{record['default_attack']['restarts']} starts, dense) against APGD ({sa['steps']} steps, {sa['restarts']} "
         f"restarts)\nlargest overstatement max_gap = {record['max_gap']:.4f} ({v}: rule ≤ {record['rule_max_gap']:g})",
         fontsize=10,
     )
