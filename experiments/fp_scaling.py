@@ -272,18 +272,10 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                         name, _min_over(pts, q), f"superposition D = {r}d, k fixed, d = {', '.join(map(str, over_ds))}"
                     )
                 )
-    failed = [
-        [path, ds[i], *run_]
-        for path, p in paths.items()
-        for i, pt in enumerate(p["points"])
-        for run_ in pt["failed_runs"]
-    ]
-    chance = [
-        [path, ds[i], *run_]
-        for path, p in paths.items()
-        for i, pt in enumerate(p["points"])
-        for run_ in pt["chance_runs"]
-    ]
+    labelled = [(path, d, pt) for path, p in paths.items() for d, pt in zip(ds, p["points"])]
+    labelled += [(f"D = {r}d", d, pt) for r, pts in overcomplete.items() for d, pt in zip(over_ds, pts)]
+    failed = [[where, d, *run_] for where, d, pt in labelled for run_ in pt["failed_runs"]]
+    chance = [[where, d, *run_] for where, d, pt in labelled for run_ in pt["chance_runs"]]
     return {
         "dims": list(ds),
         "paths": paths,

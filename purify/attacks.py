@@ -216,7 +216,7 @@ class EvalSpec:
     random restarts. Hashable, so it is a static argument of compiled programs.
 
     The defaults (20 steps, 4 starts) are the weakest setting that the attack-audit experiment
-    measured within 0.01 of APGD (100 steps, 10 starts) on every model family; 10 steps and one
+    measured within 0.01 of APGD (100 steps, 10 starts) on every model family it audits; 10 steps and one
     start overstated robust accuracy by up to 0.019 on clean-trained networks."""
 
     taus: tuple[float, ...] = (0.25,)
