@@ -87,16 +87,19 @@ def pgd(
         delta = jax.lax.fori_loop(0, steps, step, delta)
         return delta, objective(x + delta)
 
+    if restarts == 1:
+        return one_run(0)[0]
+
     def restart(r, best):
+        # Restart 0 is taken whatever its objective (a NaN objective included), so every start
+        # runs through this one loop body: unrolling the first start doubled what XLA compiles.
         best_delta, best_obj = best
         delta, obj = one_run(r)
-        better = (obj > best_obj)[:, None]
-        return jnp.where(better, delta, best_delta), jnp.maximum(obj, best_obj)
+        take = (r == 0) | (obj > best_obj)
+        return jnp.where(take[:, None], delta, best_delta), jnp.where(take, obj, jnp.maximum(obj, best_obj))
 
-    first = one_run(0)
-    if restarts == 1:
-        return first[0]
-    return jax.lax.fori_loop(1, restarts, restart, first)[0]
+    empty = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, x.dtype))
+    return jax.lax.fori_loop(0, restarts, restart, empty)[0]
 
 
 def apgd_checkpoints(steps: int) -> tuple[int, ...]:
