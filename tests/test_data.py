@@ -25,6 +25,27 @@ def test_dictionaries_are_orthonormal(kind):
         assert np.abs(M).max() < 0.9
 
 
+@pytest.mark.parametrize("kind", ["identity", "haar", "hadamard", "sphere"])
+@pytest.mark.parametrize("label", ["rademacher", "gaussian"])
+def test_task_drawn_in_one_program_equals_the_op_by_op_draw(kind, label):
+    """make_task compiles its draw once per config; M and w* are the same to the bit as drawn op
+    by op (the numbers every published result was computed with)."""
+    cfg = purify.DataConfig(
+        d=32, k=4, dictionary=kind, label=label, n_tasks=2, features=64 if kind == "sphere" else None
+    )
+    task = purify.make_task(cfg)
+    # op by op, as make_task drew them before it was compiled
+    k_dict, k_label = jax.random.split(jax.random.key(cfg.task_seed), 2)
+    M = make_dictionary(kind, 32, k_dict, cfg.n_features)
+    w = (
+        jax.random.rademacher(k_label, (2, cfg.n_features), dtype=jnp.float32)
+        if label == "rademacher"
+        else jax.random.normal(k_label, (2, cfg.n_features))
+    )
+    np.testing.assert_array_equal(np.asarray(task.M), np.asarray(M))
+    np.testing.assert_array_equal(np.asarray(task.w_star), np.asarray(w))
+
+
 def test_exact_k_sparsity_and_uniform_magnitudes():
     _, _, z, _ = draw(d=32, k=4)
     nnz = (z != 0).sum(1)
