@@ -194,16 +194,10 @@ def measure_torch(cfg: Config, n: int, steps: int) -> float | None:
     return time.perf_counter() - t
 
 
-def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
-    """The strongest PyTorch peer: n networks' weights stacked (n, m, d), one training step
-    `torch.func.vmap` over networks of `torch.func.grad` (FGM's input gradient, then the weight
-    gradient at x + delta), the whole step (data sampling included) under `torch.compile`.
-    Returns {'seconds': for `steps` steps, 'compile_seconds': the first call}, or None without
-    PyTorch. Same device rule as `measure_torch`."""
-    try:
-        torch, dev, sync, batch, loss = _torch_problem(cfg)
-    except ImportError:
-        return None
+def torch_vmap_step(torch, cfg: Config, batch, loss):
+    """One training step of every network, W (n, m, d) -> W: `torch.func.vmap` over networks of
+    `torch.func.grad` (FGM's input gradient, then the weight gradient at x + delta), data
+    sampling included, under `torch.compile(fullgraph=True)`."""
     from torch.func import grad, vmap
 
     tau, lr = cfg.hp.tau, cfg.hp.lr
@@ -220,6 +214,20 @@ def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
         z, y = batch(W.shape[0])
         return every_network(W, z, y)
 
+    return step
+
+
+def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
+    """The strongest PyTorch peer: n networks' weights stacked (n, m, d), one training step
+    `torch.func.vmap` over networks of `torch.func.grad` (FGM's input gradient, then the weight
+    gradient at x + delta), the whole step (data sampling included) under `torch.compile`.
+    Returns {'seconds': for `steps` steps, 'compile_seconds': the first call}, or None without
+    PyTorch. Same device rule as `measure_torch`."""
+    try:
+        torch, dev, sync, batch, loss = _torch_problem(cfg)
+    except ImportError:
+        return None
+    step = torch_vmap_step(torch, cfg, batch, loss)
     W = _init_weights(torch, cfg, n, dev)
     t = time.perf_counter()
     W = step(W)
@@ -276,15 +284,23 @@ def measure_compile_latency() -> dict:
 
 
 def run_bench(
-    sizes=("small", "medium"), networks: dict | None = None, steps: int = 50, torch: bool = True, latency: bool = True
+    sizes=("small", "medium"),
+    networks: dict | None = None,
+    steps: int = 50,
+    torch: bool = True,
+    latency: bool = True,
+    profile: bool = True,
 ) -> dict:
     """Measure every size; returns a JSON-ready dict with one row per size (and the compile
-    latency of a new tiny config, unless latency=False)."""
+    latency of a new tiny config, unless latency=False; and where each size's step spends its
+    time, `purify.profiling`, unless profile=False)."""
+    from .profiling import profile_config
+
     on_cpu = jax.devices()[0].platform == "cpu"
     networks = networks or ({"small": 64, "medium": 16} if on_cpu else {"small": 1024, "medium": 4096})
     lat = measure_compile_latency() if latency else None
     peak = matmul_flops()
-    rows = []
+    rows, profiles = [], {}
     for size in sizes:
         cfg = bench_config(size, steps)
         n = int(networks[size])
@@ -296,7 +312,13 @@ def run_bench(
         tt = measure_torch(cfg, n_torch, steps) if torch else None
         tt = None if tt is None else tt * n / n_torch
         tv = measure_torch_vmap(cfg, n, steps) if torch else None
+        if profile:
+            profiles[size] = profile_config(cfg, n, steps, torch)
+            profiles[size]["jax"]["wall_ms_per_step"] = 1e3 * vm["seconds"] / steps
+            if profiles[size]["torch_vmap_compile"] and tv:
+                profiles[size]["torch_vmap_compile"]["wall_ms_per_step"] = 1e3 * tv["seconds"] / steps
         flops = flops_per_network_step(cfg) * n * steps / vm["seconds"]
+
         rows.append(
             {
                 "config": size,
@@ -326,6 +348,7 @@ def run_bench(
     return {
         "rows": rows,
         "compile_latency": lat,
+        "profile": profiles or None,
         "flop_count": "per network-step: 8 B d m (FGM input gradient and training step)",
         "provenance": provenance(),
         "cpu_count": os.cpu_count(),
@@ -373,6 +396,10 @@ def format_table(result: dict) -> str:
             f"first call {lat['first_seconds']:.2f} s, second {lat['second_seconds']:.2f} s, "
             f"ratio {lat['first_over_second']:.2f}"
         )
+    from .profiling import format_profile
+
+    for size, prof in (result.get("profile") or {}).items():
+        lines.extend(format_profile(size, prof))
     dev = result["provenance"]["device"]
     lines.append(f"device: {dev['kind']} ({dev['platform']}, {dev['count']}), FLOPs: {result['flop_count']}")
     return "\n".join(lines)

@@ -140,7 +140,14 @@ def cmd_bench(args) -> int:
     networks = None
     if args.networks:
         networks = {c: args.networks for c in sizes}
-    result = run_bench(sizes, networks=networks, steps=args.steps, torch=not args.no_torch, latency=not args.no_latency)
+    result = run_bench(
+        sizes,
+        networks=networks,
+        steps=args.steps,
+        torch=not args.no_torch,
+        latency=not args.no_latency,
+        profile=not args.no_profile,
+    )
     print(format_table(result))
     import jax
 
@@ -373,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-torch", action="store_true", help="skip the PyTorch peers (eager loop, torch.func.vmap + compile)"
     )
     pb.add_argument("--no-latency", action="store_true", help="skip the compile-latency row (first vs second call)")
+    pb.add_argument(
+        "--no-profile", action="store_true", help="skip the profile of where each config's step spends its time"
+    )
     pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json (default: figures)")
     pb.set_defaults(func=cmd_bench)
     pf = sub.add_parser("figures", help="redraw every figure from its saved JSON (or --rerun the experiments)")
