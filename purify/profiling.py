@@ -1,4 +1,4 @@
-"""Where one training step's time goes: `purify bench --profile`.
+"""Where one training step's time goes: the profile rows of `purify bench` (`--no-profile` skips them).
 
 For the vmapped JAX sweep, the JAX profiler records every executed XLA instruction (a thunk on
 CPU, a kernel on GPU); each instruction's *self* time (its span minus the spans nested in it)
@@ -113,9 +113,7 @@ def self_times(lines, names: set[str]) -> dict[str, float]:
 
 
 def _profile_lines(xspace: str):
-    from jax._src.lib import _profile_data
-
-    for plane in _profile_data.ProfileData.from_file(xspace).planes:
+    for plane in jax.profiler.ProfileData.from_file(xspace).planes:
         for line in plane.lines:
             yield [(e.start_ns, e.duration_ns, e.name) for e in line.events]
 
