@@ -1,14 +1,15 @@
 """Where one training step's time goes: the profile rows of `purify bench` (`--no-profile` skips them).
 
-For the vmapped JAX sweep, the JAX profiler records every executed XLA instruction (a thunk on
-CPU, a kernel on GPU); each instruction's *self* time (its span minus the spans nested in it)
-is summed per step and grouped by kind (matmul, element-wise, control and copies) and by the
-phase of the step it belongs to, read from the source location JAX attaches to every
-instruction (data sampling, the FGM perturbation, the training gradient, the optimizer). For the
+For the vmapped JAX sweep on CPU, the JAX profiler records every executed XLA instruction (a
+thunk); each instruction's *self* time (its span minus the spans nested in it) is summed per
+step and grouped by kind (matmul, element-wise, control and copies) and by the phase of the
+step it belongs to, read from the source location JAX attaches to every instruction (data
+sampling, the FGM perturbation, the training gradient, the optimizer). For the
 `torch.func.vmap` + `torch.compile` peer, `torch.profiler` gives the same split by kind (matmul
 library calls against Inductor's fused kernels). Times are span durations summed per step:
 spans that ran at once on different threads each count in full, so the total can exceed the
-step's wall time, which is printed beside it.
+step's wall time, which is printed beside it. CPU only: on a GPU, library kernels such as
+cuBLAS's are not named after their instruction, so the matmul row would come out short.
 """
 
 from __future__ import annotations
