@@ -319,7 +319,6 @@ def run_bench(
             if profiles[size]["torch_vmap_compile"] and tv:
                 profiles[size]["torch_vmap_compile"]["wall_ms_per_step"] = 1e3 * tv["seconds"] / steps
         flops = flops_per_network_step(cfg) * n * steps / vm["seconds"]
-
         rows.append(
             {
                 "config": size,
