@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +83,18 @@ def _states(run: Run, cfg: Config, n: int, task):
     return jax.jit(jax.vmap(run.init, in_axes=(0, 0, None)))(keys, hp, task)
 
 
-def measure_vmapped(cfg: Config, n: int, steps: int) -> dict:
+class VmappedProgram(NamedTuple):
+    """The benchmark's compiled `jit(vmap(advance))` over n networks, ready to run: call() runs
+    its `steps` SGD steps from the same state (timed by `measure_vmapped`, profiled by
+    `purify.profiling`, compiled once for both)."""
+
+    call: Callable[[], Any]
+    compiled: Any
+    compile_seconds: float
+    networks: int
+
+
+def vmapped_program(cfg: Config, n: int, steps: int) -> VmappedProgram:
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     state = _states(run, cfg, n, task)
@@ -90,11 +103,19 @@ def measure_vmapped(cfg: Config, n: int, steps: int) -> dict:
     span = (jnp.int32(2), jnp.int32(2 + steps))
     compiled = advance.lower(state, task, *span).compile()
     compile_s = time.perf_counter() - t
-    mem = compiled.memory_analysis()
+    return VmappedProgram(lambda: compiled(state, task, *span), compiled, compile_s, n)
+
+
+def measure_vmapped(program: VmappedProgram) -> dict:
+    mem = program.compiled.memory_analysis()
     mem_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    jax.block_until_ready(compiled(state, task, *span))
-    seconds = _best_of(lambda: compiled(state, task, *span), 5)
-    return {"seconds": seconds, "compile_seconds": compile_s, "bytes_per_network": mem_bytes / n}
+    jax.block_until_ready(program.call())
+    seconds = _best_of(program.call, 5)
+    return {
+        "seconds": seconds,
+        "compile_seconds": program.compile_seconds,
+        "bytes_per_network": mem_bytes / program.networks,
+    }
 
 
 def measure_sequential(cfg: Config, n: int, steps: int) -> float:
@@ -217,12 +238,19 @@ def torch_vmap_step(torch, cfg: Config, batch, loss):
     return step
 
 
-def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
-    """The strongest PyTorch peer: n networks' weights stacked (n, m, d), one training step
-    `torch.func.vmap` over networks of `torch.func.grad` (FGM's input gradient, then the weight
-    gradient at x + delta), the whole step (data sampling included) under `torch.compile`.
-    Returns {'seconds': for `steps` steps, 'compile_seconds': the first call}, or None without
-    PyTorch. Same device rule as `measure_torch`."""
+class TorchPeer(NamedTuple):
+    """The strongest PyTorch peer, compiled and ready: W = step(W) trains every network one step."""
+
+    torch: Any
+    step: Callable
+    weights: Any
+    sync: Callable[[], None]
+    compile_seconds: float
+
+
+def torch_vmap_peer(cfg: Config, n: int) -> TorchPeer | None:
+    """The strongest PyTorch peer over n networks' weights stacked (n, m, d), `torch_vmap_step`,
+    compiled by its first call; None without PyTorch. Same device rule as `measure_torch`."""
     try:
         torch, dev, sync, batch, loss = _torch_problem(cfg)
     except ImportError:
@@ -232,16 +260,21 @@ def measure_torch_vmap(cfg: Config, n: int, steps: int) -> dict | None:
     t = time.perf_counter()
     W = step(W)
     sync()
-    compile_s = time.perf_counter() - t
+    return TorchPeer(torch, step, W, sync, time.perf_counter() - t)
+
+
+def measure_torch_vmap(peer: TorchPeer, steps: int) -> dict:
+    """{'seconds': for `steps` steps of the peer, 'compile_seconds': its first call}."""
+    W = peer.weights
 
     def train():
         nonlocal W
         for _ in range(steps):
-            W = step(W)
-        sync()
+            W = peer.step(W)
+        peer.sync()
 
     train()  # warm-up
-    return {"seconds": _best_of(train, 3), "compile_seconds": compile_s}
+    return {"seconds": _best_of(train, 3), "compile_seconds": peer.compile_seconds}
 
 
 # The REPL's question, timed: a new static config of tiny size, first call against second.
@@ -305,16 +338,18 @@ def run_bench(
     for size in sizes:
         cfg = bench_config(size, steps)
         n = int(networks[size])
-        vm = measure_vmapped(cfg, n, steps)
+        program = vmapped_program(cfg, n, steps)
+        vm = measure_vmapped(program)
         # One network after another costs n times one network, so the loops time a prefix of
         # at most LOOP_NETWORKS networks and scale linearly; the JSON records how many were timed.
         n_seq, n_torch = min(n, LOOP_NETWORKS), min(n, TORCH_NETWORKS)
         seq = measure_sequential(cfg, n_seq, steps) * n / n_seq
         tt = measure_torch(cfg, n_torch, steps) if torch else None
         tt = None if tt is None else tt * n / n_torch
-        tv = measure_torch_vmap(cfg, n, steps) if torch else None
+        peer = torch_vmap_peer(cfg, n) if torch else None
+        tv = measure_torch_vmap(peer, steps) if peer else None
         if profile and on_cpu:
-            profiles[size] = profile_config(cfg, n, steps, torch)
+            profiles[size] = profile_config(program, peer, steps)
             profiles[size]["jax"]["wall_ms_per_step"] = 1e3 * vm["seconds"] / steps
             if profiles[size]["torch_vmap_compile"] and tv:
                 profiles[size]["torch_vmap_compile"]["wall_ms_per_step"] = 1e3 * tv["seconds"] / steps

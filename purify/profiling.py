@@ -20,11 +20,8 @@ import re
 import tempfile
 
 import jax
-import jax.numpy as jnp
 
-from .config import Config
-from .data import make_task
-from .train import Run, compiler_options
+from .bench import TorchPeer, VmappedProgram
 
 KINDS = ("matmul", "element-wise", "control and copies")
 PHASES = ("data sampling", "FGM perturbation", "training gradient", "optimizer", "loop, unattributed")
@@ -119,22 +116,15 @@ def _profile_lines(xspace: str):
             yield [(e.start_ns, e.duration_ns, e.name) for e in line.events]
 
 
-def profile_jax_step(cfg: Config, n: int, steps: int) -> dict:
-    """Milliseconds per step of self time, by kind and by phase, of `steps` SGD steps of the
-    vmapped sweep over n networks (cfg as built by `purify.bench.bench_config`)."""
-    from .bench import _states
-
-    run = Run(cfg, chunk=steps, noise_free=True)
-    task = make_task(cfg.data)
-    state = _states(run, cfg, n, task)
-    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None, None)), compiler_options=compiler_options())
-    span = (jnp.int32(2), jnp.int32(2 + steps))
-    compiled = advance.lower(state, task, *span).compile()
-    jax.block_until_ready(compiled(state, task, *span))
+def profile_jax_step(program: VmappedProgram, steps: int) -> dict:
+    """Milliseconds per step of self time, by kind and by phase, of the benchmark's compiled
+    program (`purify.bench.vmapped_program`: `steps` SGD steps of the vmapped sweep)."""
+    jax.block_until_ready(program.call())
+    compiled = program.compiled
     labels = classify(compiled.as_text())
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
-        jax.block_until_ready(compiled(state, task, *span))
+        jax.block_until_ready(program.call())
         jax.profiler.stop_trace()
         (xspace,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
         seconds = self_times(_profile_lines(xspace), set(labels))
@@ -142,27 +132,20 @@ def profile_jax_step(cfg: Config, n: int, steps: int) -> dict:
     for name, s in seconds.items():
         kind, phase = labels[name]
         table[kind][phase] += 1e3 * s / steps
-    return {"ms_per_step": table, "networks": n, "steps": steps}
+    return {"ms_per_step": table, "networks": program.networks, "steps": steps}
 
 
-def profile_torch_step(cfg: Config, n: int, steps: int) -> dict | None:
+def profile_torch_step(peer: TorchPeer, steps: int) -> dict:
     """Milliseconds per step of self CPU time of the `torch.func.vmap` + `torch.compile` peer
-    (purify.bench.measure_torch_vmap's step), split into matmul library calls and the rest, or
-    None without PyTorch. CPU only: on CUDA use the PyTorch profiler's device view."""
-    from . import bench
-
-    try:
-        torch, dev, sync, batch, loss = bench._torch_problem(cfg)
-    except ImportError:
-        return None
-    step = bench.torch_vmap_step(torch, cfg, batch, loss)
-    W = bench._init_weights(torch, cfg, n, dev)
-    for _ in range(3):  # compile and warm up
+    (`purify.bench.torch_vmap_peer`), split into matmul library calls and the rest. CPU only:
+    on CUDA use the PyTorch profiler's device view."""
+    torch, step, W = peer.torch, peer.step, peer.weights
+    for _ in range(2):  # warm up
         W = step(W)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             W = step(W)
-        sync()
+        peer.sync()
     events = prof.key_averages()
     # Inductor's C++ kernels are not profiler events: they are the compiled region's time less
     # the library calls (matmuls, and the random-number draws) made from inside it
@@ -176,7 +159,7 @@ def profile_torch_step(cfg: Config, n: int, steps: int) -> dict | None:
             "other aten calls": ms(calls),
             "Inductor kernels": ms(region - matmul - calls),
         },
-        "networks": n,
+        "networks": W.shape[0],
         "steps": steps,
     }
 
@@ -184,11 +167,11 @@ def profile_torch_step(cfg: Config, n: int, steps: int) -> dict | None:
 _TORCH_MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul")
 
 
-def profile_config(cfg: Config, n: int, steps: int, torch: bool = True) -> dict:
-    """Both profiles of one benchmark config."""
+def profile_config(program: VmappedProgram, peer: TorchPeer | None, steps: int) -> dict:
+    """Both profiles of one benchmark config (the peer's is None without PyTorch)."""
     return {
-        "jax": profile_jax_step(cfg, n, steps),
-        "torch_vmap_compile": profile_torch_step(cfg, n, steps) if torch else None,
+        "jax": profile_jax_step(program, steps),
+        "torch_vmap_compile": profile_torch_step(peer, steps) if peer else None,
     }
 
 
