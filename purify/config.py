@@ -28,18 +28,43 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
 
 
+# Integer settings become int32 inside the compiled programs (steps, sizes, counters); seeds
+# become the 32-bit words of a threefry key, where 2**32 would silently alias seed 0.
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+# Float settings enter float32 programs: a value beyond float32's largest finite number becomes
+# inf, and a non-zero one below its smallest normal number flushes to 0 (XLA on CPU and GPU).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
 def _int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         _fail(name, value, "must be an integer")
+    hi = INT32_MAX if hi is None else hi
     if lo is not None and value < lo:
         _fail(name, value, f"must be an integer >= {lo}")
-    if hi is not None and value > hi:
-        _fail(name, value, f"must be an integer <= {hi}")
+    if value > hi:
+        why = (
+            " (the largest 32-bit seed)"
+            if hi == SEED_MAX
+            else " (it is an int32 in the program)"
+            if hi == INT32_MAX
+            else ""
+        )
+        _fail(name, value, f"must be an integer <= {hi}{why}")
 
 
 def _float(name: str, value: Any, lo: float | None = None, strict: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         _fail(name, value, "must be a finite real number")
+    if abs(value) > FLOAT32_MAX or (value != 0 and abs(value) < FLOAT32_TINY):
+        _fail(
+            name,
+            value,
+            f"must be 0 or of magnitude between {FLOAT32_TINY:.4g} and {FLOAT32_MAX:.4g}: the program computes in "
+            "float32, where a larger value becomes inf and a smaller non-zero one becomes 0",
+        )
     if lo is not None and (value <= lo if strict else value < lo):
         _fail(name, value, f"must be {'>' if strict else '>='} {lo}")
 
@@ -111,7 +136,7 @@ class DataConfig:
         _int("data.n_tasks", self.n_tasks, lo=1)
         if self.n_train is not None:
             _int("data.n_train", self.n_train, lo=1)
-        _int("data.task_seed", self.task_seed, lo=0)
+        _int("data.task_seed", self.task_seed, lo=0, hi=SEED_MAX)
 
     @property
     def n_features(self) -> int:

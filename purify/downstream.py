@@ -48,7 +48,7 @@ from .config import NORMS, Config, ConfigError, DataConfig, _choice, _float, _in
 from .data import Task, sample
 from .execute import execute
 from .plan import make_plan
-from .results import writable_folder
+from .results import check_free_space, writable_folder
 from .store import ChunkStore, array_digest, fingerprint
 
 METHODS = ("probe", "bias", "lowrank", "full")
@@ -96,7 +96,10 @@ class DownstreamConfig:
         _choice("down.attack", self.attack, DOWN_ATTACKS)
         _choice("down.init_attack", self.init_attack, ("fgm", "pgd"))
         _choice("down.norm", self.norm, NORMS)
-        _int("down.steps", self.steps, lo=0)
+        if self.head_init == "random":  # no probing stage: without fine-tuning steps the head is its random init
+            _int("down.steps", self.steps, lo=1)
+        else:
+            _int("down.steps", self.steps, lo=0)
         _int("down.probe_steps", self.probe_steps, lo=1)
         _int("down.batch", self.batch, lo=1)
         for name in ("n_max", "n_val", "n_test"):
@@ -300,6 +303,39 @@ def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture
     return _compiled_fit(data, dc, arch), _compiled_evaluate(data, neutral, arch)
 
 
+def _seed_array(seeds) -> np.ndarray:
+    """seeds as a 1-d integer array in 0..2**32-1, or a ConfigError."""
+    from .config import SEED_MAX
+
+    arr = np.asarray(seeds)
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu" or (arr < 0).any() or (arr > SEED_MAX).any():
+        raise ConfigError(
+            f"seeds={seeds!r} is not allowed: must be a non-empty 1-d array of integers in 0..{SEED_MAX}, one per run"
+        )
+    return arr
+
+
+def _broadcast(name: str, value: np.ndarray, shape: tuple) -> np.ndarray:
+    try:
+        return np.broadcast_to(value, shape)
+    except ValueError:
+        raise ConfigError(
+            f"{name} of shape {np.shape(value)} is not allowed: must broadcast to {shape} (n_runs = {shape[0]})"
+        ) from None
+
+
+def _per_run(name: str, value, n_runs: int, strict: bool) -> np.ndarray:
+    """A per-run float32 argument (a scalar or (n_runs,)), each value checked like a setting:
+    finite in float32 and > 0 (strict) or >= 0."""
+    try:
+        arr = np.asarray(value, dtype=float) if np.ndim(value) else np.asarray([value], dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not allowed: must be a number or one number per run") from None
+    for v in np.unique(arr):
+        _float(name, float(v), lo=0.0, strict=strict)
+    return _broadcast(name, arr if np.ndim(value) else arr[0], (n_runs,)).astype(np.float32)
+
+
 def run_keys(seeds) -> jax.Array:
     """One downstream key per run: fold 'downstream' into the run's seed."""
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0xD0))(jnp.asarray(seeds, jnp.uint32))
@@ -337,7 +373,7 @@ def fit_and_evaluate(
     `make_evaluate` names them, plus 'params' (the fitted parameters) and 'failed'
     (non-finite parameters).
     """
-    seeds = np.asarray(seeds)
+    seeds = _seed_array(seeds)
     n_runs = len(seeds)
     backbone = {k: np.asarray(v, np.float32) for k, v in network.backbone_params(backbone).items()}
     if "W" not in backbone or not set(backbone) <= {"W", "b"}:
@@ -345,24 +381,52 @@ def fit_and_evaluate(
             f"backbone={sorted(backbone)} is not allowed: must hold 'W' (n_runs, m, d) and, for fixed or trainable "
             "thresholds, 'b' (n_runs, m); see purify.downstream.backbones"
         )
+    if backbone["W"].ndim not in (2, 3):
+        raise ConfigError(
+            f"backbone['W'] of shape {backbone['W'].shape} is not allowed: must be (m, d) or (n_runs, m, d)"
+        )
     m, d = backbone["W"].shape[-2:]
     arch = network.Architecture.of(cfg.validate())
+    if d != cfg.data.d:
+        raise ConfigError(
+            f"backbone['W'] of shape {backbone['W'].shape} is not allowed: its inputs must be data.d={cfg.data.d}"
+        )
+    if np.shape(M) != (cfg.data.d, cfg.data.n_features):
+        raise ConfigError(
+            f"M of shape {np.shape(M)} is not allowed: must be (data.d, D) = ({cfg.data.d}, {cfg.data.n_features})"
+        )
+    if not np.isfinite(np.asarray(M)).all():
+        raise ConfigError("M is not allowed: it holds non-finite values")
     if arch.bias != "relative" and "b" not in backbone:
         raise ConfigError(
             f"backbone={sorted(backbone)} is not allowed with model.bias={arch.bias!r}: pass the saved thresholds 'b'"
         )
     dc = dc.validate(m, d)
-    n_arr = np.broadcast_to(np.asarray(n), (n_runs,)).astype(np.int32)
+    n_in = np.asarray(n)
+    if n_in.dtype.kind not in "iu":
+        raise ConfigError(f"n={n!r} is not allowed: downstream sample sizes must be integers")
+    n_arr = _broadcast("n", n_in, (n_runs,)).astype(np.int32)
     if n_arr.min() < 1 or n_arr.max() > dc.n_max:
         raise ConfigError(
             f"n={sorted(set(n_arr.tolist()))} is not allowed: every downstream sample size must be in "
             f"1..down.n_max={dc.n_max}"
         )
-    full = lambda v: np.broadcast_to(np.asarray(v, np.float32), (n_runs,))
-    hp = {"lr": full(lr), "probe_lr": full(lr if probe_lr is None else probe_lr), "tau": full(tau), "lam": full(lam)}
-    beta, theta = full(beta), np.broadcast_to(np.asarray(theta, np.float32), (n_runs, np.shape(theta)[-1]))
+    full = lambda name, v, strict: _per_run(name, v, n_runs, strict)
+    hp = {
+        "lr": full("lr", lr, True),
+        "probe_lr": full("probe_lr", lr if probe_lr is None else probe_lr, True),
+        "tau": full("tau", tau, False),
+        "lam": full("lam", lam, False),
+    }
+    beta = full("beta", beta, False)
+    D = cfg.data.n_features
+    if np.ndim(theta) not in (1, 2) or np.shape(theta)[-1] != D:
+        raise ConfigError(f"theta of shape {np.shape(theta)} is not allowed: must be (D,) or (n_runs, D) with D={D}")
+    theta = _broadcast("theta", np.asarray(theta, np.float32), (n_runs, D))
+    if not np.isfinite(theta).all() or (np.abs(theta).sum(-1) == 0).any():
+        raise ConfigError("theta is not allowed: every task vector must be finite and non-zero")
     shapes = {"W": (m, d), "b": (m,)}
-    backbone = {k: np.broadcast_to(v, (n_runs, *shapes[k])) for k, v in backbone.items()}
+    backbone = {k: _broadcast(f"backbone[{k!r}]", v, (n_runs, *shapes[k])) for k, v in backbone.items()}
     # only the latent model matters downstream: configs that differ elsewhere share programs
     data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
     fit, evaluate = _compiled(data, dc, arch)
@@ -373,6 +437,8 @@ def fit_and_evaluate(
         raise ConfigError("run_slice needs out_dir: a slice's chunks must be saved to be merged")
     if out_dir is not None:
         writable_folder(out_dir, "out_dir")
+        per_run = m * d + (m + d) * dc.rank + 4 * m + 64  # fitted parameters and scores
+        check_free_space(out_dir, 4 * n_runs * per_run, "out_dir")
     plan = make_plan(n_runs, chunk, len(devices), run_slice)
     spec = {
         "kind": "downstream",
