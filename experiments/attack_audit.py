@@ -32,7 +32,7 @@ from purify.evaluate import eval_keys
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import exact_verdict
 
-from .common import N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
+from .common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 from .fp_linf import linf_settings
 
 MAX_GAP = 0.01  # the rule: default robust accuracy may overstate the strong attack's by at most this
@@ -229,6 +229,16 @@ EXPERIMENT = Experiment(
     },
     options=OPTIONS,
     run=run,
+    controls={
+        **BACKBONE_CONTROLS,
+        "data.dictionary": "the l-inf half trains on a Haar dictionary (fp-linf's protocol)",
+        "train.norm": "the l2 half trains in l2, the l-inf half in l-inf",
+        "eval.norm": "the l2 half evaluates in l2, the l-inf half in l-inf",
+    },
+    derives={
+        "hp.tau": "the l-inf half divides it by sqrt(2d/pi) (fp-linf's conversion)",
+        "eval.taus": "the l-inf half divides them by sqrt(2d/pi) (fp-linf's conversion)",
+    },
     plot=plot,
 )
 

@@ -111,6 +111,12 @@ def radius_grid(cfg: Config, options: dict) -> np.ndarray:
     return np.linspace(0.0, float(hi), int(options["n_taus"]))
 
 
+# What `supervised_backbones` sets: its three backbones are named by how they were trained.
+BACKBONE_CONTROLS = {
+    "train.attack": "the backbones are clean, FGM- and PGD-trained by name (train.attack is FGM, then PGD)",
+}
+
+
 def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[dict, list]:
     """{'clean', 'fgm', 'pgd'}: the final parameters of supervised pre-training (clean, then
     clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, plus 'flagged' (S,): seeds any of whose

@@ -15,6 +15,7 @@ from purify.config import Config
 from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import window
 from purify.stats import verdict
+from purify.store import fingerprint
 
 from .common import PURIFICATION_PRESETS
 
@@ -31,8 +32,10 @@ METRICS = [
 def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     tau = cfg.hp.tau
     res = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
+    # named by what it holds, so a run of another config never overwrites it
+    saved = f"fp-dynamics-{fingerprint({'config': cfg.to_dict(), 'seeds': seeds})}.npz"
     if ctx.runs_dir is not None and jax.process_index() == 0:
-        res.save(ctx.runs_dir / "fp-dynamics.npz")
+        res.save(ctx.runs_dir / saved)
     steps = res.steps
     curves = {}
     for name, _, _ in METRICS:
@@ -88,6 +91,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     chance = np.argwhere(res.at_chance()).tolist()
     constant = res["constant_predictor"][:, :, -1]
     return {
+        "results_file": saved if ctx.runs_dir is not None else None,
         "steps": steps.tolist(),
         "adv_start": cfg.train.adv_start,
         "train_tau": tau,

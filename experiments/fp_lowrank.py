@@ -204,6 +204,10 @@ EXPERIMENT = Experiment(
     summary="singular spectrum of W_adv - W_clean and its label alignment; adversarial training restricted to rank r",
     presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()},
     run=run,
+    controls={
+        "train.adv_rank": "exp.ranks lists the ranks; the full-rank baseline is rank 0",
+        "train.snapshot_at": "the experiment snapshots W at the switch and the end to project the update",
+    },
     plot=plot,
     options=(Option("ranks", int, (1, 2, 4, 8), "ranks r of the restricted adversarial update", lo=1, many=True),),
     check=lambda cfg, o: _check_ranks(cfg, o),

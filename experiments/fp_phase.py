@@ -183,6 +183,13 @@ EXPERIMENT = Experiment(
     summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
     presets=PRESETS,
     run=run,
+    controls={
+        "data.k": "exp.ks lists the sparsities",
+        "hp.tau": "exp.taus lists the training radii (each trained against the clean row)",
+        "eval.taus": "exp.taus are the evaluation radii too",
+        "data.d": ("ds", "exp.ds lists the dimensions; unset it (none) to use data.d"),
+    },
+    derives={"model.width": "scaled with d: model.width / data.d is kept at every exp.ds"},
     plot=plot,
     options=(
         Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),

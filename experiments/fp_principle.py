@@ -222,6 +222,7 @@ EXPERIMENT = Experiment(
     summary="beta/v decomposition of clean vs FGM-continued weights; correlations with init; per-neuron histograms",
     presets={k: dict(v) for k, v in DYNAMICS_PRESETS.items()},
     run=run,
+    controls={"train.snapshot_at": "the experiment snapshots W at 0, the switch and the end to split the update"},
     plot=plot,
 )
 

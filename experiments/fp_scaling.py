@@ -465,6 +465,17 @@ EXPERIMENT = Experiment(
     "D/d > 1 over-complete dictionaries",
     presets=PRESETS,
     run=run,
+    controls={
+        "data.d": "exp.ds lists the dimensions",
+        "data.k": "exp.k_fixed and exp.k_exponent set k on the two paths",
+        "model.width": "exp.width_per_d sets the width at each d",
+        "hp.tau": "the training radius is the middle of the window at each (d, k)",
+        "eval.taus": "the evaluation radius is the training radius at each (d, k)",
+        "train.snapshot_at": "the experiment snapshots W at 0, the switch and the end",
+        "data.dictionary": "exp.overcomplete_ds and exp.ratios set the superposition points' sphere dictionary",
+        "data.features": "exp.ratios sets D / d at the superposition points",
+    },
+    derives={"hp.lr": "multiplied by (d/k) / 16 at each (d, k) while exp.lr_scaling is true"},
     plot=plot,
     options=(
         Option(

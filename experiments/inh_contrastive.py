@@ -258,6 +258,12 @@ EXPERIMENT = Experiment(
     "clean linear heads on new tasks",
     presets=PRESETS,
     run=run,
+    controls={
+        "train.objective": "exp.objectives lists the contrastive objectives (the end-to-end baseline is supervised)",
+        "train.attack": "exp.attacks lists the pre-training attacks (the end-to-end baseline trains with FGM)",
+        "hp.noise": "exp.view_noises lists the view noises",
+    },
+    derives={"model.bias": "the oracle's clean heads use relative thresholds"},
     plot=plot,
     options=(
         OBJECTIVES,

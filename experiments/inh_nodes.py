@@ -17,6 +17,7 @@ from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict
 
 from .common import (
+    BACKBONE_CONTROLS,
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
     OBJECTIVES,
@@ -188,6 +189,14 @@ EXPERIMENT = Experiment(
     "pre-training",
     presets=PRESETS,
     run=run,
+    controls={
+        **BACKBONE_CONTROLS,
+        "train.objective": "exp.objectives lists the contrastive objectives (the supervised backbones are supervised)",
+        "hp.noise": "exp.view_noises lists the view noises of the contrastive backbones",
+        "hp.init_scale": "the contrastive backbones use common.CONTRASTIVE's settings",
+        "train.temperature": "the contrastive backbones use common.CONTRASTIVE's settings",
+        "train.batch": "the contrastive backbones use common.CONTRASTIVE's settings",
+    },
     plot=plot,
     options=(
         Option("pgd", bool, True, "also pre-train with PGD (supervised)"),

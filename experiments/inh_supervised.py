@@ -385,6 +385,12 @@ EXPERIMENT = Experiment(
     "heads on new tasks",
     presets=PRESETS,
     run=run,
+    controls={
+        "data.n_tasks": "exp.n_tasks sets the multi-task backbone's task count (the others have one)",
+        "model.head": "the multi-task backbone has a trained head, the single-task ones the fixed head",
+        "model.bias": "the trainable-threshold backbone is one of the experiment's backbones, beside relative thresholds",
+        "train.snapshot_at": "the experiment snapshots W at each exp.adv_fractions point",
+    },
     plot=plot,
     options=OPTIONS,
 )

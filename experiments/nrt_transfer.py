@@ -23,7 +23,15 @@ from purify.downstream import downstream_tasks, logits, run_keys, select_by_vali
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict, with_original
 
-from .common import N_DOWN, PRETRAIN_PRESETS, broadcast_backbone, down_config, probe, supervised_backbones
+from .common import (
+    BACKBONE_CONTROLS,
+    N_DOWN,
+    PRETRAIN_PRESETS,
+    broadcast_backbone,
+    down_config,
+    probe,
+    supervised_backbones,
+)
 
 MODELS = (
     "fine-tuned (clean backbone)",
@@ -289,6 +297,7 @@ EXPERIMENT = Experiment(
     "representation attacks; DM remedy",
     presets=PRESETS,
     run=run,
+    controls=BACKBONE_CONTROLS,
     plot=plot,
     options=OPTIONS,
     check=_check,

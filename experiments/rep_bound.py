@@ -22,7 +22,7 @@ from purify.experiment import Context, Experiment, Option, main_for
 from purify.representation import per_sample_report
 from purify.stats import exact_verdict, verdict
 
-from .common import N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
+from .common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 
 HEADS = {"clean probe": "none", "adversarial probe": "pgd"}
 
@@ -337,6 +337,7 @@ EXPERIMENT = Experiment(
     "backbone and head",
     presets=PRESETS,
     run=run,
+    controls=BACKBONE_CONTROLS,
     plot=plot,
     options=OPTIONS,
 )

@@ -25,6 +25,7 @@ from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import verdict, with_original
 
 from .common import (
+    BACKBONE_CONTROLS,
     COLLAPSED_BELOW,
     N_DOWN,
     PRETRAIN_PRESETS,
@@ -301,6 +302,7 @@ EXPERIMENT = Experiment(
     "learning rates swept",
     presets=PRESETS,
     run=run,
+    controls=BACKBONE_CONTROLS,
     plot=plot,
     options=OPTIONS,
     check=_check,

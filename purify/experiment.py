@@ -17,6 +17,7 @@ package, and a researcher registers more from their own package the same way:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import numbers
 import time
@@ -27,9 +28,22 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .provenance import provenance
-from .results import atomic_write_bytes, atomic_write_json, writable_folder
+from .results import _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
 
 ENTRY_POINT_GROUP = "purify.experiments"
+
+# Every experiment reads one label vector (w*[0]); the one that trains several sets the count
+# itself. Each protocol fixes its training objective: supervised, or contrastive where declared.
+ALWAYS_CONTROLLED = {
+    "data.n_tasks": "the experiment reads one task; several tasks are inh-supervised's exp.n_tasks",
+    "train.objective": "the protocol trains on the labels; contrastive pre-training is inh-contrastive and inh-nodes",
+}
+# The smallest evaluation set an experiment's verdicts may rest on.
+MIN_N_EVAL = 256
+MIN_N_EVAL_REASON = (
+    "at 256 held-out examples the 95% binomial half-width of an accuracy near 0.5 is 0.061, about the distance "
+    "from chance to the 0.6 at-chance line; fewer cannot tell a run that learned from one that guessed"
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,17 @@ class Experiment:
     plot: Callable[[dict], object]  # record -> matplotlib Figure, from the JSON alone
     options: tuple[Option, ...] = ()
     check: Callable[[Config, dict], None] | None = None  # relations between options and settings
+    # Settings the experiment sets itself, so a --set of them would be overwritten: dotted name ->
+    # what governs it instead (a reason), or (option, reason) when it is set only while that
+    # option is not none. A --set of one is refused before anything runs (see `config`).
+    controls: Mapping[str, str | tuple[str, str]] = field(default_factory=dict)
+    # Settings the experiment honours but transforms where its protocol says so (e.g. a radius
+    # converted to l-inf): dotted name -> how. They are written into the record.
+    derives: Mapping[str, str] = field(default_factory=dict)
+
+    def controlled(self) -> dict[str, str | tuple[str, str]]:
+        """Every setting this experiment controls, the ones every experiment controls included."""
+        return {**ALWAYS_CONTROLLED, **self.controls}
 
     def option(self, name: str) -> Option:
         for o in self.options:
@@ -176,6 +201,8 @@ class Experiment:
             values[name] = value
         settings = dict(p["config"])
         for key, value in (overrides or {}).items():
+            if not key.startswith("exp."):
+                self._refuse_controlled(key, value, values, overrides or {})
             if key.startswith("exp."):
                 opt = self.option(key[4:])
                 if opt.kind is dict:
@@ -189,7 +216,33 @@ class Experiment:
         options = {o.name: o.check(values[o.name], f" for {self.id}") for o in self.options}
         if self.check is not None:
             self.check(cfg, options)
+        if cfg.eval.n_eval < MIN_N_EVAL:
+            raise ConfigError(
+                f"eval.n_eval={cfg.eval.n_eval} is not allowed for {self.id}: must be >= {MIN_N_EVAL}, so that an "
+                f"accuracy entering a verdict resolves the at-chance line ({MIN_N_EVAL_REASON})"
+            )
         return cfg, int(p["seeds"]), options
+
+    def _refuse_controlled(self, key: str, value: Any, options: dict, overrides: dict) -> None:
+        try:
+            dotted = Config().resolve(key, value)
+        except ConfigError:
+            return  # an unknown setting is reported by Config.set with its own message
+        rule = self.controlled().get(dotted)
+        if rule is None:
+            return
+        if isinstance(rule, tuple):
+            option, reason = rule
+            current = overrides.get(f"exp.{option}", options.get(option))
+            if current is None:
+                return  # the option is off: the experiment honours the setting
+            governs = f"exp.{option} (now {current!r}) sets it: {reason}"
+        else:
+            governs = rule
+        raise ConfigError(
+            f"{key}={value!r} is not allowed for {self.id}: the experiment sets {dotted} itself, so the value would "
+            f"not be used; {governs}"
+        )
 
 
 def _entry_points():
@@ -273,6 +326,7 @@ def run_experiment(
             print(f"purify: {note}", file=sys.stderr)
     # pre-flight: nothing trains that could not be saved or would not fit
     out = writable_folder(out, "out")
+    check_free_space(out, RECORD_BYTES, "out")
     if runs_dir:
         runs_dir = writable_folder(runs_dir, "runs")
     if chunk_size is not None:
@@ -302,6 +356,8 @@ def run_experiment(
         "options": options,
         "overrides": overrides or {},
         "config": cfg.to_dict(),
+        "controls": {k: (v if isinstance(v, str) else f"exp.{v[0]}: {v[1]}") for k, v in exp.controlled().items()},
+        "derives": dict(exp.derives),
         "provenance": provenance(),
         "wall_seconds": round(time.time() - t0, 2),
         **body,
@@ -309,9 +365,31 @@ def run_experiment(
     record = Record(record)
     record.written = (out / f"{exp.id}.json", out / f"{exp.id}.png")
     if jax.process_index() == 0:
-        atomic_write_json(record.written[0], record)
-        save_figure(exp, record, record.written[1])
+        write_record(exp, record, *record.written)
     return record
+
+
+RECORD_BYTES = 32 << 20  # room for a record's JSON and figure, checked before anything trains
+
+
+def write_record(exp: Experiment, record: dict, json_path: Path, png_path: Path) -> None:
+    """Write the JSON and its figure, both or neither: both are rendered in memory and written
+    to temporary files first, and only then renamed into place. A full disk leaves no half."""
+    import errno
+
+    png = figure_bytes(exp, record)
+    blob = (json.dumps(record, indent=2, default=_jsonable) + "\n").encode()
+    try:
+        atomic_write_files({json_path: blob, png_path: png})
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(
+            exc.errno,
+            f"no space left in {json_path.parent} for {json_path.name} and {png_path.name} ({exc.strerror}): neither was "
+            "written; with a runs folder (not --no-resume) the finished runs are kept there, so the same command, once "
+            "there is space (or with another --out), writes the record without training again",
+        ) from None
 
 
 class Record(dict):
@@ -369,8 +447,8 @@ def _plain_json(o):
     return plain(o)
 
 
-def save_figure(exp: Experiment, record: dict, path: Path) -> None:
-    """Draw into memory, with the record's flagged runs named under the figure, then write atomically."""
+def figure_bytes(exp: Experiment, record: dict) -> bytes:
+    """The record's figure as PNG bytes, with its flagged runs named under it."""
     import io
 
     import matplotlib.pyplot as plt
@@ -382,7 +460,12 @@ def save_figure(exp: Experiment, record: dict, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(exp: Experiment, record: dict, path: Path) -> None:
+    """Draw into memory, then write atomically."""
+    atomic_write_bytes(path, figure_bytes(exp, record))
 
 
 VOLATILE = ("provenance", "wall_seconds")  # what legitimately differs between two runs of one config
@@ -423,6 +506,10 @@ def describe_verdict(v: dict) -> str:
     else:
         stat = f"{v['mean']:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f}, n={v['n']}, min effect {v.get('min_effect', 0):g})"
     text = f"[{head}] {v['claim']}: {stat}"
+    if v.get("n_failed_runs"):
+        text += f"; {v['n_failed_runs']} of {v['n'] + v['n_failed_runs']} runs dropped (failed, diverged or at chance)"
+    if v.get("invalid_reason"):
+        text += f"; invalid: {v['invalid_reason']}"
     if v.get("post_hoc"):
         o = v.get("original")
         text += f"  POST HOC ({v.get('post_hoc_reason', '')})"

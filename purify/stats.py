@@ -118,7 +118,15 @@ def verdict(
     good = v[~bad]
     m, lo, hi = mean_ci(good)
     edge = threshold + side * min_effect
+    invalid_reason = None
     if len(good) < 2:
+        invalid_reason = f"{len(good)} usable run(s) of {len(v)}: an interval needs 2"
+    elif bad.sum() > len(v) / 2:
+        invalid_reason = (
+            f"{int(bad.sum())} of {len(v)} runs were dropped (non-finite, failed, diverged or at chance): the "
+            f"{len(good)} left are a selection, not a sample"
+        )
+    if invalid_reason is not None:
         p, outcome = math.nan, "invalid"
     else:
         se = float(good.std(ddof=1) / math.sqrt(len(good)))
@@ -147,8 +155,10 @@ def verdict(
         "rule": f"holds if the 95% t-interval of the per-seed statistic lies {word} {edge:g} (threshold "
         f"{threshold:g} {'+' if side > 0 else '-'} smallest effect of interest {min_effect:g}); fails if it lies "
         "entirely on the other side; else inconclusive; after Holm-Bonferroni over the experiment's verdicts; "
-        "invalid with fewer than 2 usable runs",
+        "invalid with fewer than 2 usable runs or with more than half of the runs dropped",
     }
+    if invalid_reason is not None:
+        out["invalid_reason"] = invalid_reason
     if post_hoc is not None:
         out["post_hoc_reason"] = post_hoc
     return out
