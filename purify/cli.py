@@ -167,7 +167,6 @@ def _selected(only: str | None):
 
 def cmd_figures(args) -> int:
     """Redraw every figure from its saved JSON (no training); --rerun runs the experiments anew."""
-    import json
     import tempfile
 
     from .experiment import run_experiment, save_figure
@@ -190,7 +189,7 @@ def cmd_figures(args) -> int:
             )
             print(f"reran {exp.id} from scratch -> {record.written[0]}, {record.written[1]}")
         elif path.exists():
-            save_figure(exp, json.loads(path.read_text()), path.with_suffix(".png"))
+            save_figure(exp, read_record(path), path.with_suffix(".png"))
             print(f"redrew {path.with_suffix('.png')} from {path}")
         else:
             missing.append(exp.id)
@@ -205,10 +204,24 @@ def cmd_figures(args) -> int:
     return 0
 
 
-def _compare(args) -> int:
-    """Print every value of the JSONs in --out that differs from the same experiment's JSON in --compare."""
+def read_record(path: Path) -> dict:
+    """A result record's JSON, or a ConfigError naming the file and what is wrong with it."""
     import json
 
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"record {str(path)!r} is not allowed: it cannot be read as JSON ({type(exc).__name__}: {exc}); "
+            "restore it (git checkout) or rerun the experiment"
+        ) from None
+    if not isinstance(record, dict) or "experiment" not in record:
+        raise ConfigError(f"record {str(path)!r} is not allowed: it is not a purify experiment record")
+    return record
+
+
+def _compare(args) -> int:
+    """Print every value of the JSONs in --out that differs from the same experiment's JSON in --compare."""
     from .experiment import compare_records
 
     moved = 0
@@ -217,7 +230,7 @@ def _compare(args) -> int:
         if not ref.exists() or not new.exists():
             print(f"{exp.id}: nothing to compare ({ref if not ref.exists() else new} is missing)")
             continue
-        diffs = compare_records(json.loads(ref.read_text()), json.loads(new.read_text()))
+        diffs = compare_records(read_record(ref), read_record(new))
         moved += bool(diffs)
         print(f"{exp.id}: " + (f"identical to {ref}" if not diffs else f"{len(diffs)} value(s) differ from {ref}"))
         for path, a, b in diffs[:20]:
@@ -234,7 +247,10 @@ def cmd_check(args) -> int:
 
     rows, broken = [], []
     overrides = _parse_sets(args.set or [])
-    for exp in _selected(args.only):
+    selected = _selected(args.only)
+    for exp in selected:  # a user's bad input is reported once, before any experiment trains
+        exp.config(args.preset, overrides)
+    for exp in selected:
         try:
             record = run_experiment(
                 exp.id,
@@ -246,6 +262,8 @@ def cmd_check(args) -> int:
                 progress=False,
                 overwrite=args.overwrite,
             )
+        except ConfigError:
+            raise  # found only once the experiment ran (e.g. the memory a chunk needs): the user's to fix
         except Exception:  # noqa: BLE001 (any failure here is the toolkit's, reported per experiment)
             broken.append(exp.id)
             print(f"purify: {exp.id} broke:\n{traceback.format_exc()}", file=sys.stderr)
@@ -287,6 +305,26 @@ def cmd_check(args) -> int:
         + (f"; BROKEN: {', '.join(broken)}" if broken else "")
     )
     return 1 if broken else 0
+
+
+def cmd_damaged(args) -> int:
+    """List (or --remove) the files set aside as damaged or outdated under a runs folder."""
+    from .store import damaged_files
+
+    files = damaged_files(args.runs)
+    total = sum(f.stat().st_size for f in files)
+    for f in files:
+        print(f"{f.stat().st_size / 2**20:9.2f} MiB  {f}")
+    if args.remove:
+        for f in files:
+            f.unlink()
+        print(f"removed {len(files)} damaged file(s), {total / 2**20:.2f} MiB, from {args.runs}")
+    else:
+        print(
+            f"{len(files)} damaged file(s), {total / 2**20:.2f} MiB, in {args.runs}"
+            + ("; `purify damaged --remove` deletes them" if files else "")
+        )
+    return 0
 
 
 def cmd_merge(args) -> int:
@@ -403,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--only", default=None, help="comma-separated experiment ids (default: all)")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting in every experiment")
     pc.set_defaults(func=cmd_check)
+    pd = sub.add_parser(
+        "damaged", help="list the run files set aside as damaged or outdated (kept for inspection); --remove them"
+    )
+    pd.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
+    pd.add_argument("--remove", action="store_true", help="delete them")
+    pd.set_defaults(func=cmd_damaged)
     pm = sub.add_parser("merge", help="gather the run chunks of several --slice jobs into one folder")
     pm.add_argument("sources", nargs="+", help="the --runs folders of the slice jobs")
     pm.add_argument("--into", default="runs", help="the folder to gather into (default: runs)")
@@ -424,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    import errno
+    import signal
+
+    from .execute import NO_SPACE, raise_on_sigterm
+
+    raise_on_sigterm()  # SIGTERM keeps what finished, as Ctrl-C does
     try:
         if args.command in ("run", "check", "figures"):  # bench measures compile time: no disk cache there
             _enable_compilation_cache()
@@ -432,9 +482,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"purify: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        msg = str(exc) or "interrupted"
+        term = getattr(exc, "signum", None) == signal.SIGTERM
+        msg = str(exc) or ("terminated (SIGTERM)" if term else "interrupted")
         print(f"\npurify: {msg}", file=sys.stderr)
-        return 130
+        return 143 if term else 130
+    except OSError as exc:
+        if exc.errno not in NO_SPACE and exc.errno != errno.EROFS:
+            raise
+        print(f"purify: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

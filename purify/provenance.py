@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -34,6 +36,26 @@ def git_commit() -> str | None:
         return None
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def source_digest(root: Path | None = None) -> str:
+    """A 16-hex-digit hash of every Python source file of the package (names and bytes): what
+    decides a saved run's numbers beside its config. `root` None: this installed package,
+    hashed once per process."""
+    return _digest(PACKAGE_ROOT) if root is None else _digest.__wrapped__(Path(root))
+
+
+@functools.cache
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def provenance() -> dict:
     devs = jax.devices()
     return {
@@ -41,5 +63,6 @@ def provenance() -> dict:
         "device": {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)},
         "host": {"machine": platform.machine(), "system": platform.system(), "node": platform.node()},
         "git_commit": git_commit(),
+        "source_digest": source_digest(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

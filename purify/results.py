@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,21 +26,32 @@ import numpy as np
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are meant to be shared
+    atomic_write_files({path: payload})
+
+
+def atomic_write_files(payloads: dict) -> None:
+    """Write several files so that a failure leaves none of them changed: every payload goes to
+    a temporary file beside its path first (where a full disk shows), then all are renamed."""
+    staged = []
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for path, payload in payloads.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are meant to be shared
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
 
 
@@ -67,6 +79,22 @@ def writable_folder(path: str | os.PathLike, name: str) -> Path:
             f"{probe_in}); must be a folder this user can write"
         ) from None
     return path
+
+
+def check_free_space(folder: str | Path, need: int, name: str) -> None:
+    """A ConfigError naming the folder, the bytes a run will write there and the bytes free,
+    when the folder's disk cannot hold them (with 10% to spare): refused before it trains."""
+    from .config import ConfigError
+
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < 1.1 * need:
+        raise ConfigError(
+            f"{name}={str(folder)!r} is not allowed for this run: it will write about {need / 2**20:.1f} MiB there, "
+            f"and its disk has {free / 2**20:.1f} MiB free; free some space or pick a folder on another disk"
+        )
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -221,10 +249,11 @@ class Results:
     def row_config(self, row: int):
         """The full `Config` of hparam row `row`: the saved config with that row's swept
         settings and hyper-parameters (a grid may sweep any setting, see `purify.sweep`)."""
-        from .config import HPARAM_NAMES, Config
+        from .config import HPARAM_NAMES, Config, plain
 
         self._need("hparam")
-        values = {(f"hp.{n}" if n in HPARAM_NAMES else n): np.asarray(v)[row].item() for n, v in self.hp.items()}
+        # plain: a float32 0.1 is the 0.1 that was asked for, not 0.10000000149011612
+        values = {(f"hp.{n}" if n in HPARAM_NAMES else n): plain(np.asarray(v)[row]) for n, v in self.hp.items()}
         return Config.from_dict(self.config).set(**values)
 
     def to_xarray(self):
@@ -351,10 +380,22 @@ class Results:
             if str(path) in str(exc):
                 raise
             raise ValueError(f"{path} is damaged or not a purify results file (ValueError: {exc})") from None
-        dims = {k: tuple(v) for k, v in header["dims"].items()}
-        coords = {d: np.asarray(v) for d, v in header["coords"].items()}
-        hp = {n: np.asarray(v) for n, v in header["hp"].items()}
-        return cls(arrays, dims, coords, hp, header["meta"])
+        except (AttributeError, TypeError) as exc:  # e.g. a .npy: one array, not an archive
+            raise ValueError(f"{path} is not a purify results file: {type(exc).__name__}: {exc}") from None
+        try:
+            dims = {k: tuple(v) for k, v in header["dims"].items()}
+            coords = {d: np.asarray(v) for d, v in header["coords"].items()}
+            hp = {n: np.asarray(v) for n, v in header["hp"].items()}
+            meta = header["meta"]
+            missing = sorted(set(arrays) ^ set(dims))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"{path} is damaged or not a purify results file: its header lacks {exc} (it needs dims, coords, hp, "
+                "meta)"
+            ) from None
+        if missing:
+            raise ValueError(f"{path} is damaged: arrays and header disagree on {missing}")
+        return cls(arrays, dims, coords, hp, meta)
 
     # -- plotting -----------------------------------------------------------------------------
     def plot(self, metric: str, ax=None, label_by: str | None = None, **kw):

@@ -7,8 +7,16 @@ computed, `runs_<lo>-<hi>.ckpt.npz` holds its latest checkpoint (the training st
 step it reached, same tag) and `runs_<lo>-<hi>.lock` names the process computing it, so that
 a second process on the same folder waits for that chunk instead of computing it again.
 
-A chunk or checkpoint file that cannot be read, or carries another tag, is never used: it is
-renamed to `*.damaged` with a warning that names it, and its work is done again.
+Every file also carries the digest of the package's source that computed it. A chunk or
+checkpoint file that cannot be read, carries another tag, was computed by other code, or lacks
+a quantity the reader expects is never used: it is renamed to `*.damaged` with a warning that
+names it and why, and its work is done again. `damaged_files` lists them and
+`purify damaged --remove` deletes them.
+
+A lock records its holder's host, pid, the process's start time and a random token, so a lock
+whose pid now belongs to another process (pid reuse) is recognised as stale; while held, a
+thread refreshes it every `HEARTBEAT_SECONDS`, and a lock not refreshed for `STALE_SECONDS` is
+stale whatever its host (its holder is gone or hung), which bounds any wait for it.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import socket
+import threading
 import time
 import warnings
 import zipfile
@@ -30,6 +40,7 @@ from typing import Any, Self
 import numpy as np
 
 from .config import ConfigError
+from .provenance import source_digest
 from .results import atomic_write_bytes
 
 
@@ -76,9 +87,10 @@ class ChunkStore:
     def path(self, lo: int, hi: int) -> Path | None:
         return self._file(lo, hi, ".npz")
 
-    def load(self, lo: int, hi: int) -> dict | None:
-        """The chunk's arrays, or None if it is not there (or was damaged and set aside)."""
-        return self._read(self.path(lo, hi), "chunk")
+    def load(self, lo: int, hi: int, expect: set[str] | frozenset[str] = frozenset()) -> dict | None:
+        """The chunk's arrays, or None if it is not there (or was damaged and set aside). A chunk
+        without one of the `expect`ed arrays (what an older version wrote) is damaged."""
+        return self._read(self.path(lo, hi), "chunk", expect)
 
     def save(self, lo: int, hi: int, arrays: dict) -> None:
         """Write the finished chunk atomically; its checkpoint is then obsolete and removed."""
@@ -127,27 +139,36 @@ class ChunkStore:
                 except FileNotFoundError:
                     pass
                 continue
+            me = _me()
             with os.fdopen(fd, "w") as fh:
-                json.dump(_me(), fh)
-            return ChunkLock(path)
+                json.dump(me, fh)
+            return ChunkLock(path, me["token"])
         return None
 
     # -- files --------------------------------------------------------------------------------
-    def _read(self, path: Path | None, what: str) -> dict | None:
+    def _read(self, path: Path | None, what: str, expect=frozenset()) -> dict | None:
         if path is None or not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["__tag__"]) != self.tag:
                     raise ValueError(f"it belongs to another batch of runs (tag {z['__tag__']})")
-                return {k: z[k] for k in z.files if k != "__tag__"}
+                code = str(z["__code__"]) if "__code__" in z.files else "unrecorded"
+                if code != source_digest():
+                    raise StaleCode(
+                        f"it was computed by other code (source digest {code}; this code is {source_digest()})"
+                    )
+                missing = sorted(set(expect) - set(z.files))
+                if missing:
+                    raise KeyError(f"it lacks {missing}")
+                return {k: z[k] for k in z.files if k not in META_KEYS}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error) as exc:
             self.set_aside(path, exc, what)
             return None
 
     def _write(self, path: Path, arrays: dict) -> None:
         buf = io.BytesIO()
-        np.savez(buf, __tag__=np.asarray(self.tag), **arrays)
+        np.savez(buf, __tag__=np.asarray(self.tag), __code__=np.asarray(source_digest()), **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
     def set_aside(self, path: Path, exc: BaseException, what: str) -> None:
@@ -159,23 +180,50 @@ class ChunkStore:
         except OSError:
             where = "left in place (could not move it)"
         redo = "its runs are computed again" if what == "chunk" else "the chunk restarts from its last finished state"
+        kind = "outdated" if isinstance(exc, StaleCode) else "damaged"
         warnings.warn(
-            f"damaged {what} file {path} ({type(exc).__name__}: {exc}); {where}; {redo}",
+            f"{kind} {what} file {path} ({type(exc).__name__}: {exc}); {where}; {redo}",
             RuntimeWarning,
             stacklevel=4,
         )
 
 
-STALE_SECONDS = 600.0  # a lock not refreshed for this long belongs to a process that is gone
+class StaleCode(ValueError):
+    """A saved file was computed by another version of the package's source."""
+
+
+META_KEYS = ("__tag__", "__code__")
+STALE_SECONDS = 600.0  # a lock not refreshed for this long belongs to a process that is gone or hung
+HEARTBEAT_SECONDS = 30.0  # how often a held lock is refreshed, whatever its holder is doing
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), or None where unknown.
+    Two processes that share a pid at different times have different start times."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
+    except (IndexError, ValueError):
+        return None
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": process_start(os.getpid()),
+        "token": secrets.token_hex(8),
+        "since": time.time(),
+    }
 
 
 def _stale(path: Path) -> bool:
-    """A lock is stale when its process is gone (same host: the pid is not alive) or, from
-    another host, when it has not been refreshed for STALE_SECONDS. Unreadable: stale."""
+    """A lock is stale when it has not been refreshed for STALE_SECONDS (its holder is gone or
+    hung), or on this host when its pid is not alive or now names a process that started at
+    another time than the holder (pid reuse). Unreadable: stale."""
     try:
         owner = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
@@ -183,23 +231,43 @@ def _stale(path: Path) -> bool:
         return False  # released meanwhile: try again
     except (OSError, ValueError):
         return True
+    if age > STALE_SECONDS:
+        return True
     if owner.get("host") == socket.gethostname():
         try:
-            os.kill(int(owner["pid"]), 0)
+            pid = int(owner["pid"])
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
         except (PermissionError, KeyError, ValueError, TypeError):
-            pass
-        return False
-    return age > STALE_SECONDS
+            return False
+        started = owner.get("started")
+        return started is not None and process_start(pid) not in (None, started)
+    return False
+
+
+def lock_age(path: Path) -> float | None:
+    """Seconds since a lock was last refreshed, or None if it is gone."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return None
 
 
 class ChunkLock:
-    """A held lock on one chunk (path None: nothing to lock). `refresh()` shows this process is
-    alive to processes on other hosts; `release()` (or leaving the `with`) removes it."""
+    """A held lock on one chunk (path None: nothing to lock). A daemon thread refreshes it every
+    HEARTBEAT_SECONDS while it is held, so other processes see its holder alive even through a
+    long compile; `release()` (or leaving the `with`) stops that and removes the lock."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: Path | None, token: str | None = None):
+        self.path, self.token = path, token
+        self._stop = threading.Event()
+        if path is not None:
+            threading.Thread(target=self._beat, daemon=True, name=f"purify-lock-{path.name}").start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.refresh()
 
     def refresh(self) -> None:
         if self.path is not None:
@@ -209,11 +277,12 @@ class ChunkLock:
                 pass
 
     def release(self) -> None:
+        self._stop.set()
         if self.path is None:
             return
         try:
             o = json.loads(self.path.read_text())
-            if o.get("pid") == os.getpid() and o.get("host") == socket.gethostname():
+            if o.get("token", self.token) == self.token and o.get("pid") == os.getpid():
                 self.path.unlink()
         except (OSError, ValueError):
             pass
@@ -233,6 +302,17 @@ def holder(path: Path) -> str:
         return f"process {o['pid']} on {o['host']}"
     except (OSError, ValueError, KeyError):
         return "another process"
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def damaged_files(root: str | Path) -> list[Path]:
+    """Every file set aside as damaged or outdated under a runs folder, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"runs={str(root)!r} is not allowed: not a folder")
+    return sorted(root.rglob(f"*{DAMAGED_SUFFIX}"), key=lambda p: p.stat().st_mtime)
 
 
 def merge_runs(sources: Sequence[str | Path], into: str | Path) -> int:

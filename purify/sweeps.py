@@ -30,7 +30,7 @@ from .data import Task, make_task
 from .execute import DeferredInterrupt, SliceFinished, SweepInterrupted, execute
 from .plan import make_plan
 from .provenance import provenance
-from .results import Results, warn_failed, writable_folder
+from .results import Results, check_free_space, warn_failed, writable_folder
 from .store import ChunkStore, merge_runs
 from .store import fingerprint as _hash
 
@@ -96,7 +96,11 @@ def auto_chunk_size(cfg: Config, n_runs: int, budget_bytes: int | None = None, d
     per_device = (budget - base) // per
     if per_device < 1:
         raise ConfigError(
-            f"memory budget={budget} bytes is not allowed: one network of this config needs about {per + base} bytes"
+            f"this config is not allowed here: one network of model.width={cfg.model.width}, data.d={cfg.data.d}, "
+            f"data.features={cfg.data.n_features}, train.batch={cfg.train.batch}, eval.n_eval={cfg.eval.n_eval} and "
+            f"{len(cfg.train.log_steps)} log points (train.n_log={cfg.train.n_log}) needs about "
+            f"{(per + base) / 2**30:.2f} GiB, more than the {budget / 2**30:.2f} GiB memory budget of this device; "
+            "make the largest of these smaller"
         )
     return int(min(n_runs, per_device * len(devices)))
 
@@ -124,6 +128,17 @@ def check_chunk_memory(
             f"than the {limit / 2**30:.2f} GiB this device has; use a chunk size <= {fits} (or leave it unset to "
             "take the largest that fits half the memory)"
         )
+
+
+def written_bytes(cfg: Config, n_runs: int, chunk_size: int) -> int:
+    """The bytes a sweep of `n_runs` networks writes to its runs folder: every run's trace,
+    snapshots and final parameters (float32), plus the checkpoint of the chunk in flight."""
+    d, m, T = cfg.data.d, cfg.model.width, cfg.data.n_tasks
+    params = m * d + m * T + m + m * d * (cfg.train.adv_rank > 0)
+    per_run = len(cfg.train.log_steps) * trace.floats_per_log_point(cfg) + len(set(cfg.train.snapshot_at)) * m * d
+    per_run += params + 1
+    state = 3 * params + per_run  # parameters, optimizer state, trace buffers of a run in flight
+    return 4 * (n_runs * per_run + min(chunk_size, n_runs) * state)
 
 
 # Settings that fix no shape: swept, they are per-run values of one program, like HParams.
@@ -253,6 +268,11 @@ def _is_key(x) -> bool:
     return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+# What every saved chunk of a sweep holds: each traced quantity and the run's health and snapshots
+# (its final parameters depend on the architecture). A chunk lacking one is damaged.
+CHUNK_ARRAYS = frozenset({q.name for q in trace.QUANTITIES} | {"failed_step", "snapshots", "W_final"})
+
+
 def _run_chunk(fns, keys, hp, adv_start, task, n_steps, step_chunk, work=None):
     """Train one chunk of runs to the end, resuming from `work`'s checkpoint when there is one
     and checkpointing through it (see purify.execute.ChunkWork); None: no checkpoints."""
@@ -378,6 +398,9 @@ def sweep(
             check_chunk_memory(cfg_g, chunk_size, devices, memory_budget_bytes, n_runs)
             size = chunk_size
         jobs.append((cfg_g, idx, size))
+    if out_dir is not None:
+        need = sum(written_bytes(c, len(idx) * len(seeds), size) for c, idx, size in jobs)
+        check_free_space(out_dir, need, "out_dir")
     parts, sliced = [], []
     for number, (cfg_g, idx, size) in enumerate(jobs):
         label = ", ".join(f"{n}={v}" for n, v in _static_part(rows[idx[0]]))
@@ -473,8 +496,7 @@ def _sweep_group(
         keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
         hp = jax.device_put(HParams(**{n: jnp.asarray(v[idx]) for n, v in run_hp.items()}), on_runs)
         adv = jax.device_put(jnp.asarray(run_adv[idx]), on_runs)
-        out = _run_chunk(fns, keys, hp, adv, task_on_mesh, steps, step_chunk, work)
-        return {k: v for k, v in out.items() if keep_params or not k.endswith("_final")}
+        return _run_chunk(fns, keys, hp, adv, task_on_mesh, steps, step_chunk, work)
 
     flat = execute(
         plan,
@@ -487,7 +509,10 @@ def _sweep_group(
         checkpoint_seconds=checkpoint_seconds,
         slice_mode=run_slice is not None,
         distributed=distributed,
+        expect=CHUNK_ARRAYS,
     )
+    if not keep_params:  # saved all the same: a later call that keeps them finds them in the chunk
+        flat = {k: v for k, v in flat.items() if not k.endswith("_final")}
     return flat, fns.run, task
 
 
