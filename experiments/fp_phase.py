@@ -174,6 +174,11 @@ def _check_sizes(cfg: Config, options: dict) -> None:
     ds = options["ds"] or (cfg.data.d,)
     if max(options["ks"]) > min(ds):
         raise ConfigError(f"exp.ks={options['ks']!r} is not allowed: every k must be <= the smallest d = {min(ds)}")
+    if cfg.model.width < cfg.data.d:
+        raise ConfigError(
+            f"model.width={cfg.model.width} is not allowed for fp-phase: must be >= data.d={cfg.data.d}, since the "
+            "width per input dimension, model.width // data.d, is kept at every d"
+        )
 
 
 EXPERIMENT = Experiment(

@@ -24,7 +24,7 @@ TINY = [
     "--set",
     "train.batch=32",
     "--set",
-    "eval.n_eval=64",
+    "eval.n_eval=256",
     "--set",
     "eval.pgd_steps=2",
     "--set",
@@ -85,6 +85,53 @@ EXTRA = {
 }
 
 
+def tiny_for(exp_id: str) -> list[str]:
+    """TINY without the settings the experiment controls itself (a --set of those is refused)."""
+    controlled = all_experiments()[exp_id].controlled()
+    out = []
+    for flag, item in zip(TINY[:-1:2], TINY[1::2]):
+        if not isinstance(controlled.get(item.split("=", 1)[0], ()), str):  # conditional ones are off in TINY
+            out += [flag, item]
+    return out + ["--quiet"]
+
+
+@pytest.fixture
+def settings_set_by_experiments(monkeypatch):
+    """Every setting that experiment code changes from the value it was handed: through
+    `Config.set` called from an `experiments` module, or as a grid key of `Context.sweep` whose
+    values leave out the config's own value. Each must be declared in controls or derives."""
+    import sys as _sys
+
+    from purify.config import HPARAM_NAMES, Config, plain
+    from purify.experiment import Context
+
+    seen = set()
+    original_set, original_sweep = Config.set, Context.sweep
+
+    def recording_set(self, **dotted):
+        caller = _sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("experiments"):
+            for key, value in dotted.items():
+                name = self.resolve(key, value)
+                old, new = self.get(name), plain(value)
+                if isinstance(old, tuple) and not isinstance(new, tuple):
+                    new = (new,)
+                if old != new:
+                    seen.add(name)
+        return original_set(self, **dotted)
+
+    def recording_sweep(self, cfg, grid=None, **kwargs):
+        for key, values in (grid or {}).items():
+            name = f"hp.{key}" if key in HPARAM_NAMES else cfg.resolve(key, values)
+            if cfg.get(name) not in [plain(v) for v in values]:
+                seen.add(name)
+        return original_sweep(self, cfg, grid=grid, **kwargs)
+
+    monkeypatch.setattr(Config, "set", recording_set)
+    monkeypatch.setattr(Context, "sweep", recording_sweep)
+    return seen
+
+
 def test_list_names_every_experiment_and_preset(capsys):
     assert main(["list", "--settings"]) == 0
     out = capsys.readouterr().out
@@ -94,7 +141,7 @@ def test_list_names_every_experiment_and_preset(capsys):
 
 
 @pytest.mark.parametrize("exp_id", sorted(all_experiments()))
-def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path, capsys):
+def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path, capsys, settings_set_by_experiments):
     assert (
         main(
             [
@@ -106,16 +153,22 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
                 str(tmp_path),
                 "--runs",
                 str(tmp_path / "runs"),
-                *TINY,
+                *tiny_for(exp_id),
                 *EXTRA.get(exp_id, []),
             ]
         )
         == 0
     )
+    exp = all_experiments()[exp_id]
+    undeclared = settings_set_by_experiments - set(exp.controlled()) - set(exp.derives)
+    assert not undeclared, f"{exp_id} sets {sorted(undeclared)} without declaring them in controls or derives"
     record = json.loads((tmp_path / f"{exp_id}.json").read_text())
     png = (tmp_path / f"{exp_id}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
-    assert record["config"]["data"]["d"] == 16 and record["seeds"] == [0, 1]
+    assert record["config"]["data"]["d"] == (64 if isinstance(exp.controlled().get("data.d"), str) else 16) and record[
+        "seeds"
+    ] == [0, 1]
+    assert set(record["controls"]) == set(exp.controlled()) and set(record["derives"]) == set(exp.derives)
     assert record["provenance"]["versions"]["jax"]
     verdicts = record["verdicts"]
     assert verdicts and all(v["verdict"] in ("holds", "fails", "inconclusive", "invalid") for v in verdicts)
@@ -125,7 +178,6 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
         assert not v["post_hoc"] or (v["post_hoc_reason"] and "verdict" in v.get("original", {"verdict": 0}))
     assert exp_id in capsys.readouterr().out
     # the figure can be redrawn from the JSON alone
-    exp = all_experiments()[exp_id]
     assert exp.plot(record) is not None
 
 

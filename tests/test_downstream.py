@@ -66,9 +66,9 @@ def test_probed_head_init_runs_a_probe_stage_first(head_init):
         "taus": (0.1,),
         "eval_pgd_steps": 2,
     }
-    rand = fit_and_evaluate(
+    rand = fit_and_evaluate(  # the random head, trained for one step: about where it started
         CFG,
-        DownstreamConfig(head_init="random", **base),
+        DownstreamConfig(head_init="random", **{**base, "steps": 1}),
         task.M,
         seeds=[0],
         backbone={"W": W},
@@ -91,6 +91,8 @@ def test_probed_head_init_runs_a_probe_stage_first(head_init):
         tau=0.1,
     )
     assert not np.allclose(rand["params"]["v"], init["params"]["v"])  # steps=0: only the init stage moved the head
+    with pytest.raises(purify.ConfigError, match="down.steps=0 is not allowed"):  # an unfitted random head
+        DownstreamConfig(head_init="random", **base).validate(32, 16)
     assert init["clean"][0] > rand["clean"][0]
 
 

@@ -47,7 +47,7 @@ RUN = [
             "--set",
             "train.batch=256",
             "--set",
-            "eval.n_eval=64",
+            "eval.n_eval=256",
         ]
     ),
     *f"--set train.steps={STEPS} --set train.adv_start={STEPS // 2} --set eval.pgd_steps=2".split(),
@@ -164,6 +164,46 @@ def test_sigkill_mid_chunk_loses_at_most_the_last_step_call(tmp_path, reference)
     assert "resuming runs 0..1 from their checkpoint" in err
     assert compare_records(reference, _record(tmp_path / "k")) == []
     assert not list(runs.glob("*/runs_*.lock")) and _checkpoint(runs) is None
+
+
+def test_sigterm_mid_chunk_checkpoints_says_so_and_exits_143(tmp_path, reference):
+    runs = tmp_path / "runs"
+    proc = _start(tmp_path, "t", "--quiet", "--checkpoint-every", "3600", runs=runs)
+    deadline = time.time() + 240
+    while _checkpoint(runs) is None:  # the first checkpoint, after the first step call: training is under way
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.005)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = _finish(proc, timeout=120)
+    assert rc == 143, err
+    assert "SIGTERM: stopping after the step call in flight" in err and "Traceback" not in err
+    m = re.search(rf"terminated \(SIGTERM\) at step (\d+) of {TOTAL} .*: (\d+) of {TOTAL} steps are saved", err)
+    assert m and int(m.group(2)) == int(m.group(1)) > 0, err
+    with np.load(_checkpoint(runs)) as z:
+        assert int(z["__done__"]) == int(m.group(2))
+    rc, _, err = _finish(_start(tmp_path, "t", "--verbose", "--quiet", runs=runs))
+    assert rc == 0, err
+    assert f"resuming runs 0..1 from their checkpoint at {m.group(2)}" in err
+    assert compare_records(reference, _record(tmp_path / "t")) == []
+
+
+def test_sigkill_before_the_first_timed_checkpoint_keeps_the_first_step_call(tmp_path, reference):
+    runs = tmp_path / "runs"
+    proc = _start(tmp_path, "e", "--quiet", runs=runs)  # the default interval: 60 s, longer than this run
+    t0, deadline = time.time(), time.time() + 240
+    while _checkpoint(runs) is None:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert time.time() - t0 < 60  # killed before the 60-s mark, and yet ...
+    with np.load(_checkpoint(runs)) as z:
+        assert 0 < int(z["__done__"]) < STEPS  # ... a checkpoint exists: written after the first step call
+    rc, _, err = _finish(_start(tmp_path, "e", "--verbose", "--quiet", runs=runs))
+    assert rc == 0, err
+    assert "resuming runs 0..1 from their checkpoint" in err
+    assert compare_records(reference, _record(tmp_path / "e")) == []
 
 
 def test_two_processes_on_one_runs_folder_compute_each_chunk_once(tmp_path, reference):

@@ -120,7 +120,7 @@ def test_cli_slice_and_merge(tmp_path, capsys):
         "--set",
         "train.adv_start=10",
         "--set",
-        "eval.n_eval=32",
+        "eval.n_eval=256",
         "--set",
         "train.batch=16",
     ]
@@ -165,7 +165,9 @@ def test_chunk_size_chooser_respects_the_budget():
 
 
 def test_a_budget_below_one_network_is_refused():
-    with pytest.raises(purify.ConfigError, match="memory budget=1000 bytes"):
+    with pytest.raises(
+        purify.ConfigError, match=r"model\.width=32, data\.d=16.* more than the 0\.00 GiB memory budget"
+    ):
         purify.auto_chunk_size(tiny(), 10, budget_bytes=1000)
 
 
