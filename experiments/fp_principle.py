@@ -72,7 +72,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     # The original rule (fixed before the first run): most neurons obey |beta w'| > |v|. It is
     # the same as |cos(w, w')| > 1/sqrt(2), which continued clean training (the control) passes
     # better than FGM does, so it cannot tell purification from more training. The rule below
-    # was set afterwards (issue 10), against the control paired by seed: post hoc.
+    # was set afterwards, against the control paired by seed: post hoc.
     original = verdict(
         s_adv["holds_fraction_nw"],
         ">",

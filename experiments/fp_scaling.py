@@ -48,7 +48,7 @@ from .fp_principle import decompose, summarize
 
 PATHS = ("k fixed", "k growing")
 
-# The claims and the trend each predicts, fixed before the first run (issue 12). Family: every
+# The claims and the trend each predicts, fixed before the first run. Family: every
 # verdict of this experiment (Holm). Statistics are per seed; "at every d" takes the seed's
 # minimum over d, so one d where the effect is missing is enough to fail.
 ACC = "two accuracy points: above the per-run sampling noise of n_eval evaluation points"

@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     import errno
     import signal
 
-    from .execute import NO_SPACE, raise_on_sigterm
+    from .execute import raise_on_sigterm
+    from .results import NO_SPACE
 
     raise_on_sigterm()  # SIGTERM keeps what finished, as Ctrl-C does
     try:

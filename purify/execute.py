@@ -15,7 +15,6 @@ so each process returns them all.
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import sys
@@ -28,11 +27,10 @@ from typing import Self
 import numpy as np
 
 from .plan import Plan
+from .results import NO_SPACE
 from .store import STALE_SECONDS, ChunkLock, ChunkStore, holder, lock_age
 
 log = logging.getLogger("purify")
-
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Terminated(KeyboardInterrupt):

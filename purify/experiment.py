@@ -28,7 +28,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .provenance import provenance
-from .results import _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
+from .results import NO_SPACE, _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
 
 ENTRY_POINT_GROUP = "purify.experiments"
 
@@ -375,14 +375,12 @@ RECORD_BYTES = 32 << 20  # room for a record's JSON and figure, checked before a
 def write_record(exp: Experiment, record: dict, json_path: Path, png_path: Path) -> None:
     """Write the JSON and its figure, both or neither: both are rendered in memory and written
     to temporary files first, and only then renamed into place. A full disk leaves no half."""
-    import errno
-
     png = figure_bytes(exp, record)
     blob = (json.dumps(record, indent=2, default=_jsonable) + "\n").encode()
     try:
         atomic_write_files({json_path: blob, png_path: png})
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in NO_SPACE:
             raise
         raise OSError(
             exc.errno,

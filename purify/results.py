@@ -12,6 +12,7 @@ Axes: 'hparam' (rows of the hyper-parameter grid), 'seed', 'time' (log steps), '
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -27,6 +28,9 @@ import numpy as np
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
     atomic_write_files({path: payload})
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the errors of a full disk or an exhausted quota
 
 
 def atomic_write_files(payloads: dict) -> None:
