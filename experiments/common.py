@@ -24,6 +24,9 @@ from purify.landmarks import window
 # roli-init never count its robust accuracy.
 COLLAPSED_BELOW = 0.75
 
+# The model families of the purification protocol, as claims name them.
+NETS = ("clean-trained net", "FGM-trained net")
+
 # The purification protocol (fp-dynamics): clean for adv_start steps, then FGM at hp.tau.
 PURIFICATION_PRESETS = {
     "cpu": {
@@ -117,7 +120,7 @@ BACKBONE_CONTROLS = {
 }
 
 
-def supervised_backbones(cfg: Config, seeds: int, ctx: Context, task) -> tuple[dict, list]:
+def supervised_backbones(cfg: Config, seeds, ctx: Context, task) -> tuple[dict, list]:
     """{'clean', 'fgm', 'pgd'}: the final parameters of supervised pre-training (clean, then
     clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, plus 'flagged' (S,): seeds any of whose
     three pre-training runs failed, diverged or ended at chance; and the failed pre-training runs."""
@@ -145,7 +148,7 @@ def contrastive_name(objective: str, noise: float, mode: str) -> str:
     return f"{objective}/σ={noise:g}/{mode}"
 
 
-def contrastive_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, seeds: int, task):
+def contrastive_backbones(ctx: Context, pcfg: Config, noises, with_clean: bool, seeds, task):
     """One sweep over view noise x (0 and) the radius: rows (noise, tau), noise slowest."""
     taus = [0.0, pcfg.hp.tau] if with_clean else [pcfg.hp.tau]
     return ctx.sweep(pcfg, grid={"noise": list(noises), "tau": taus}, seeds=seeds, task=task)
@@ -248,8 +251,11 @@ def clean_heads(
 ) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
     (D,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
-    rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean'}}
-    with (B, S) test accuracies (robust at the first radius) and the number of non-finite fits."""
+    rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean',
+    'at_chance'}} with (B, S) test accuracies (robust at the first radius) and the heads at
+    chance (clean accuracy <= 0.6, or not finite), and the number of non-finite fits."""
+    from purify.trace import at_chance
+
     names = list(thetas)
     B, S = backbone["W"].shape[:2]
     D = len(thetas[names[0]])  # the number of features (d unless the dictionary is over-complete)
@@ -263,10 +269,14 @@ def clean_heads(
     _, (robust, clean) = select_by_validation(
         out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape)
     )
-    return {n: {"robust": robust[i], "clean": clean[i]} for i, n in enumerate(names)}, int(out["failed"].sum())
+    heads = {
+        n: {"robust": robust[i], "clean": clean[i], "at_chance": at_chance(np.nan_to_num(clean[i], nan=0.0))}
+        for i, n in enumerate(names)
+    }
+    return heads, int(out["failed"].sum())
 
 
-def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds: int) -> dict:
+def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:
     """The reference a transferred head is held against: the network trained end to end on each
     downstream task with cfg's schedule at hp.tau (clean, then the attack). Returns {task:
     {'robust', 'clean'}} with (S,) accuracies at the first evaluation radius."""

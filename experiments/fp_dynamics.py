@@ -11,13 +11,58 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import window
-from purify.stats import verdict
 from purify.store import fingerprint
 
-from .common import PURIFICATION_PRESETS
+from .common import NETS, PURIFICATION_PRESETS
+
+CLAIMS = (
+    Claim(
+        "purity-rises",
+        "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by seed)",
+        ">",
+        0.0,
+        min_effect=0.05,
+        why="purity lies in [1/d, 1]; a rise below 0.05 would not change what a neuron detects",
+        models=NETS,
+        gates=("above chance", "trained"),
+    ),
+    Claim(
+        "rho-falls",
+        "FGM training lowers the dense-mixture coherence rho (final, adversarial - clean)",
+        "<",
+        0.0,
+        min_effect=0.05,
+        why="rho is of order 1 after clean training; a fall below 0.05 leaves the dense mixture in place",
+        models=NETS,
+        gates=("above chance", "trained"),
+    ),
+    Claim(
+        "robust-rises",
+        "FGM training raises {norm} robust accuracy at tau={tau:g} (final, adversarial - clean)",
+        ">",
+        0.0,
+        min_effect=0.02,
+        why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
+        models=NETS,
+        resolution="accuracy difference",
+        gates=("above chance", "trained"),
+    ),
+    Claim(
+        "stays-accurate",
+        "the adversarially trained network stays accurate: clean accuracy - 0.9 > 0",
+        ">",
+        0.0,
+        min_effect=0.0,
+        why="the claim is the threshold 0.9 itself: an adversarially trained net that keeps nine in ten right",
+        models=NETS[1:],
+        resolution="accuracy",
+        gates=("above chance", "trained"),
+    ),
+)
 
 METRICS = [
     ("purity_nw", "norm-weighted purity", "max_j c_ij² / ‖w_i‖²"),
@@ -29,11 +74,17 @@ METRICS = [
 ]
 
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+def _seeds_key(seeds) -> int | list[int]:
+    """The development seeds 0..n-1 by their count (the name the saved files have always had)."""
+    seeds = [int(s) for s in seeds]
+    return len(seeds) if seeds == list(range(len(seeds))) else seeds
+
+
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     tau = cfg.hp.tau
     res = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
     # named by what it holds, so a run of another config never overwrites it
-    saved = f"fp-dynamics-{fingerprint({'config': cfg.to_dict(), 'seeds': seeds})}.npz"
+    saved = f"fp-dynamics-{fingerprint({'config': cfg.to_dict(), 'seeds': _seeds_key(seeds)})}.npz"
     if ctx.runs_dir is not None and jax.process_index() == 0:
         res.save(ctx.runs_dir / saved)
     steps = res.steps
@@ -47,44 +98,14 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     eval_tau = cfg.eval.taus[0]
     flagged = res.flagged()  # failed, diverged or at chance: never in a verdict
     pair = flagged[0] | flagged[1]
-    # Rules, smallest effects of interest and family, fixed before the run (family: these four).
-    verdicts = [
-        verdict(
-            diff("purity_nw"),
-            ">",
-            0.0,
-            "FGM training after clean training raises norm-weighted purity (final, adversarial - clean, paired by "
-            "seed)",
-            min_effect=0.05,
-            why="purity lies in [1/d, 1]; a rise below 0.05 would not change what a neuron detects",
-            flagged=pair,
-        ),
-        verdict(
-            diff("rho_nw"),
-            "<",
-            0.0,
-            "FGM training lowers the dense-mixture coherence rho (final, adversarial - clean)",
-            min_effect=0.05,
-            why="rho is of order 1 after clean training; a fall below 0.05 leaves the dense mixture in place",
-            flagged=pair,
-        ),
-        verdict(
-            diff("robust_acc"),
-            ">",
-            0.0,
-            f"FGM training raises {cfg.eval.norm} robust accuracy at tau={eval_tau:g} (final, adversarial - clean)",
-            min_effect=0.02,
-            why="two accuracy points: above the per-run sampling noise of n_eval = 1024 (sd about 0.016)",
-            flagged=pair,
-        ),
-        verdict(
-            final["clean_acc"]["adversarial"] - 0.9,
-            ">",
-            0.0,
-            "the adversarially trained network stays accurate: clean accuracy - 0.9 > 0",
-            min_effect=0.0,
-            why="the claim is the threshold 0.9 itself",
-            flagged=flagged[1],
+    trained = res.trained()
+    gates = {"trained": trained[0] & trained[1]}
+    statistics = [
+        statistic("purity-rises", diff("purity_nw"), flagged=pair, gates=gates),
+        statistic("rho-falls", diff("rho_nw"), flagged=pair, gates=gates),
+        statistic("robust-rises", diff("robust_acc"), flagged=pair, gates=gates, norm=cfg.eval.norm, tau=eval_tau),
+        statistic(
+            "stays-accurate", final["clean_acc"]["adversarial"] - 0.9, flagged=flagged[1], gates={"trained": trained[1]}
         ),
     ]
     failed = np.argwhere(res.failed()).tolist()
@@ -111,7 +132,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "failed_runs": failed,
         "chance_runs": chance,
         "constant_predictor_final": {"clean": constant[0].tolist(), "adversarial": constant[1].tolist()},
-        "verdicts": verdicts,
+        "trained": trained.tolist(),
+        "statistics": statistics,
     }
 
 
@@ -161,6 +183,7 @@ EXPERIMENT = Experiment(
     presets=PRESETS,
     run=run,
     plot=plot,
+    claims=CLAIMS,
 )
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ fp-robustness with these settings (one sweep, shared) and draws both in one figu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,20 +16,37 @@ import numpy as np
 from purify.config import Config
 from purify.experiment import Context, Experiment, get, main_for
 
+from . import fp_dynamics, fp_robustness
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 from .common import RADIUS_OPTIONS
 
+PARTS = ("fp-dynamics", "fp-robustness")
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+
+def _claims():
+    """The two experiments' claims, their ids prefixed by the part they come from."""
+    out = []
+    for part in PARTS:
+        for c in {"fp-dynamics": fp_dynamics, "fp-robustness": fp_robustness}[part].CLAIMS:
+            out.append(dataclasses.replace(c, id=f"{part.removeprefix('fp-')}/{c.id}"))
+    return tuple(out)
+
+
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     # the two experiments' own protocols, through the registry, with this experiment's settings
     dyn = get("fp-dynamics").run(cfg, seeds, ctx)
     rob = get("fp-robustness").run(cfg, seeds, ctx)
+    statistics = [
+        {**s, "claim": f"{part.removeprefix('fp-')}/{s['claim']}"}
+        for part, body in zip(PARTS, (dyn, rob))
+        for s in body["statistics"]
+    ]
     return {
-        "dynamics": {k: v for k, v in dyn.items() if k != "verdicts"},
-        "robustness": {k: v for k, v in rob.items() if k != "verdicts"},
+        "dynamics": {k: v for k, v in dyn.items() if k != "statistics"},
+        "robustness": {k: v for k, v in rob.items() if k != "statistics"},
         "failed_runs": dyn["failed_runs"],
         "chance_runs": dyn["chance_runs"],
-        "verdicts": dyn["verdicts"] + rob["verdicts"],
+        "statistics": statistics,
     }
 
 
@@ -104,6 +122,7 @@ EXPERIMENT = Experiment(
     run=run,
     plot=plot,
     options=RADIUS_OPTIONS,
+    claims=_claims(),
 )
 
 if __name__ == "__main__":

@@ -12,14 +12,49 @@ from __future__ import annotations
 import numpy as np
 
 from purify import Results, make_task
+from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.evaluate import network_curves
 from purify.experiment import Context, Experiment, Option, main_for
-from purify.stats import verdict
 
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 TOP = 5  # singular directions whose label alignment is reported
+
+TRAINED = ("above chance", "trained")
+CLAIMS = (
+    Claim(
+        "label-aligned",
+        "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ "
+        "1/sqrt(d))",
+        ">",
+        0.5,
+        min_effect=0.0,
+        why="the bound 0.5 (60 degrees), far above random alignment 1/sqrt(d), is the claim itself",
+        models=("FGM-trained net", "clean weights at the switch"),
+        gates=TRAINED,
+    ),
+    Claim(
+        "one-direction",
+        "W_adv - W_clean is dominated by one direction (top singular value's share of the squared spectrum > 0.5)",
+        ">",
+        0.5,
+        min_effect=0.0,
+        why="the claim is a majority of the squared spectrum",
+        models=("FGM-trained net", "clean weights at the switch"),
+        gates=TRAINED,
+    ),
+    Claim(
+        "rank-recovers",
+        "rank-{r} adversarial training recovers more than half of the full-rank robust-accuracy gain",
+        ">",
+        0.5,
+        min_effect=0.0,
+        why="the claim is a majority of the gain",
+        models=("rank-r FGM-trained net", "FGM-trained net", "clean-trained net"),
+        gates=TRAINED,
+    ),
+)
 
 
 def spectrum(delta: np.ndarray, M: np.ndarray, w_star: np.ndarray):
@@ -34,7 +69,7 @@ def spectrum(delta: np.ndarray, M: np.ndarray, w_star: np.ndarray):
     return np.stack(svals), np.stack(align)
 
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     a, n = cfg.train.adv_start, cfg.train.steps
     ranks = tuple(int(r) for r in ctx.options["ranks"])
     full_cfg = cfg.set(**{"train.snapshot_at": (a, n)})
@@ -68,37 +103,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     proj_rob = network_curves(cfg, proj_res, make_task(cfg.data), cfg.eval.taus)["robust"][1, :, 0]
     energy1 = s_adv[:, 0] ** 2 / (s_adv**2).sum(-1)
     pair = base_flag[0] | base_flag[1]
-    # Rules and smallest effects fixed before the run; family: these 2 + len(ranks) verdicts.
-    verdicts = [
-        verdict(
-            a_adv[:, 0],
-            ">",
-            0.5,
-            "the top singular direction of W_adv - W_clean aligns with the label direction (|cos| > 0.5; random ~ "
-            "1/sqrt(d))",
-            min_effect=0.0,
-            why="the bound 0.5 (60 degrees), far above random alignment 1/sqrt(d), is the claim itself",
-            flagged=pair,
-        ),
-        verdict(
-            energy1,
-            ">",
-            0.5,
-            "W_adv - W_clean is dominated by one direction (top singular value's share of the squared spectrum > 0.5)",
-            min_effect=0.0,
-            why="the claim is a majority of the squared spectrum",
-            flagged=pair,
-        ),
+    trained = full.trained()
+    pair_gates = {"trained": trained[0] & trained[1]}
+    statistics = [
+        statistic("label-aligned", a_adv[:, 0], flagged=pair, gates=pair_gates),
+        statistic("one-direction", energy1, flagged=pair, gates=pair_gates),
     ] + [
-        verdict(
-            per_rank[r]["recovered"],
-            ">",
-            0.5,
-            f"rank-{r} adversarial training recovers more than half of the full-rank robust-accuracy gain",
-            min_effect=0.0,
-            why="the claim is a majority of the gain",
-            flagged=per_rank[r]["flagged"],
-        )
+        statistic("rank-recovers", per_rank[r]["recovered"], flagged=per_rank[r]["flagged"], gates=pair_gates, r=r)
         for r in ranks
     ]
     return {
@@ -126,7 +137,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         },
         "failed_runs": failed,
         "chance_runs": chance,
-        "verdicts": verdicts,
+        "statistics": statistics,
     }
 
 
@@ -211,6 +222,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     options=(Option("ranks", int, (1, 2, 4, 8), "ranks r of the restricted adversarial update", lo=1, many=True),),
     check=lambda cfg, o: _check_ranks(cfg, o),
+    claims=CLAIMS,
 )
 
 if __name__ == "__main__":

@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.experiment import Context, Experiment, Option, main_for
-from purify.stats import mean_ci, verdict
+from purify.stats import mean_ci
+
+CLAIMS = (
+    Claim(
+        "gap-mid-window",
+        "d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={tau:g} (mid-window)",
+        min_effect=0.02,
+        why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
+        models=("clean-trained net", "FGM-trained net (per k, d and tau)"),
+        resolution="accuracy difference",
+        gates=("above chance", "trained"),
+    ),
+)
 
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     ks, taus = tuple(ctx.options["ks"]), tuple(ctx.options["taus"])
     ds = tuple(ctx.options["ds"] or (cfg.data.d,))  # None: the config's d
-    gap = np.full((len(ds), len(ks), len(taus), seeds), np.nan)
+    gap = np.full((len(ds), len(ks), len(taus), len(seeds)), np.nan)
+    trained = np.zeros(gap.shape, bool)
     flag = np.zeros(gap.shape, bool)  # the pair (clean row, row j) has a failed, diverged or at-chance run
     clean_acc = np.full_like(gap, np.nan)
-    rho_sqrt_k = np.full((len(ds), len(ks), seeds), np.nan)
+    rho_sqrt_k = np.full((len(ds), len(ks), len(seeds)), np.nan)
     failed, chance = [], []
     for a, d in enumerate(ds):
         for b, k in enumerate(ks):
@@ -33,28 +47,29 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             res = ctx.sweep(c, grid={"tau": (0.0, *taus)}, seeds=seeds)
             final = res["robust_acc"][:, :, -1, :]  # (1 + n_tau rows, seeds, n_tau eval radii)
             flagged = res.flagged()
+            settled = res.trained()
             for j in range(len(taus)):
+                trained[a, b, j] = settled[0] & settled[1 + j]
                 gap[a, b, j] = final[1 + j, :, j] - final[0, :, j]
                 flag[a, b, j] = flagged[0] | flagged[1 + j]
                 clean_acc[a, b, j] = final[0, :, j]
             rho_sqrt_k[a, b] = res["rho_nw"][0, :, -1] * np.sqrt(k)
             failed += [[d, k, *map(int, ij)] for ij in np.argwhere(res.failed())]
             chance += [[d, k, *map(int, ij)] for ij in np.argwhere(res.at_chance())]
-    verdicts = []
+    statistics = []
     for a, d in enumerate(ds):
         for b, k in enumerate(ks):
             mid = np.sqrt((1 / np.sqrt(d)) * (1 / np.sqrt(k)))  # geometric middle of the window
             j = int(np.argmin(np.abs(np.log(np.asarray(taus) / mid))))
-            verdicts.append(
-                verdict(
+            statistics.append(
+                statistic(
+                    "gap-mid-window",
                     gap[a, b, j],
-                    ">",
-                    0.0,
-                    f"d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={taus[j]:g} "
-                    "(mid-window)",
-                    min_effect=0.02,
-                    why="two accuracy points: above the per-run sampling noise of n_eval = 1024 (sd about 0.016)",
                     flagged=flag[a, b, j],
+                    gates={"trained": trained[a, b, j]},
+                    d=d,
+                    k=k,
+                    tau=float(taus[j]),
                 )
             )
     mean = np.nanmean(gap, axis=-1)
@@ -80,7 +95,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "radii_where_gap_is_significant": boundary,
         "failed_runs": failed,
         "chance_runs": chance,
-        "verdicts": verdicts,
+        "statistics": statistics,
     }
 
 
@@ -196,6 +211,7 @@ EXPERIMENT = Experiment(
     },
     derives={"model.width": "scaled with d: model.width / data.d is kept at every exp.ds"},
     plot=plot,
+    claims=CLAIMS,
     options=(
         Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),
         Option("ds", int, None, "dimensions d (none: the config's data.d)", lo=1, many=True, optional=True),

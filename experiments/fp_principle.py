@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from purify import metrics
+from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment, main_for
-from purify.stats import verdict, with_original
 
+from .common import NETS
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in d = 64: ~0.1)
@@ -27,6 +28,57 @@ COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in
 # (sin of the angle between w_i and w'_i). Continued clean training moves w_i by a few percent
 # only, so this is the part of the principle its control can fail.
 RESIDUAL_SHARE = 0.25
+
+GATES = ("above chance", "trained")
+COS_WHY = f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it"
+# The original rule (fixed before the first run): most neurons obey |beta w'| > |v|. It is the
+# same as |cos(w, w')| > 1/sqrt(2), which continued clean training (the control) passes better
+# than FGM does, so it cannot tell purification from more training. `fgm-splits` replaced it,
+# set against the control paired by seed after the control was seen to pass.
+CLAIMS = (
+    Claim(
+        "fgm-splits",
+        f"FGM, not continued clean training, splits neurons into |beta_i w'_i| > |v_i| with a removed part "
+        f"|v_i| >= {RESIDUAL_SHARE:g} |w_i| (norm-weighted fraction, FGM - clean control, paired by seed)",
+        min_effect=0.25,
+        why="a quarter of the weight norm moving to split neurons; less would be a few neurons, not a principle",
+        models=NETS,
+        gates=GATES,
+        chosen_after=SET_AFTER_RESULTS
+        + "; the rule itself was set after the control was seen to pass the original rule (1.000 vs 0.981)",
+        replaces="most-obey",
+    ),
+    Claim(
+        "most-obey",
+        "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)",
+        ">",
+        0.5,
+        min_effect=0.0,
+        why="the original rule: a majority of neurons",
+        models=NETS[1:],
+        gates=GATES,
+    ),
+    Claim(
+        "clean-uncorrelated",
+        f"clean weights nearly uncorrelated with init (norm-weighted mean |cos(w, w0)| < {COS_LIMIT})",
+        "<",
+        COS_LIMIT,
+        min_effect=0.0,
+        why=COS_WHY,
+        models=("clean weights at the switch",),
+        gates=GATES,
+    ),
+    Claim(
+        "adv-uncorrelated",
+        f"adversarial weights nearly uncorrelated with init (norm-weighted mean |cos(w', w0)| < {COS_LIMIT})",
+        "<",
+        COS_LIMIT,
+        min_effect=0.0,
+        why=COS_WHY,
+        models=NETS[1:],
+        gates=GATES,
+    ),
+)
 
 
 def decompose(W_init, W_clean, W_after) -> dict[str, np.ndarray]:
@@ -57,7 +109,7 @@ def summarize(parts: dict, weight: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     a, n = cfg.train.adv_start, cfg.train.steps
     cfg = cfg.set(**{"train.snapshot_at": (0, a, n)})
     res = ctx.sweep(cfg, grid={"tau": [0.0, cfg.hp.tau]}, seeds=seeds)
@@ -73,48 +125,13 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     # the same as |cos(w, w')| > 1/sqrt(2), which continued clean training (the control) passes
     # better than FGM does, so it cannot tell purification from more training. The rule below
     # was set afterwards, against the control paired by seed: post hoc.
-    original = verdict(
-        s_adv["holds_fraction_nw"],
-        ">",
-        0.5,
-        "most neurons obey |beta_i w'_i| > |v_i| (norm-weighted fraction > 0.5)",
-        min_effect=0.0,
-        why="the original rule: a majority of neurons",
-        flagged=flagged[1],
-    )
-    verdicts = [
-        with_original(
-            verdict(
-                s_adv["split_fraction_nw"] - s_ctl["split_fraction_nw"],
-                ">",
-                0.0,
-                f"FGM, not continued clean training, splits neurons into |beta_i w'_i| > |v_i| with a removed part "
-                f"|v_i| >= {RESIDUAL_SHARE:g} |w_i| (norm-weighted fraction, FGM - clean control, paired by seed)",
-                min_effect=0.25,
-                why="a quarter of the weight norm moving to split neurons; less would be a few neurons, not a principle",
-                flagged=pair,
-                post_hoc="set in issue 10 after the control was seen to pass the original rule (1.000 vs 0.981)",
-            ),
-            original,
-        ),
-        verdict(
-            s_adv["abs_cos_clean_init_nw"],
-            "<",
-            COS_LIMIT,
-            f"clean weights nearly uncorrelated with init (norm-weighted mean |cos(w, w0)| < {COS_LIMIT})",
-            min_effect=0.0,
-            why=f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it",
-            flagged=flagged[1],
-        ),
-        verdict(
-            s_adv["abs_cos_adv_init_nw"],
-            "<",
-            COS_LIMIT,
-            f"adversarial weights nearly uncorrelated with init (norm-weighted mean |cos(w', w0)| < {COS_LIMIT})",
-            min_effect=0.0,
-            why=f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it",
-            flagged=flagged[1],
-        ),
+    trained = res.trained()
+    both = {"trained": trained[0] & trained[1]}
+    statistics = [
+        statistic("most-obey", s_adv["holds_fraction_nw"], flagged=flagged[1], gates={"trained": trained[1]}),
+        statistic("fgm-splits", s_adv["split_fraction_nw"] - s_ctl["split_fraction_nw"], flagged=pair, gates=both),
+        statistic("clean-uncorrelated", s_adv["abs_cos_clean_init_nw"], flagged=flagged[1], gates=both),
+        statistic("adv-uncorrelated", s_adv["abs_cos_adv_init_nw"], flagged=flagged[1], gates=both),
     ]
     ratio = np.log10(np.maximum(adv["along_norm"], 1e-30) / np.maximum(adv["residual_norm"], 1e-30))
     return {
@@ -140,7 +157,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         },
         "failed_runs": np.argwhere(res.failed()).tolist(),
         "chance_runs": np.argwhere(res.at_chance()).tolist(),
-        "verdicts": verdicts,
+        "statistics": statistics,
     }
 
 
@@ -224,6 +241,7 @@ EXPERIMENT = Experiment(
     run=run,
     controls={"train.snapshot_at": "the experiment snapshots W at 0, the switch and the end to split the update"},
     plot=plot,
+    claims=CLAIMS,
 )
 
 if __name__ == "__main__":

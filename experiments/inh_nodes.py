@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from purify import make_task
+from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment, Option, main_for
-from purify.stats import verdict
 
 from .common import (
     BACKBONE_CONTROLS,
@@ -31,6 +31,24 @@ from .common import (
 
 FEW = 2  # "one or a few features": at most this many
 
+MODELS = ("clean pre-trained backbone", "adversarially pre-trained backbone (supervised or contrastive)")
+CLAIMS = (
+    Claim(
+        "fewer-features",
+        f"{{kind}}: {{mode}} pre-training leaves more nodes with <= {FEW} features than clean (norm-weighted fraction)",
+        min_effect=0.05,
+        why="five percent of the weight norm changing kind; less would not change what the layer's nodes are",
+        models=MODELS,
+    ),
+    Claim(
+        "purer",
+        "{kind}: {mode} pre-training gives purer nodes than clean",
+        min_effect=0.05,
+        why="purity lies in [1/d, 1]; a rise below 0.05 would not change what a node detects",
+        models=MODELS,
+    ),
+)
+
 
 def _node_stats(W: np.ndarray, M) -> dict:
     """W (S, m, d) -> per node (S, m): features, purity, norm."""
@@ -42,7 +60,7 @@ def _node_stats(W: np.ndarray, M) -> dict:
     return {"features": features_per_neuron(W, M), "purity": purity, "norm": norm}
 
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     o = ctx.options
     task = make_task(cfg.data)
     tau = cfg.hp.tau
@@ -73,36 +91,17 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     def wpur(s):
         return (s["purity"] * s["norm"]).sum(-1) / s["norm"].sum(-1)
 
-    # Rules and smallest effects fixed before the run; family: two verdicts per adversarial backbone.
-    verdicts = []
+    statistics = []
     for name in backbones:
         kind, mode = name.rsplit("/", 1)
         if mode == "clean":
             continue
         pair = flags[name] | flags[f"{kind}/clean"]
-        verdicts.append(
-            verdict(
-                few(stats[name]) - few(stats[f"{kind}/clean"]),
-                ">",
-                0.0,
-                f"{kind}: {mode.upper()} pre-training leaves more nodes with <= {FEW} features than clean "
-                "(norm-weighted fraction)",
-                min_effect=0.05,
-                why="five percent of the weight norm changing kind; less is within seed-to-seed variation of nodes",
-                flagged=pair,
-            )
+        where = {"kind": kind, "mode": mode.upper()}
+        statistics.append(
+            statistic("fewer-features", few(stats[name]) - few(stats[f"{kind}/clean"]), flagged=pair, **where)
         )
-        verdicts.append(
-            verdict(
-                wpur(stats[name]) - wpur(stats[f"{kind}/clean"]),
-                ">",
-                0.0,
-                f"{kind}: {mode.upper()} pre-training gives purer nodes than clean",
-                min_effect=0.05,
-                why="purity lies in [1/d, 1]; a rise below 0.05 would not change what a node detects",
-                flagged=pair,
-            )
-        )
+        statistics.append(statistic("purer", wpur(stats[name]) - wpur(stats[f"{kind}/clean"]), flagged=pair, **where))
     return {
         "train_tau": tau,
         "few": FEW,
@@ -113,7 +112,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "weighted_purity": {n: wpur(s).tolist() for n, s in stats.items()},
         "failed_runs": failed,
         "flagged_runs": {n: np.argwhere(f).ravel().tolist() for n, f in flags.items() if f.any()},
-        "verdicts": verdicts,
+        "statistics": statistics,
     }
 
 
@@ -198,6 +197,7 @@ EXPERIMENT = Experiment(
         "train.batch": "the contrastive backbones use common.CONTRASTIVE's settings",
     },
     plot=plot,
+    claims=CLAIMS,
     options=(
         Option("pgd", bool, True, "also pre-train with PGD (supervised)"),
         OBJECTIVES,

@@ -19,10 +19,10 @@ import warnings
 import numpy as np
 
 from purify import make_task
+from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, downstream_tasks, select_by_validation
 from purify.experiment import Context, Experiment, Option, main_for
-from purify.stats import verdict, with_original
 
 from .common import (
     BACKBONE_CONTROLS,
@@ -37,8 +37,46 @@ from .common import (
 
 METHOD_NAMES = {"probe": "linear probe", "bias": "bias-only", "lowrank": "low-rank", "full": "full FT"}
 
+_acc = {
+    "min_effect": 0.02,
+    "why": "two accuracy points: a robustness difference a reader would act on; below it the two are alike",
+    "resolution": "accuracy difference",
+}
+COLLAPSE_RULE = (
+    SET_AFTER_RESULTS + "; collapsed runs (clean accuracy < 0.75) were excluded from learning-rate selection and from "
+    "the comparison after the results, as in fp-lowcomplexity; the original rule selected on all runs"
+)
+FT = ("adversarially fine-tuned models on the FGM and clean backbones",)
 
-def run(cfg: Config, seeds: int, ctx: Context) -> dict:
+
+def _pair(claim_id: str, text: str, models: tuple) -> tuple[Claim, Claim]:
+    """The rule in use (collapse excluded) and the original rule it replaced (every run)."""
+    return (
+        Claim(claim_id, text, models=models, chosen_after=COLLAPSE_RULE, replaces=f"{claim_id}-all-runs", **_acc),
+        Claim(f"{claim_id}-all-runs", text + " (every run, collapsed ones included)", models=models, **_acc),
+    )
+
+
+CLAIMS = (
+    *_pair(
+        "needs-robust-backbone",
+        "n={n}: {method} ({init}) needs a robust backbone: FGM backbone more robust than clean",
+        FT,
+    ),
+    *_pair(
+        "probing-best",
+        "n={n}: on the FGM backbone linear probing is the most robust method ({init})",
+        ("linear probe and the other fine-tuning methods on the FGM backbone",),
+    ),
+    *_pair(
+        "roli-beats-ranli",
+        "n={n}: {method} on the FGM backbone: RoLI head init beats RanLI",
+        ("models fine-tuned from RoLI and from RanLI heads on the FGM backbone",),
+    ),
+)
+
+
+def run(cfg: Config, seeds, ctx: Context) -> dict:
     o = ctx.options
     task = make_task(cfg.data)
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
@@ -47,7 +85,8 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     names = list(bbs)
     theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
-    B, S, N = len(names), seeds, len(sizes)
+    seed_ids = np.asarray(seeds)
+    B, S, N = len(names), len(seed_ids), len(sizes)
     stacked = {k: np.stack([bbs[n][k] for n in names]) for k in bbs[names[0]]}  # (B, S, ...)
     methods, inits = [m for m in METHODS if m in o["methods"]], [h for h in HEAD_INITS if h in o["head_inits"]]
     robust = np.zeros((len(methods), len(inits), B, N, S))
@@ -75,7 +114,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
             shape = (B, N, S, L)
             bb = broadcast_backbone(stacked, shape, (0, 2))
             n = np.broadcast_to(np.asarray(sizes)[None, :, None, None], shape).ravel()
-            sd = np.broadcast_to(np.arange(S)[None, None, :, None], shape).ravel()
+            sd = np.broadcast_to(seed_ids[None, None, :, None], shape).ravel()
             lr = np.broadcast_to(lrs, shape).ravel()
             out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=lr, probe_lr=float(o["probe_lr"]), tau=tau)
             n_failed += int(out["failed"].sum())
@@ -93,32 +132,18 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
     # a run collapsed when even its chosen learning rate ends below COLLAPSED_BELOW clean accuracy
     collapsed = clean < COLLAPSED_BELOW
     collapsed_orig = clean_orig < COLLAPSED_BELOW
-    acc = {"min_effect": 0.02, "why": "two accuracy points: above the per-run sampling noise of n_test = 1024"}
-    post_hoc = (
-        "set in issue 10: collapsed runs (clean accuracy < 0.75) excluded from learning-rate selection and from "
-        "the comparison, as in fp-lowcomplexity; the original rule selected on all runs"
-    )
+    statistics = []
 
-    def compare(a, b, claim):
-        """The post-hoc verdict (collapse excluded) with the original rule's beside it."""
-        new = verdict(
-            robust[a] - robust[b], ">", 0.0, claim, flagged=collapsed[a] | collapsed[b] | flag, post_hoc=post_hoc, **acc
-        )
-        return with_original(new, verdict(robust_orig[a] - robust_orig[b], ">", 0.0, claim, flagged=flag, **acc))
+    def compare(claim, a, b, **where):
+        """The rule in use (collapsed runs excluded) and the original one (every run) beside it."""
+        statistics.append(statistic(claim, robust[a] - robust[b], flagged=collapsed[a] | collapsed[b] | flag, **where))
+        statistics.append(statistic(f"{claim}-all-runs", robust_orig[a] - robust_orig[b], flagged=flag, **where))
 
-    # family: every verdict below (per size: the method comparisons, probing best, RoLI vs RanLI)
-    verdicts = []
     for ni, n in enumerate(sizes):
         for mi, method in enumerate(methods):
             if method != "full":
-                verdicts.append(
-                    compare(
-                        (mi, h0, ib["fgm"], ni),
-                        (mi, h0, ib["clean"], ni),
-                        f"n={n}: {METHOD_NAMES[method]} ({HEAD_INIT_NAMES[inits[h0]]}) needs a robust backbone: FGM "
-                        "backbone more robust than clean",
-                    )
-                )
+                where = {"n": n, "method": METHOD_NAMES[method], "init": HEAD_INIT_NAMES[inits[h0]]}
+                compare("needs-robust-backbone", (mi, h0, ib["fgm"], ni), (mi, h0, ib["clean"], ni), **where)
         if "probe" in methods and len(methods) > 1:
             p = methods.index("probe")
 
@@ -126,25 +151,19 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
                 others = np.delete(np.where(col[:, h0, ib["fgm"], ni], -np.inf, rob[:, h0, ib["fgm"], ni]), p, 0)
                 return rob[p, h0, ib["fgm"], ni] - others.max(0), col[p, h0, ib["fgm"], ni]
 
-            claim = (
-                f"n={n}: on the FGM backbone linear probing is the most robust method ({HEAD_INIT_NAMES[inits[h0]]})"
-            )
+            where = {"n": n, "init": HEAD_INIT_NAMES[inits[h0]]}
             diff, col = probing_best(robust, collapsed)
             diff0, _ = probing_best(robust_orig, np.zeros_like(collapsed_orig))
-            verdicts.append(
-                with_original(
-                    verdict(diff, ">", 0.0, claim, flagged=col | flag, post_hoc=post_hoc, **acc),
-                    verdict(diff0, ">", 0.0, claim, flagged=flag, **acc),
-                )
-            )
+            statistics.append(statistic("probing-best", diff, flagged=col | flag, **where))
+            statistics.append(statistic("probing-best-all-runs", diff0, flagged=flag, **where))
         if "robust" in hb and "random" in hb:
             for mi, method in enumerate(methods):
-                verdicts.append(
-                    compare(
-                        (mi, hb["robust"], ib["fgm"], ni),
-                        (mi, hb["random"], ib["fgm"], ni),
-                        f"n={n}: {METHOD_NAMES[method]} on the FGM backbone: RoLI head init beats RanLI",
-                    )
+                compare(
+                    "roli-beats-ranli",
+                    (mi, hb["robust"], ib["fgm"], ni),
+                    (mi, hb["random"], ib["fgm"], ni),
+                    n=n,
+                    method=METHOD_NAMES[method],
                 )
     return {
         "eps": eps,
@@ -166,7 +185,7 @@ def run(cfg: Config, seeds: int, ctx: Context) -> dict:
         "n_failed_downstream": n_failed,
         "dims": ["method", "head_init", "backbone", "size", "seed"],
         "failed_runs": failed,
-        "verdicts": verdicts,
+        "statistics": statistics,
     }
 
 
@@ -306,6 +325,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     options=OPTIONS,
     check=_check,
+    claims=CLAIMS,
 )
 
 if __name__ == "__main__":

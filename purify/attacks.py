@@ -188,15 +188,28 @@ def apgd(
 
 
 def strong_attack(
-    objective: Objective, x: jax.Array, tau: jax.Array, norm: str, key: jax.Array, steps: int = 100, restarts: int = 10
+    objective: Objective,
+    x: jax.Array,
+    tau: jax.Array,
+    norm: str,
+    key: jax.Array,
+    steps: int = 100,
+    restarts: int = 10,
+    dense: jax.Array | None = None,
 ) -> jax.Array:
     """The reference attack: APGD on the margin loss with `restarts` starts, the first at the FGM
-    point, the others uniform in the ball; per example the start with the largest objective wins.
-    Robust accuracy counts only from the default evaluation where it agrees with this one
+    point, the second (when `dense` (n, d) is given) at the dense direction, the others uniform
+    in the ball; per example the start with the largest objective wins. Robust accuracy counts
+    only from the default evaluation where it agrees with this one and with `random_search`
     (the attack-audit experiment)."""
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps={steps}, restarts={restarts} are not allowed: both must be >= 1")
     first = apgd(objective, x, tau, norm, steps, fgm(objective, x, tau, norm))
+    if dense is not None and restarts > 1:
+        delta, f = apgd(objective, x, tau, norm, steps, dense)
+        better = (f > first[1])[:, None]
+        first = jnp.where(better, delta, first[0]), jnp.maximum(f, first[1])
+    start_random = 1 if dense is None else 2
 
     def restart(r, best):
         start = random_start(jax.random.fold_in(key, r), x.shape, tau, norm)
@@ -204,7 +217,41 @@ def strong_attack(
         better = (f > best[1])[:, None]
         return jnp.where(better, delta, best[0]), jnp.maximum(f, best[1])
 
-    return jax.lax.fori_loop(1, restarts, restart, first)[0]
+    return jax.lax.fori_loop(start_random, max(restarts, start_random), restart, first)[0]
+
+
+def random_search(objective: Objective, x: jax.Array, tau: jax.Array, norm: str, key: jax.Array, queries: int = 500):
+    """A gradient-free attack in the style of the Square attack (Andriushchenko et al. 2020),
+    simplified: from a random point of the sphere (l2) or a random corner (l-inf) of the ball of
+    radius tau, each query redraws a random share of the coordinates (a share that shrinks from
+    0.55 to 0.05 over the queries) and keeps the proposal, per example, where the objective
+    rises. It needs no gradient, so flat regions (a ReLU's dead zones, a threshold's plateau)
+    cannot stop it the way they stop PGD. Returns delta (n, d) with |delta| <= tau.
+    """
+    if queries < 1:
+        raise ValueError(f"queries={queries} is not allowed: must be >= 1")
+    k0, key = jax.random.split(key)
+    if norm == "l2":
+        delta = tau * direction(jax.random.normal(k0, x.shape), "l2")
+    else:
+        delta = tau * jnp.sign(jax.random.normal(k0, x.shape))
+    best = objective(x + delta)
+
+    def query(i, carry):
+        delta, best = carry
+        share = 0.55 - 0.5 * i / queries
+        ka, kb = jax.random.split(jax.random.fold_in(key, i))
+        mask = jax.random.uniform(ka, x.shape) < share
+        noise = jax.random.normal(kb, x.shape)
+        if norm == "l2":
+            proposal = tau * direction(delta + jnp.where(mask, noise, 0.0) * tau * share, "l2")
+        else:
+            proposal = jnp.where(mask, tau * jnp.sign(noise), delta)
+        f = objective(x + proposal)
+        better = f > best
+        return jnp.where(better[:, None], proposal, delta), jnp.where(better, f, best)
+
+    return jax.lax.fori_loop(0, queries, query, (delta, best))[0]
 
 
 def dense_direction(y: jax.Array, tau: jax.Array, u: jax.Array, norm: str) -> jax.Array:
@@ -256,19 +303,25 @@ def audited_accuracy(
     spec: EvalSpec,
     steps: int = 100,
     restarts: int = 10,
+    queries: int = 500,
 ) -> tuple[jax.Array, jax.Array]:
     """Robust accuracy (radius,) under the default evaluation `spec`, and under the default
-    evaluation together with `strong_attack` (a prediction counts as robust only if it survives
-    both). Their difference is how much the default evaluation overstates robustness."""
+    evaluation together with the reference: `strong_attack` (starts at the FGM point, the dense
+    direction and random points) and the gradient-free `random_search` with `queries` queries
+    (a prediction counts as robust only if it survives all). Their difference is how much the
+    default evaluation overstates robustness."""
     clean = margin(x) > 0
     default, strong = [], []
+    adversary = lambda v: -margin(v)
     for i, tau in enumerate(spec.taus):
         k = jax.random.fold_in(key, i)
         _, hit = attacked_correct(margin, x, y, tau, u, k, spec)
         ok = clean & hit.all(0)
-        delta = strong_attack(lambda v: -margin(v), x, tau, spec.norm, jax.random.fold_in(k, 0x5A), steps, restarts)
+        dense = dense_direction(y, tau, u, spec.norm)
+        delta = strong_attack(adversary, x, tau, spec.norm, jax.random.fold_in(k, 0x5A), steps, restarts, dense=dense)
+        searched = random_search(adversary, x, tau, spec.norm, jax.random.fold_in(k, 0x5B), queries)
         default.append(ok.mean())
-        strong.append((ok & (margin(x + delta) > 0)).mean())
+        strong.append((ok & (margin(x + delta) > 0) & (margin(x + searched) > 0)).mean())
     return jnp.stack(default), jnp.stack(strong)
 
 

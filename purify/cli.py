@@ -113,6 +113,7 @@ def cmd_run(args) -> int:
             run_slice=run_slice,
             overwrite=args.overwrite,
             checkpoint_seconds=args.checkpoint_every,
+            confirm=args.confirm,
         )
     except SliceFinished as done:
         print(f"purify: {done}")
@@ -172,14 +173,26 @@ def cmd_figures(args) -> int:
     from .experiment import run_experiment, save_figure
 
     missing = []
+    if args.rerun and Path(args.out or "figures").resolve() == Path("figures").resolve() and not args.allow_dirty:
+        from .provenance import git_state
+
+        state = git_state()
+        if state["dirty"]:
+            raise ConfigError(
+                "--rerun into figures/ is not allowed from a dirty working tree: the committed records must name the "
+                f"code that made them, and HEAD ({state['commit']}) is not that code; commit first, or pass --out DIR, "
+                "or --allow-dirty (the records then carry provenance.git.dirty = true and the diff's hash)"
+            )
     # --rerun is from scratch: a fresh runs folder, so nothing finished earlier is reused, while
     # experiments of this rerun that need the same sweep still train it once
     scratch = tempfile.TemporaryDirectory(prefix="purify-rerun-") if args.rerun else None
     for exp in _selected(args.only):
         path = Path(args.out or "figures") / f"{exp.id}.json"
         if args.rerun:
+            old = read_record(path) if path.exists() else {}
             record = run_experiment(
                 exp.id,
+                confirm=old.get("phase") == "confirmatory",  # a confirmatory record is reproduced as one
                 preset=args.preset,
                 out=args.out,
                 runs_dir=scratch.name,
@@ -261,6 +274,7 @@ def cmd_check(args) -> int:
                 overrides=overrides,
                 progress=False,
                 overwrite=args.overwrite,
+                confirm=args.confirm,
             )
         except ConfigError:
             raise  # found only once the experiment ran (e.g. the memory a chunk needs): the user's to fix
@@ -276,6 +290,8 @@ def cmd_check(args) -> int:
                 if v.get("original")
                 else ("post hoc" if v.get("post_hoc") else "exact" if v.get("exact") else "")
             )
+            if v.get("invalid_reason"):
+                flags = (flags + "; " if flags else "") + "invalid: " + v["invalid_reason"]
             rows.append(
                 (
                     exp.id,
@@ -291,20 +307,54 @@ def cmd_check(args) -> int:
             )
     width = min(100, max(len(r[4]) for r in rows))
     print(
-        f"{'experiment':16s} {'claim':5s} {'raw':12s} {'after Holm':12s} {'statement':{width}s} {'mean':>9s} "
+        f"{'experiment':16s} {'claim':5s} {'raw':16s} {'after Holm':16s} {'statement':{width}s} {'mean':>9s} "
         f"{'95% CI':>20s} {'min effect':>10s}  flags"
     )
     for r in rows:
         print(
-            f"{r[0]:16s} {r[1]:5s} {r[2]:12s} {r[3]:12s} {r[4][:width]:{width}s} {r[5]:>9s} {r[6]:>20s} {r[7]:>10s}  {r[8]}"
+            f"{r[0]:16s} {r[1]:5s} {r[2]:16s} {r[3]:16s} {r[4][:width]:{width}s} {r[5]:>9s} {r[6]:>20s} {r[7]:>10s}  {r[8]}"
         )
-    counts = {k: sum(r[3] == k for r in rows) for k in ("holds", "fails", "inconclusive", "invalid")}
+    from .stats import DECISIONS
+
+    counts = {k: sum(r[3] == k for r in rows) for k in DECISIONS}
     print(
-        f"{counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive, "
-        f"{counts['invalid']} invalid (after Holm within each experiment)"
+        ", ".join(f"{n} {k}" for k, n in counts.items())
+        + f" ({'confirmatory' if args.confirm else 'exploratory'}; after Holm within each family)"
         + (f"; BROKEN: {', '.join(broken)}" if broken else "")
     )
     return 1 if broken else 0
+
+
+def cmd_claims(args) -> int:
+    """List every declared claim: id, rule, smallest effect and why, family, models, gates, hash,
+    and whether the committed record confirms it under this declaration."""
+    from .claims import confirmation_status
+    from .experiment import RECORDS, get
+
+    exps = [get(args.experiment)] if args.experiment else list(_selected(None))
+    for exp in exps:
+        path = RECORDS / f"{exp.id}.json"
+        record = read_record(path) if path.exists() else None
+        status = confirmation_status(exp.claims, record)
+        print(f"{exp.id} [{exp.claim}]: {len(exp.claims)} claim(s)")
+        for c in exp.claims:
+            edge = c.threshold + (c.min_effect if c.direction == ">" else -c.min_effect)
+            rule = (
+                "exact: no violation"
+                if c.exact
+                else f"mean {c.direction} {c.threshold:g} by at least {c.min_effect:g} (edge {edge:g})"
+            )
+            print(f"  {c.id}  [{c.digest()}]  {status[c.id]}")
+            print(f"      {c.text}")
+            print(f"      rule: {rule}; family: {c.family or exp.id}; models: {', '.join(c.models)}")
+            if not c.exact:
+                print(f"      smallest effect: {c.why}")
+                print(f"      resolution: {c.resolution or 'none'}; gates: {', '.join(c.gates) or 'none'}")
+            if c.chosen_after:
+                print("      post hoc on the exploratory seeds: rule set after their results")
+            if c.replaces:
+                print(f"      replaces: {c.replaces}")
+    return 0
 
 
 def cmd_damaged(args) -> int:
@@ -358,6 +408,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, seeds: bool = True, runs: bo
     p.add_argument(
         "--overwrite", action="store_true", help="replace the committed record in figures/ even if it differs"
     )
+    if seeds:
+        p.add_argument(
+            "--confirm",
+            action="store_true",
+            help="run on the confirmatory seeds (1000000 on), which no development run touched, with the claims "
+            "frozen as declared; the record keeps the exploratory verdicts beside the confirmatory ones",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pf.add_argument("--only", default=None, help="comma-separated experiment ids (default: all)")
     pf.add_argument(
+        "--allow-dirty", action="store_true", help="let --rerun write into figures/ from a tree that differs from HEAD"
+    )
+    pf.add_argument(
         "--compare",
         default=None,
         metavar="DIR",
@@ -441,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--only", default=None, help="comma-separated experiment ids (default: all)")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting in every experiment")
     pc.set_defaults(func=cmd_check)
+    pcl = sub.add_parser("claims", help="list every experiment's declared claims, their hashes and confirmation")
+    pcl.add_argument("experiment", nargs="?", default=None, help="one experiment id (default: all)")
+    pcl.set_defaults(func=cmd_claims)
     pd = sub.add_parser(
         "damaged", help="list the run files set aside as damaged or outdated (kept for inspection); --remove them"
     )

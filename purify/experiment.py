@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claims import Claim, confirmatory_seeds, decide
 from .config import Config, ConfigError
 from .provenance import provenance
 from .results import NO_SPACE, _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
@@ -175,6 +176,15 @@ class Experiment:
     # Settings the experiment honours but transforms where its protocol says so (e.g. a radius
     # converted to l-inf): dotted name -> how. They are written into the record.
     derives: Mapping[str, str] = field(default_factory=dict)
+    # What the experiment asserts, declared as data (`purify.claims`): `run` returns a
+    # "statistics" list of `claims.statistic(...)` instances and the runner decides them.
+    claims: tuple[Claim, ...] = ()
+
+    def find_claim(self, claim_id: str) -> Claim:
+        for c in self.claims:
+            if c.id == claim_id:
+                return c
+        raise ConfigError(f"claim={claim_id!r} is not allowed: {self.id} declares {[c.id for c in self.claims]}")
 
     def controlled(self) -> dict[str, str | tuple[str, str]]:
         """Every setting this experiment controls, the ones every experiment controls included."""
@@ -290,8 +300,14 @@ def run_experiment(
     overwrite: bool = False,
     checkpoint_seconds: float = 60.0,
     redirect_to: str | Path | None = None,
+    confirm: bool = False,
 ) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
+
+    confirm: run on the confirmatory seeds (`purify.claims.CONFIRMATORY_START` on), which no
+    development run touched, with the claims as declared now; the record's verdicts are then
+    the confirmatory ones, and the exploratory verdicts of the record it replaces (same preset,
+    seed count and overrides) are kept beside them under "exploratory".
 
     out None: the committed records' folder `figures/`, unless its record of this experiment
     came from another preset, seed count or overrides: then, unless `overwrite`, the files go to
@@ -313,6 +329,7 @@ def run_experiment(
             f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)"
         )
     seeds = int(seeds)
+    seed_ids = confirmatory_seeds(seeds) if confirm else list(range(seeds))
     if out is None:
         out, note = output_folder(
             exp_id,
@@ -341,18 +358,37 @@ def run_experiment(
         run_slice=run_slice,
         checkpoint_seconds=checkpoint_seconds,
     )
-    t0 = time.time()
-    body = exp.run(cfg, seeds, ctx)
-    if "verdicts" in body:  # the experiment's verdicts are one family: Holm-Bonferroni across them
-        from .stats import holm
+    previous = _read_json(Path(out) / f"{exp.id}.json")
+    exploratory = _exploratory_part(previous, preset, seeds, overrides) if confirm else None
+    frozen = None
+    if confirm and previous and previous.get("phase") == "confirmatory" and previous.get("seeds") == seed_ids:
+        frozen = {v["claim_id"]: v["claim_hash"] for v in previous.get("verdicts", []) if "claim_id" in v}
+    from .store import recording_folders
 
-        body["verdicts"] = holm(body["verdicts"])
+    t0 = time.time()
+    with recording_folders() as folders:
+        body = exp.run(cfg, seed_ids, ctx)
+    if "verdicts" in body:
+        raise RuntimeError(
+            f"{exp.id}.run returned verdicts: an experiment returns 'statistics' (purify.claims.statistic) and the "
+            "runner decides them under the declared claims"
+        )
+    body["verdicts"] = decide(
+        exp.claims,
+        body.get("statistics", []),
+        n_eval=cfg.eval.n_eval,
+        phase="confirmatory" if confirm else "exploratory",
+        family=exp.id,
+        frozen=frozen,
+    )
     record = {
         "experiment": exp.id,
         "claim": exp.claim,
         "title": exp.title,
         "preset": preset,
-        "seeds": list(range(seeds)),
+        "phase": "confirmatory" if confirm else "exploratory",
+        "seeds": seed_ids,
+        "claims": {c.id: {"hash": c.digest(), **c.declaration()} for c in exp.claims},
         "options": options,
         "overrides": overrides or {},
         "config": cfg.to_dict(),
@@ -362,11 +398,48 @@ def run_experiment(
         "wall_seconds": round(time.time() - t0, 2),
         **body,
     }
+    # every model's saved runs: its parameters and traced numbers, in the layout of docs/runs.md
+    record["saved_models"] = {
+        "runs_dir": str(runs_dir) if runs_dir else None,
+        "folders": sorted(str(Path(f).relative_to(runs_dir)) for f in folders) if runs_dir else [],
+    }
+    if confirm:
+        record["exploratory"] = exploratory
     record = Record(record)
     record.written = (out / f"{exp.id}.json", out / f"{exp.id}.png")
     if jax.process_index() == 0:
         write_record(exp, record, *record.written)
     return record
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _exploratory_part(previous: dict | None, preset: str, seeds: int, overrides: dict | None) -> dict | None:
+    """The exploratory verdicts a confirmatory record keeps beside its own: those of the record
+    it replaces when that one ran the same preset, seed count and overrides (or the exploratory
+    part such a record already kept)."""
+    if not previous:
+        return None
+    if previous.get("phase") == "confirmatory":
+        return previous.get("exploratory")
+    same = (
+        previous.get("preset") == preset
+        and len(previous.get("seeds", ())) == seeds
+        and (previous.get("overrides") or {}) == json.loads(json.dumps(overrides or {}, default=_plain_json))
+    )
+    if not same:
+        return None
+    return {
+        "seeds": previous.get("seeds"),
+        "verdicts": previous.get("verdicts", []),
+        "statistics": previous.get("statistics"),
+        "provenance": previous.get("provenance"),
+    }
 
 
 RECORD_BYTES = 32 << 20  # room for a record's JSON and figure, checked before anything trains
@@ -466,7 +539,7 @@ def save_figure(exp: Experiment, record: dict, path: Path) -> None:
     atomic_write_bytes(path, figure_bytes(exp, record))
 
 
-VOLATILE = ("provenance", "wall_seconds")  # what legitimately differs between two runs of one config
+VOLATILE = ("provenance", "wall_seconds", "saved_models")  # what legitimately differs between two runs of one config
 
 
 def compare_records(old: dict, new: dict) -> list[tuple[str, object, object]]:
@@ -509,16 +582,32 @@ def describe_verdict(v: dict) -> str:
     if v.get("invalid_reason"):
         text += f"; invalid: {v['invalid_reason']}"
     if v.get("post_hoc"):
+        from .claims import SET_AFTER_RESULTS
+
         o = v.get("original")
-        text += f"  POST HOC ({v.get('post_hoc_reason', '')})"
+        reason = v.get("post_hoc_reason", "")
+        text += (
+            "  POST HOC (rule set after these seeds' results)"
+            if reason == SET_AFTER_RESULTS
+            else f"  POST HOC ({reason})"
+        )
         if o:
             text += f"; original rule: {o['verdict']} at {o['mean']:+.4f}"
     return text
 
 
 def print_verdicts(record: dict) -> None:
+    phase = record.get("phase", "exploratory")
+    seeds = record.get("seeds", [])
+    span = f"seeds {seeds[0]}..{seeds[-1]}" if seeds else "no seeds"
+    print(f"  {phase} verdicts ({span}):")
     for v in record.get("verdicts", []):
         print("  " + describe_verdict(v))
+    exp = record.get("exploratory")
+    if exp:
+        print(f"  exploratory verdicts kept beside them (seeds {exp['seeds'][0]}..{exp['seeds'][-1]}):")
+        for v in exp.get("verdicts", []):
+            print("    " + describe_verdict(v))
 
 
 def main_for(exp_id: str) -> None:

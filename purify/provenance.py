@@ -1,4 +1,5 @@
-"""What produced a result: package versions, device, host, time and git commit."""
+"""What produced a result: package versions, device, host, time, git commit and whether the
+working tree differed from it (`git_state`: dirty flag and the hash of the difference)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,43 @@ def git_commit() -> str | None:
 
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+# The records a run writes are outputs, not code: a rerun of every experiment writes them one by
+# one, and the tree must not turn dirty under it.
+OUTPUTS = ("figures",)
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=30, check=False)
+
+
+def git_state(where: Path | None = None) -> dict:
+    """{'commit', 'dirty', 'diff_sha256'} of the git working tree holding `where` (default:
+    this package): dirty when a tracked file differs from HEAD or an untracked, not ignored
+    file exists outside OUTPUTS; diff_sha256 hashes `git diff HEAD` and the untracked files'
+    names and bytes, so two dirty runs can be told apart. All None outside a git tree."""
+    cwd = Path(where or PACKAGE_ROOT)
+    none = {"commit": None, "dirty": None, "diff_sha256": None}
+    try:
+        top = _git("rev-parse", "--show-toplevel", cwd=cwd)
+        if top.returncode != 0:
+            return none
+        root = Path(top.stdout.decode().strip())
+        commit = _git("rev-parse", "HEAD", cwd=root).stdout.decode().strip() or None
+        spec = ["--", ".", *(f":(exclude){o}" for o in OUTPUTS)]
+        status = _git("status", "--porcelain", *spec, cwd=root).stdout.decode()
+        if not status.strip():
+            return {"commit": commit, "dirty": False, "diff_sha256": None}
+        h = hashlib.sha256(_git("diff", "HEAD", "--binary", *spec, cwd=root).stdout)
+        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", *spec, cwd=root).stdout
+        for name in sorted(n for n in untracked.split(b"\0") if n):
+            h.update(name + b"\0")
+            try:
+                h.update((root / name.decode()).read_bytes())
+            except OSError:
+                pass
+        return {"commit": commit, "dirty": True, "diff_sha256": h.hexdigest()}
+    except (OSError, subprocess.SubprocessError):
+        return none
 
 
 def source_digest(root: Path | None = None) -> str:
@@ -63,6 +101,7 @@ def provenance() -> dict:
         "device": {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)},
         "host": {"machine": platform.machine(), "system": platform.system(), "node": platform.node()},
         "git_commit": git_commit(),
+        "git": git_state(),
         "source_digest": source_digest(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -178,6 +178,29 @@ class Results:
         """Runs that never enter a verdict: failed (non-finite or diverged) or at chance."""
         return self.failed() | self.at_chance()
 
+    def trained(self, drift: float | None = None, tail: float = 0.2) -> np.ndarray:
+        """Boolean mask over (hparam, seed): runs whose held-out clean accuracy moved by at most
+        `drift` (default `purify.claims.TRAINED_DRIFT`) over the last `tail` of their logged
+        steps (max minus min over that stretch, averaged over tasks): training had settled. A
+        run logged at fewer than 2 points of that stretch counts as not shown to have settled."""
+        from .claims import TRAINED_DRIFT
+
+        drift = TRAINED_DRIFT if drift is None else drift
+        if "clean_acc" not in self.arrays:
+            return np.ones(self["failed_step"].shape, bool)
+        dims = list(self.dims["clean_acc"])
+        acc = np.moveaxis(np.asarray(self["clean_acc"], float), dims.index("time"), -1)
+        dims.remove("time")
+        rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
+        steps = np.asarray(self.steps, float)
+        last = steps >= steps[-1] - tail * (steps[-1] - steps[0])
+        if last.sum() < 2:
+            return np.zeros(self["failed_step"].shape, bool)
+        window = acc[..., last]
+        moved = window.max(-1) - window.min(-1)
+        moved = moved.mean(axis=rest) if rest else moved
+        return moved <= drift
+
     # -- selection and reduction --------------------------------------------------------------
     def _take(self, dim: str, index, drop: bool) -> Results:
         arrays, dims = {}, {}

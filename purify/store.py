@@ -21,6 +21,8 @@ stale whatever its host (its holder is gone or hung), which bounds any wait for 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -70,12 +72,30 @@ def _plain(o: Any) -> Any:
     raise TypeError(f"cannot fingerprint {type(o).__name__}")
 
 
+_USED: contextvars.ContextVar[set | None] = contextvars.ContextVar("purify_store_used", default=None)
+
+
+@contextlib.contextmanager
+def recording_folders():
+    """Collect the chunk folders every ChunkStore opened inside the block: where the saved runs
+    (with their parameters) of an experiment's models are. Yields the set, filled as it goes."""
+    used: set[Path] = set()
+    token = _USED.set(used)
+    try:
+        yield used
+    finally:
+        _USED.reset(token)
+
+
 class ChunkStore:
     """The finished chunks of one batch of runs (root None: nothing is kept)."""
 
     def __init__(self, root: str | Path | None, tag: str):
         self.root = Path(root) if root is not None else None
         self.tag = tag
+        used = _USED.get()
+        if used is not None and self.root is not None:
+            used.add(self.root / tag)
 
     @property
     def folder(self) -> Path | None:

@@ -231,3 +231,65 @@ def test_strong_attack_finds_what_a_masked_gradient_hides():
         margin, x, y[:, 0], u * 0.0, jax.random.key(0), spec, steps=50, restarts=5
     )
     assert float(strong[0]) < float(default[0]) - 0.05
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_random_search_stays_in_the_ball_and_never_loses_ground(norm):
+    margin, x, _, _ = random_net()
+    tau = 0.5 if norm == "l2" else 0.1
+    adversary = lambda v: -margin(v)
+    delta = attacks.random_search(adversary, x, tau, norm, jax.random.key(5), queries=200)
+    size = jnp.linalg.norm(delta, axis=-1) if norm == "l2" else jnp.abs(delta).max(-1)
+    assert float(size.max()) <= tau * (1 + 1e-5)
+    # it keeps its best point: never weaker, per example, than the random point it starts from
+    k0 = jax.random.split(jax.random.key(5))[0]
+    noise = jax.random.normal(k0, x.shape)
+    start = tau * (attacks.direction(noise, "l2") if norm == "l2" else jnp.sign(noise))
+    assert bool(jnp.all(adversary(x + delta) >= adversary(x + start) - 1e-6))
+    assert float(adversary(x + delta).mean()) > float(adversary(x + start).mean())
+    with pytest.raises(ValueError, match="queries=0"):
+        attacks.random_search(adversary, x, tau, norm, jax.random.key(5), queries=0)
+
+
+def test_random_search_finds_flips_where_every_gradient_is_zero():
+    """A threshold model f(x) = 1 - 2 [<u, x> < -c] (a plateau: zero gradient everywhere) is
+    invisible to FGM, PGD and APGD; the gradient-free search still flips the examples within
+    reach (<u, x> - c below tau), and only those."""
+    cfg = tiny(**{"data.d": 8, "data.k": 2})
+    task = purify.make_task(cfg.data)
+    x, _, _ = sample(jax.random.key(6), cfg.data, task, 512, 0.0)
+    u = task.label_directions[0]
+    c, tau = 0.2, 0.5
+    f = lambda v: jnp.where(v @ u < -c, -1.0, 1.0)
+    margin = lambda v: f(v)  # every example labelled +1
+    adversary = lambda v: -margin(v)
+    pgd = attacks.pgd(adversary, x, tau, "l2", 20, key=jax.random.key(1))
+    searched = attacks.random_search(adversary, x, tau, "l2", jax.random.key(2), queries=500)
+    reach = np.asarray(x @ u + c)  # distance to the plateau's edge along u
+    correct0 = np.asarray(margin(x) > 0)
+    flipped_pgd = correct0 & ~np.asarray(margin(x + pgd) > 0)
+    flipped_rs = correct0 & ~np.asarray(margin(x + searched) > 0)
+    fgm = attacks.fgm(adversary, x, tau, "l2")
+    assert not (correct0 & ~np.asarray(margin(x + fgm) > 0)).any()  # no gradient, no step
+    assert flipped_rs.sum() > flipped_pgd.sum() + 20  # PGD flips only what its random starts hit
+    within = correct0 & (reach < 0.5 * tau)  # comfortably within reach
+    assert within.sum() > 20 and flipped_rs[within].mean() > 0.75  # 0.877 measured; a plateau gives no direction
+    assert not flipped_rs[correct0 & (reach > tau)].any()  # never beyond the ball
+
+
+def test_the_reference_starts_at_the_dense_direction():
+    """With the dense direction among its starts, the reference is at least as strong per
+    example as the dense attack itself, even with one APGD step."""
+    margin, x, _, _ = random_net()
+    tau = 0.5
+    y = jnp.ones(x.shape[0])
+    u = jax.random.normal(jax.random.key(9), (x.shape[1],))
+    u = u / jnp.linalg.norm(u)
+    dense = attacks.dense_direction(y, tau, u, "l2")
+    adversary = lambda v: -margin(v)
+    delta = attacks.strong_attack(adversary, x, tau, "l2", jax.random.key(3), steps=1, restarts=2, dense=dense)
+    assert bool(
+        jnp.all(
+            margin(x + delta) <= jnp.maximum(margin(x + dense), margin(x + attacks.fgm(adversary, x, tau, "l2"))) + 1e-5
+        )
+    )

@@ -9,6 +9,7 @@ import pytest
 from purify.cli import main
 from purify.experiment import all_experiments
 from purify.landmarks import window
+from purify.stats import DECISIONS
 
 TINY = [
     "--set",
@@ -171,11 +172,20 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
     assert set(record["controls"]) == set(exp.controlled()) and set(record["derives"]) == set(exp.derives)
     assert record["provenance"]["versions"]["jax"]
     verdicts = record["verdicts"]
-    assert verdicts and all(v["verdict"] in ("holds", "fails", "inconclusive", "invalid") for v in verdicts)
-    for v in verdicts:  # every verdict declares its effect size, says whether it was adjusted and if post hoc
-        assert {"verdict_raw", "min_effect", "post_hoc", "p_holm"} <= set(v), v["claim"]
+    assert verdicts and all(v["verdict"] in DECISIONS for v in verdicts)
+    declared = {c.id: c.digest() for c in exp.claims}
+    assert record["phase"] == "exploratory" and {k: c["hash"] for k, c in record["claims"].items()} == declared
+    assert len(record["statistics"]) >= len(verdicts)  # replaced rules' statistics ride along as originals
+    for v in verdicts:  # every verdict names its declared claim, its effect size, its adjustment and if post hoc
+        assert {"verdict_raw", "min_effect", "post_hoc", "p_holm", "claim_id", "claim_hash"} <= set(v), v["claim"]
+        assert declared[v["claim_id"]] == v["claim_hash"] and v["models"]
         assert v["exact"] or v.get("min_effect_why"), v["claim"]
-        assert not v["post_hoc"] or (v["post_hoc_reason"] and "verdict" in v.get("original", {"verdict": 0}))
+        assert v["post_hoc"] and v["post_hoc_reason"]  # exploratory seeds: every rule was set after their results
+        # two seeds decide nothing: fewer than MIN_SEEDS usable runs
+        assert v["exact"] or (v["verdict"] == "invalid" and "a verdict needs 4" in v["invalid_reason"]), v["claim"]
+    if exp_id == "rep-bound":  # the bounds are theorems about certified_shift: never violated
+        for name, counts in record["soundness"].items():
+            assert counts["loss_bound_violations"] == 0 and counts["criterion_violations"] == 0, name
     assert exp_id in capsys.readouterr().out
     # the figure can be redrawn from the JSON alone
     assert exp.plot(record) is not None
@@ -370,3 +380,38 @@ def test_a_run_at_chance_is_flagged():
     )
     np.testing.assert_array_equal(res.at_chance(), [[False, True], [False, False]])
     np.testing.assert_array_equal(res.flagged(), res.at_chance())
+
+
+def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(tmp_path, capsys, monkeypatch):
+    """--confirm draws the confirmatory block (disjoint from the development seeds), keeps the
+    exploratory verdicts of the record it replaces, and a claim re-declared between two
+    confirmations on the same seeds comes out post hoc."""
+    import dataclasses
+
+    import experiments.fp_robustness as module
+    from purify.claims import CONFIRMATORY_START
+
+    args = ["run", "fp-robustness", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]
+    args += ["--set", "exp.n_taus=3"]
+    assert main(args) == 0
+    explored = json.loads((tmp_path / "fp-robustness.json").read_text())
+    assert explored["phase"] == "exploratory" and explored["seeds"] == [0, 1]
+    capsys.readouterr()
+    assert main([*args, "--confirm"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "fp-robustness.json").read_text())
+    assert record["phase"] == "confirmatory" and record["seeds"] == [CONFIRMATORY_START, CONFIRMATORY_START + 1]
+    assert not set(record["seeds"]) & set(explored["seeds"])
+    assert record["exploratory"]["seeds"] == [0, 1] and record["exploratory"]["verdicts"] == explored["verdicts"]
+    assert all(not v["post_hoc"] for v in record["verdicts"])  # declared before these seeds were drawn
+    assert "confirmatory verdicts (seeds 1000000..1000001)" in out and "exploratory verdicts kept beside" in out
+    # the confirmatory seeds give other numbers than the development ones
+    assert record["curves"] != explored["curves"]
+    # re-declare one claim and confirm again on the same block: that claim is post hoc, the others are not
+    moved = tuple(dataclasses.replace(c, min_effect=0.01) if c.id == "fgm-beats-clean" else c for c in module.CLAIMS)
+    monkeypatch.setattr(module, "EXPERIMENT", dataclasses.replace(module.EXPERIMENT, claims=moved))
+    assert main([*args, "--confirm"]) == 0
+    again = json.loads((tmp_path / "fp-robustness.json").read_text())
+    flags = {v["claim_id"]: v["post_hoc"] for v in again["verdicts"]}
+    assert flags == {"fgm-beats-clean": True, "clean-beats-linear": False, "attacks-exact-on-linear": False}
+    assert again["exploratory"]["seeds"] == [0, 1]  # still the exploratory verdicts, carried forward

@@ -379,14 +379,15 @@ def test_row_config_gives_back_the_values_asked_for(tmp_path):
 
 
 def test_a_verdict_from_a_minority_of_runs_is_invalid_and_says_how_many_were_dropped():
-    flagged = [True] * 6 + [False] * 2
-    v = verdict([-0.3, -0.2, -0.4, -0.3, -0.1, -0.2, -0.3, -0.25], ">", flagged=flagged, min_effect=0.05, why="")
-    assert v["verdict"] == "invalid" and "6 of 8 runs were dropped" in v["invalid_reason"]
+    flagged = [True] * 10 + [False] * 5
+    values = [-0.3, -0.2, -0.4, -0.3, -0.1, -0.2, -0.3, -0.25, -0.2, -0.1, 0.3, 0.2, 0.4, 0.3, 0.35]
+    v = verdict(values, ">", flagged=flagged, min_effect=0.05, why="")
+    assert v["verdict"] == "invalid" and "10 of 15 runs were dropped" in v["invalid_reason"]
     text = describe_verdict(v)
-    assert "6 of 8 runs dropped" in text and "invalid:" in text
-    half = verdict([0.3, 0.2, 0.4, 0.3], ">", flagged=[True, True, False, False], min_effect=0.05)
+    assert "10 of 15 runs dropped" in text and "invalid:" in text
+    half = verdict([0.3, 0.2, 0.4, 0.3, 0.1, 0.2, 0.3, 0.25], ">", flagged=[True] * 4 + [False] * 4, min_effect=0.05)
     assert half["verdict"] != "invalid"  # half dropped: still a sample, and it says so
-    assert "2 of 4 runs dropped" in describe_verdict(half)
+    assert "4 of 8 runs dropped" in describe_verdict(half)
 
 
 def test_damaged_files_are_kept_listed_and_removable(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from purify.stats import exact_verdict, holm, mean_ci, verdict, with_original
+from purify.stats import MIN_SEEDS, accuracy_resolution, exact_verdict, holm, mean_ci, verdict
 
 SIGN = {"min_effect": 0.0, "why": "a test of the sign"}
 
@@ -26,11 +26,12 @@ def test_interval_matches_the_t_distribution():
     "values,direction,expected",
     [
         ([0.5, 0.6, 0.55, 0.52], ">", "holds"),
-        ([-0.5, -0.6, -0.55, -0.52], ">", "fails"),
+        ([-0.5, -0.6, -0.55, -0.52], ">", "opposite"),
         ([-0.1, 0.2, -0.05, 0.1], ">", "inconclusive"),
         ([-0.5, -0.6, -0.55, -0.52], "<", "holds"),
-        ([0.5, 0.6, 0.55, 0.52], "<", "fails"),
+        ([0.5, 0.6, 0.55, 0.52], "<", "opposite"),
         ([1.0], ">", "invalid"),
+        ([0.5, 0.6, 0.55], ">", "invalid"),  # three seeds: fewer than MIN_SEEDS
     ],
 )
 def test_verdicts(values, direction, expected):
@@ -40,8 +41,9 @@ def test_verdicts(values, direction, expected):
 def test_the_smallest_effect_of_interest_moves_the_edge():
     v = [0.03, 0.031, 0.029, 0.030, 0.032]  # clearly above 0, clearly below 0.05
     assert verdict(v, ">", 0.0, min_effect=0.01, why="x")["verdict"] == "holds"
-    assert verdict(v, ">", 0.0, min_effect=0.05, why="x")["verdict"] == "fails"  # real but smaller than declared
-    assert verdict([-x for x in v], "<", 0.0, min_effect=0.05, why="x")["verdict"] == "fails"
+    # real but smaller than declared: below the smallest effect, not the opposite of the claim
+    assert verdict(v, ">", 0.0, min_effect=0.05, why="x")["verdict"] == "below min effect"
+    assert verdict([-x for x in v], "<", 0.0, min_effect=0.05, why="x")["verdict"] == "below min effect"
     assert verdict([-x for x in v], "<", 0.0, min_effect=0.01, why="x")["verdict"] == "holds"
 
 
@@ -53,10 +55,10 @@ def test_a_sign_claim_must_say_why_and_min_effect_must_be_sane():
 
 
 def test_failed_runs_are_counted_not_hidden():
-    v = verdict([0.5, np.nan, 0.6, 0.55], ">", **SIGN)
-    assert v["n"] == 3 and v["n_failed_runs"] == 1 and v["verdict"] == "holds"
-    f = verdict([0.5, 0.4, 0.6, 0.55], ">", flagged=[False, True, False, False], **SIGN)
-    assert f["n"] == 3 and f["n_failed_runs"] == 1 and f["mean"] == pytest.approx(0.55)
+    v = verdict([0.5, np.nan, 0.6, 0.55, 0.52], ">", **SIGN)
+    assert v["n"] == 4 and v["n_failed_runs"] == 1 and v["verdict"] == "holds"
+    f = verdict([0.5, 0.4, 0.6, 0.55, 0.52], ">", flagged=[False, True, False, False, False], **SIGN)
+    assert f["n"] == 4 and f["n_failed_runs"] == 1 and f["mean"] == pytest.approx(0.5425)
 
 
 def test_broken_runs_give_invalid_not_a_verdict():
@@ -110,21 +112,64 @@ def test_holm_is_the_step_down_procedure():
 def test_exact_verdicts_fail_on_one_violation_and_skip_holm():
     assert exact_verdict(0, 4096, "never")["verdict"] == "holds"
     one = exact_verdict(1, 4096, "never")
-    assert one["verdict"] == "fails" and one["violations"] == 1 and one["exact"]
+    assert one["verdict"] == "opposite" and one["violations"] == 1 and one["exact"]
     assert exact_verdict(0, 0, "never")["verdict"] == "invalid"
-    fam = holm([one, verdict([0.5, 0.6, 0.55], ">", **SIGN)])
-    assert fam[0]["verdict"] == "fails" and "family_size" not in fam[0] and fam[1]["family_size"] == 1
+    fam = holm([one, verdict([0.5, 0.6, 0.55, 0.52], ">", **SIGN)])
+    assert fam[0]["verdict"] == "opposite" and "family_size" not in fam[0] and fam[1]["family_size"] == 1
 
 
-def test_post_hoc_rules_carry_the_original():
-    orig = verdict([0.01, 0.02, 0.015], ">", **SIGN)
-    new = verdict([0.5, 0.6, 0.55], ">", post_hoc="chosen after seeing results", **SIGN)
-    with pytest.raises(ValueError, match="not marked post_hoc"):
-        with_original(orig, new)
-    v = holm([with_original(new, orig)])[0]
+def test_post_hoc_rules_say_so():
+    v = holm([verdict([0.5, 0.6, 0.55, 0.52], ">", post_hoc="chosen after seeing results", **SIGN)])[0]
     assert v["post_hoc"] and v["post_hoc_reason"] == "chosen after seeing results"
-    assert v["original"]["mean"] == pytest.approx(0.015) and "verdict" in v["original"]
-    assert not verdict([1.0, 2.0], ">", **SIGN)["post_hoc"]
+    assert not verdict([1.0, 2.0, 3.0, 4.0], ">", **SIGN)["post_hoc"]
+
+
+def test_below_min_effect_and_opposite_split_what_used_to_be_fails():
+    """Interval entirely between the threshold and threshold + delta: below min effect; entirely
+    on the wrong side of the threshold: opposite; short of the edge but straddling the threshold:
+    still below min effect (any effect is smaller than delta), never opposite."""
+    small = [0.011, 0.012, 0.010, 0.011, 0.013, 0.009]  # +0.011, CI well inside (0, 0.05)
+    assert verdict(small, ">", 0.0, min_effect=0.05, why="x")["verdict"] == "below min effect"
+    wrong = [-0.03, -0.031, -0.029, -0.030]
+    assert verdict(wrong, ">", 0.0, min_effect=0.05, why="x")["verdict"] == "opposite"
+    straddle = [0.02, -0.01, 0.015, -0.005, 0.01, 0.0]  # CI about (-0.01, +0.02): short of 0.05, across 0
+    assert verdict(straddle, ">", 0.0, min_effect=0.05, why="x")["verdict"] == "below min effect"
+    # with delta = 0 there is no room between: short of the threshold is the opposite
+    assert verdict(wrong, ">", 0.0, **SIGN)["verdict"] == "opposite"
+    # Holm can weaken the threshold test: an opposite at its raw level stays at least below min effect
+    fam = holm([verdict([-0.004, -0.006, -0.005, -0.0045], ">", 0.0, min_effect=0.05, why="x")] * 1)
+    assert fam[0]["verdict"] in ("opposite", "below min effect")
+
+
+def test_a_statistic_with_no_spread_is_not_certain():
+    """1.00 against 1.00 in every seed: the difference has zero spread, but each accuracy was
+    measured on n_eval examples; the floor resolution/sqrt(n) keeps the interval honest."""
+    zero = [0.0] * 6
+    bare = verdict(zero, ">", 0.0, min_effect=0.02, why="x")
+    assert bare["p_value"] == 0.0 and bare["verdict"] == "below min effect"  # the old certainty from a ceiling
+    r = accuracy_resolution(1024, 2)
+    assert r == pytest.approx(0.5 * np.sqrt(2 / 1024))
+    floored = verdict(zero, ">", 0.0, min_effect=0.02, why="x", resolution=r)
+    assert floored["se"] == pytest.approx(r / np.sqrt(6)) and floored["p_value"] > 0
+    lo, hi = floored["ci95"]
+    assert lo == pytest.approx(-st.t.ppf(0.975, 5) * r / np.sqrt(6)) and hi == pytest.approx(-lo)
+    assert floored["verdict"] == "inconclusive"  # 0.018 half-width reaches past 0.02: no certainty either way
+    # a real spread larger than the floor is left alone
+    spread = [0.1, 0.2, 0.15, 0.12, 0.18, 0.11]
+    assert verdict(spread, ">", **SIGN, resolution=r)["se"] == pytest.approx(np.std(spread, ddof=1) / np.sqrt(6))
+
+
+def test_fewer_than_min_seeds_is_invalid_with_the_reason():
+    v = verdict([0.5, 0.6, 0.55], ">", **SIGN)
+    assert MIN_SEEDS == 4 and v["verdict"] == "invalid" and "a verdict needs 4" in v["invalid_reason"]
+
+
+def test_a_failed_gate_makes_the_verdict_invalid_and_names_it():
+    gates = {"trained": {"passed": False, "detail": "2 of 6 runs miss it"}}
+    v = verdict([0.5, 0.6, 0.55, 0.52, 0.58, 0.51], ">", **SIGN, gates=gates)
+    assert v["verdict"] == "invalid" and "gate 'trained' failed: 2 of 6 runs miss it" in v["invalid_reason"]
+    ok = verdict([0.5, 0.6, 0.55, 0.52], ">", **SIGN, gates={"trained": {"passed": True, "detail": ""}})
+    assert ok["verdict"] == "holds" and ok["gates"]["trained"]["passed"]
 
 
 def test_slopes_recover_a_power_law_per_seed_and_drop_broken_seeds():

@@ -1,0 +1,206 @@
+"""Claims as data: declaration, hash, the runner's decisions, gates, confirmation and provenance."""
+
+import dataclasses
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from purify import claims
+from purify.claims import (
+    CONFIRMATORY_START,
+    DEVELOPMENT_SEEDS_BELOW,
+    SET_AFTER_RESULTS,
+    Claim,
+    confirmation_status,
+    decide,
+    statistic,
+)
+from purify.experiment import all_experiments
+
+GAIN = Claim(
+    "gain",
+    "FGM beats clean at tau={tau:g}",
+    min_effect=0.02,
+    why="two accuracy points",
+    models=("clean net", "FGM net"),
+    resolution="accuracy difference",
+    gates=("above chance", "trained"),
+)
+ALL = np.ones(6, bool)
+VALUES = [0.05, 0.06, 0.07, 0.05, 0.065, 0.055]
+
+
+def test_every_experiment_declares_well_formed_claims_with_unique_ids():
+    exps = all_experiments()
+    for exp in exps.values():
+        assert exp.claims, f"{exp.id} declares no claims"
+        ids = [c.id for c in exp.claims]
+        assert len(ids) == len(set(ids)), exp.id
+        for c in exp.claims:
+            assert c.models and (c.exact or c.why)
+            assert c.replaces is None or c.replaces in ids, (exp.id, c.id)
+            # every claim now in force was set after the exploratory results: it says so
+            assert c.chosen_after and c.chosen_after.startswith(SET_AFTER_RESULTS), (exp.id, c.id)
+
+
+def test_the_hash_names_the_declaration_and_ignores_commentary():
+    h = GAIN.digest()
+    assert len(h) == 16 and h == Claim(**dataclasses.asdict(GAIN)).digest()
+    assert dataclasses.replace(GAIN, note="a remark").digest() == h
+    for change in ({"min_effect": 0.03}, {"threshold": 0.01}, {"why": "other"}, {"gates": ("above chance",)}):
+        assert dataclasses.replace(GAIN, **change).digest() != h, change
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"direction": ">="}, "direction"),
+        ({"min_effect": -0.1}, "min_effect"),
+        ({"why": ""}, "why is required"),
+        ({"resolution": "loss"}, "resolution"),
+        ({"gates": ("converged",)}, "gates"),
+        ({"models": ()}, "models is required"),
+    ],
+)
+def test_a_malformed_claim_is_refused_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(GAIN, **kwargs)
+
+
+def test_the_runner_decides_fills_the_text_and_records_the_hash():
+    (v,) = decide((GAIN,), [statistic("gain", VALUES, gates={"trained": ALL}, tau=0.25)], n_eval=1024)
+    assert v["verdict"] == "holds" and v["claim"] == "FGM beats clean at tau=0.25"
+    assert v["claim_id"] == "gain" and v["claim_hash"] == GAIN.digest() and v["models"] == list(GAIN.models)
+    assert v["post_hoc"] and v["post_hoc_reason"] == SET_AFTER_RESULTS  # exploratory: set after the results
+    assert v["resolution"] == pytest.approx(0.5 * np.sqrt(2 / 1024))
+    (c,) = decide(
+        (GAIN,), [statistic("gain", VALUES, gates={"trained": ALL}, tau=0.25)], n_eval=1024, phase="confirmatory"
+    )
+    assert not c["post_hoc"] and c["verdict"] == "holds"
+
+
+def test_an_undeclared_statistic_or_a_missing_gate_is_an_error():
+    with pytest.raises(ValueError, match="not declared"):
+        decide((GAIN,), [statistic("other", VALUES)], n_eval=1024)
+    with pytest.raises(ValueError, match="lacks gate 'trained'"):
+        decide((GAIN,), [statistic("gain", VALUES, tau=0.25)], n_eval=1024)
+
+
+def test_an_under_trained_run_makes_the_verdict_invalid_naming_the_gate():
+    trained = ALL.copy()
+    trained[2] = False
+    (v,) = decide((GAIN,), [statistic("gain", VALUES, gates={"trained": trained}, tau=0.25)], n_eval=1024)
+    assert v["verdict"] == "invalid" and "gate 'trained' failed: 1 of 6" in v["invalid_reason"]
+    assert not v["gates"]["trained"]["passed"] and v["gates"]["above chance"]["passed"]
+    # a run already dropped (flagged) is not counted against the gate
+    flagged = ~trained
+    (w,) = decide(
+        (GAIN,), [statistic("gain", VALUES, flagged=flagged, gates={"trained": trained}, tau=0.25)], n_eval=1024
+    )
+    assert w["gates"]["trained"]["passed"] and w["n"] == 5 and w["verdict"] == "holds"
+
+
+def test_more_than_half_at_chance_fails_the_above_chance_gate():
+    flagged = np.array([1, 1, 1, 1, 0, 0], bool)
+    (v,) = decide((GAIN,), [statistic("gain", VALUES, flagged=flagged, gates={"trained": ALL}, tau=0.25)], n_eval=1024)
+    assert v["verdict"] == "invalid" and not v["gates"]["above chance"]["passed"]
+
+
+def test_a_claim_changed_after_confirmation_is_post_hoc():
+    stat = [statistic("gain", VALUES, gates={"trained": ALL}, tau=0.25)]
+    (v,) = decide((GAIN,), stat, n_eval=1024, phase="confirmatory", frozen={"gain": GAIN.digest()})
+    assert not v["post_hoc"]
+    moved = dataclasses.replace(GAIN, min_effect=0.01)
+    (w,) = decide((moved,), stat, n_eval=1024, phase="confirmatory", frozen={"gain": GAIN.digest()})
+    assert w["post_hoc"] and GAIN.digest() in w["post_hoc_reason"] and moved.digest() in w["post_hoc_reason"]
+    record = {"phase": "confirmatory", "verdicts": [v]}
+    assert confirmation_status((GAIN,), record) == {"gain": "confirmed"}
+    assert confirmation_status((moved,), record) == {"gain": "changed since confirmation"}
+    assert confirmation_status((GAIN,), {"phase": "exploratory", "verdicts": [v]}) == {"gain": "exploratory only"}
+
+
+def test_a_replaced_rule_rides_along_as_the_original_of_its_successor():
+    old = Claim("old", "old rule at n={n}", min_effect=0.0, why="the sign", models=("m",), gates=())
+    new = dataclasses.replace(old, id="new", text="new rule at n={n}", min_effect=0.02, replaces="old")
+    stats_ = [
+        statistic("new", VALUES, n=1),
+        statistic("old", [0.01, 0.02, 0.015, 0.012], n=1),
+        statistic("new", VALUES, n=2),
+        statistic("old", [0.01, 0.02, 0.015, 0.012], n=2),
+    ]
+    out = decide((new, old), stats_, n_eval=1024)
+    assert [v["claim"] for v in out] == ["new rule at n=1", "new rule at n=2"]
+    assert all(v["original"]["claim_id"] == "old" for v in out)
+    assert out[0]["original"]["claim"] == "old rule at n=1" and out[1]["family_size"] == 2
+    with pytest.raises(ValueError, match="without their successor"):
+        decide((new, old), stats_[1:2], n_eval=1024)
+
+
+def test_families_are_adjusted_separately():
+    a = dataclasses.replace(GAIN, id="a", gates=(), family="one")
+    b = dataclasses.replace(GAIN, id="b", gates=(), family="two")
+    out = decide((a, b), [statistic("a", VALUES, tau=0.1), statistic("b", VALUES, tau=0.1)], n_eval=1024)
+    assert [v["family"] for v in out] == ["one", "two"] and all(v["family_size"] == 1 for v in out)
+
+
+def test_the_confirmatory_block_is_disjoint_from_every_development_seed():
+    assert claims.confirmatory_seeds(3) == [CONFIRMATORY_START, CONFIRMATORY_START + 1, CONFIRMATORY_START + 2]
+    assert CONFIRMATORY_START >= DEVELOPMENT_SEEDS_BELOW
+    from pathlib import Path
+
+    for path in sorted(Path("figures").glob("*.json")):
+        record = json.loads(path.read_text())
+        seeds = record.get("seeds") or []
+        if record.get("phase") == "confirmatory":
+            assert min(seeds) >= CONFIRMATORY_START, path
+            assert max(record["exploratory"]["seeds"]) < DEVELOPMENT_SEEDS_BELOW, path
+        else:
+            assert all(s < DEVELOPMENT_SEEDS_BELOW for s in seeds), path
+
+
+# -- provenance: the dirty flag ------------------------------------------------------------------
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_git_state_flags_a_dirty_tree_and_hashes_the_difference(tmp_path):
+    from purify.provenance import git_state
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert git_state(plain) == {"commit": None, "dirty": None, "diff_sha256": None}  # not a git tree
+    tmp_path = tmp_path / "repo"
+    tmp_path.mkdir()
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@t")
+    _git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "commit", "-qm", "one")
+    clean = git_state(tmp_path)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["commit"]) == 40
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "x.json").write_text("{}")  # a record written by a run is an output, not code
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    one = git_state(tmp_path)
+    assert one["dirty"] is True and len(one["diff_sha256"]) == 64
+    (tmp_path / "b.py").write_text("y = 1\n")  # an untracked source file changes the state too
+    two = git_state(tmp_path)
+    assert two["dirty"] and two["diff_sha256"] != one["diff_sha256"]
+
+
+def test_figures_rerun_into_figures_refuses_a_dirty_tree(monkeypatch, capsys):
+    from purify import provenance
+    from purify.cli import main
+
+    monkeypatch.setattr(
+        provenance, "git_state", lambda where=None: {"commit": "abc", "dirty": True, "diff_sha256": "d"}
+    )
+    assert main(["figures", "--rerun", "--only", "fp-robustness"]) == 2
+    err = capsys.readouterr().err
+    assert "dirty working tree" in err and "--allow-dirty" in err and "--out DIR" in err
