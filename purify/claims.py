@@ -59,8 +59,8 @@ RESOLUTIONS = {
 GATES = {
     "above chance": "no more than half of the runs entering the statistic are dropped as failed, diverged, at "
     "chance (clean accuracy <= 0.6) or collapsed; the dropped ones are excluded and counted",
-    "trained": "every run entering the statistic has converged: its clean accuracy moved by at most "
-    "TRAINED_DRIFT over the last 20% of its logged steps",
+    "trained": "every run entering the statistic has settled: its clean accuracy moved by at most "
+    "TRAINED_DRIFT over the last fifth of training (from the last log step at or before 80% of the steps)",
 }
 TRAINED_DRIFT = 0.02  # two accuracy points over the last fifth of training: the accuracy has settled
 

@@ -180,9 +180,11 @@ class Results:
 
     def trained(self, drift: float | None = None, tail: float = 0.2) -> np.ndarray:
         """Boolean mask over (hparam, seed): runs whose held-out clean accuracy moved by at most
-        `drift` (default `purify.claims.TRAINED_DRIFT`) over the last `tail` of their logged
-        steps (max minus min over that stretch, averaged over tasks): training had settled. A
-        run logged at fewer than 2 points of that stretch counts as not shown to have settled."""
+        `drift` (default `purify.claims.TRAINED_DRIFT`) over the last `tail` of training (max
+        minus min from the last log step at or before step (1 - tail) x steps to the end,
+        averaged over tasks): training had settled. Log steps are spaced geometrically, so the
+        stretch starts at the log step just before the last fifth; a run logged only at its
+        end is not shown to have settled."""
         from .claims import TRAINED_DRIFT
 
         drift = TRAINED_DRIFT if drift is None else drift
@@ -193,10 +195,10 @@ class Results:
         dims.remove("time")
         rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
         steps = np.asarray(self.steps, float)
-        last = steps >= steps[-1] - tail * (steps[-1] - steps[0])
-        if last.sum() < 2:
+        before = np.flatnonzero(steps <= steps[0] + (1 - tail) * (steps[-1] - steps[0]))
+        if len(steps) < 2 or not len(before) or before[-1] == len(steps) - 1:
             return np.zeros(self["failed_step"].shape, bool)
-        window = acc[..., last]
+        window = acc[..., before[-1] :]
         moved = window.max(-1) - window.min(-1)
         moved = moved.mean(axis=rest) if rest else moved
         return moved <= drift

@@ -204,3 +204,36 @@ def test_figures_rerun_into_figures_refuses_a_dirty_tree(monkeypatch, capsys):
     assert main(["figures", "--rerun", "--only", "fp-robustness"]) == 2
     err = capsys.readouterr().err
     assert "dirty working tree" in err and "--allow-dirty" in err and "--out DIR" in err
+
+
+def test_results_trained_measures_the_drift_over_the_last_fifth_of_training():
+    """Log steps 0, 10, 100, 700, 1000: the last fifth starts at the log step at or before 800
+    (700), so the drift of a run is max - min of its clean accuracy at 700 and 1000."""
+    from purify import Results
+
+    steps = np.array([0, 10, 100, 700, 1000])
+    acc = np.array(
+        [
+            [[0.5, 0.6, 0.9, 0.950, 0.960]],  # moved 0.010 at the end: settled
+            [[0.5, 0.6, 0.7, 0.900, 0.950]],  # moved 0.050: still learning
+            [[0.5, 0.6, 0.9, 0.950, 0.935]],  # fell 0.015: settled
+        ]
+    ).transpose(1, 0, 2)  # (hparam 1, seed 3, time 5)
+    res = Results(
+        {"clean_acc": acc, "failed_step": np.full((1, 3), -1)},
+        {"clean_acc": ("hparam", "seed", "time"), "failed_step": ("hparam", "seed")},
+        {"hparam": np.arange(1), "seed": np.arange(3), "time": steps},
+        {},
+        {},
+    )
+    assert res.trained().tolist() == [[True, False, True]]
+    assert res.trained(drift=0.005).tolist() == [[False, False, False]]
+    ended_only = Results(
+        {"clean_acc": acc[..., [0, 4]], "failed_step": np.full((1, 3), -1)},
+        res.dims,
+        {**res.coords, "time": steps[[0, 4]]},
+        {},
+        {},
+    )
+    # logged at 0 and 1000 only: the stretch is the whole run, its learning included
+    assert ended_only.trained().tolist() == [[False, False, False]]
