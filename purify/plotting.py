@@ -32,11 +32,22 @@ def flagged_note(record: dict, limit: int = 6) -> str:
     return "flagged runs, left out of every verdict: " + "; ".join(parts)
 
 
+def seeds_note(record: dict) -> str:
+    """Which seeds the figure shows and what they are: exploratory (the development seeds, on
+    which the rules were set) or confirmatory (drawn once the claims were frozen)."""
+    seeds = record.get("seeds") or []
+    span = f"seeds {seeds[0]}..{seeds[-1]}" if seeds else "no seeds"
+    if record.get("phase") == "confirmatory":
+        return f"{span}: confirmatory (drawn after the claims were frozen; the exploratory verdicts are in the JSON)"
+    return f"{span}: exploratory (the development seeds; their verdicts are post hoc)"
+
+
 def mark_flagged(fig, record: dict) -> str:
-    """Write `flagged_note` under the figure; returns the text."""
+    """Write `flagged_note` and `seeds_note` under the figure; returns the text."""
     text = flagged_note(record)
     any_flagged = bool(record.get("failed_runs") or record.get("chance_runs"))
     fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=8, color="tab:red" if any_flagged else "0.25")
+    fig.text(0.5, -0.035, seeds_note(record), ha="center", va="top", fontsize=8, color="0.25")
     return text
 
 

@@ -237,3 +237,25 @@ def test_results_trained_measures_the_drift_over_the_last_fifth_of_training():
     )
     # logged at 0 and 1000 only: the stretch is the whole run, its learning included
     assert ended_only.trained().tolist() == [[False, False, False]]
+
+
+def test_the_readme_verdicts_table_is_generated_from_the_records():
+    """No verdict in the README is typed by hand: its table is `purify claims --table`'s."""
+    from pathlib import Path
+
+    from purify.cli import VERDICTS_BEGIN, VERDICTS_END, verdicts_table
+
+    text = Path("README.md").read_text()
+    block = text.split(VERDICTS_BEGIN, 1)[1].split(VERDICTS_END, 1)[0].strip()
+    assert block == verdicts_table(Path("figures")), "rerun `purify claims --table --readme README.md`"
+
+
+def test_every_figure_says_which_seeds_it_shows():
+    from purify.plotting import seeds_note
+
+    assert (
+        seeds_note({"seeds": [0, 1, 2, 3]})
+        == "seeds 0..3: exploratory (the development seeds; their verdicts are post hoc)"
+    )
+    conf = seeds_note({"seeds": [CONFIRMATORY_START, CONFIRMATORY_START + 7], "phase": "confirmatory"})
+    assert conf.startswith("seeds 1000000..1000007: confirmatory")
