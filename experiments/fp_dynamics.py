@@ -11,8 +11,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
+from purify.evaluate import reference_gaps
 from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import window
 from purify.store import fingerprint
@@ -49,7 +51,7 @@ CLAIMS = (
         why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
         models=NETS,
         resolution="accuracy difference",
-        gates=("above chance", "trained"),
+        gates=("above chance", "trained", "attack converged"),
     ),
     Claim(
         "stays-accurate",
@@ -100,10 +102,18 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     pair = flagged[0] | flagged[1]
     trained = res.trained()
     gates = {"trained": trained[0] & trained[1]}
+    attack_gap = reference_gaps(cfg, res, make_task(cfg.data), (eval_tau,), rows=(0, 1))[..., 0].max(0)
     statistics = [
         statistic("purity-rises", diff("purity_nw"), flagged=pair, gates=gates),
         statistic("rho-falls", diff("rho_nw"), flagged=pair, gates=gates),
-        statistic("robust-rises", diff("robust_acc"), flagged=pair, gates=gates, norm=cfg.eval.norm, tau=eval_tau),
+        statistic(
+            "robust-rises",
+            diff("robust_acc"),
+            flagged=pair,
+            gates={**gates, "attack converged": attack_gap},
+            norm=cfg.eval.norm,
+            tau=eval_tau,
+        ),
         statistic(
             "stays-accurate", final["clean_acc"]["adversarial"] - 0.9, flagged=flagged[1], gates={"trained": trained[1]}
         ),
@@ -133,6 +143,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "chance_runs": chance,
         "constant_predictor_final": {"clean": constant[0].tolist(), "adversarial": constant[1].tolist()},
         "trained": trained.tolist(),
+        "attack_gap_reference": attack_gap.tolist(),
         "statistics": statistics,
     }
 

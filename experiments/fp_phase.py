@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
+from purify.evaluate import reference_gaps
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.stats import mean_ci
 
@@ -25,7 +27,7 @@ CLAIMS = (
         why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
         models=("clean-trained net", "FGM-trained net (per k, d and tau)"),
         resolution="accuracy difference",
-        gates=("above chance", "trained"),
+        gates=("above chance", "trained", "attack converged"),
     ),
 )
 
@@ -35,6 +37,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     ds = tuple(ctx.options["ds"] or (cfg.data.d,))  # None: the config's d
     gap = np.full((len(ds), len(ks), len(taus), len(seeds)), np.nan)
     trained = np.zeros(gap.shape, bool)
+    attack_gap = np.full((len(ds), len(ks), len(seeds)), np.nan)  # at the mid-window radius
     flag = np.zeros(gap.shape, bool)  # the pair (clean row, row j) has a failed, diverged or at-chance run
     clean_acc = np.full_like(gap, np.nan)
     rho_sqrt_k = np.full((len(ds), len(ks), len(seeds)), np.nan)
@@ -48,6 +51,9 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             final = res["robust_acc"][:, :, -1, :]  # (1 + n_tau rows, seeds, n_tau eval radii)
             flagged = res.flagged()
             settled = res.trained()
+            mid = np.sqrt((1 / np.sqrt(d)) * (1 / np.sqrt(k)))
+            jm = int(np.argmin(np.abs(np.log(np.asarray(taus) / mid))))
+            attack_gap[a, b] = reference_gaps(c, res, make_task(c.data), (taus[jm],), rows=(0, 1 + jm))[..., 0].max(0)
             for j in range(len(taus)):
                 trained[a, b, j] = settled[0] & settled[1 + j]
                 gap[a, b, j] = final[1 + j, :, j] - final[0, :, j]
@@ -66,7 +72,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                     "gap-mid-window",
                     gap[a, b, j],
                     flagged=flag[a, b, j],
-                    gates={"trained": trained[a, b, j]},
+                    gates={"trained": trained[a, b, j], "attack converged": attack_gap[a, b]},
                     d=d,
                     k=k,
                     tau=float(taus[j]),
@@ -95,6 +101,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "radii_where_gap_is_significant": boundary,
         "failed_runs": failed,
         "chance_runs": chance,
+        "attack_gap_reference": attack_gap.tolist(),
         "statistics": statistics,
     }
 

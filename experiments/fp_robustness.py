@@ -14,7 +14,7 @@ import numpy as np
 from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
-from purify.evaluate import landmark_curves, network_curves
+from purify.evaluate import landmark_curves, network_curves, reference_gaps
 from purify.experiment import Context, Experiment, main_for
 from purify.landmarks import linear_robust_accuracy, window
 
@@ -30,7 +30,7 @@ CLAIMS = (
         why=ACC,
         models=NETS,
         resolution="accuracy difference",
-        gates=("above chance", "trained"),
+        gates=("above chance", "trained", "attack converged"),
     ),
     Claim(
         "clean-beats-linear",
@@ -39,7 +39,7 @@ CLAIMS = (
         why=ACC,
         models=(NETS[0], "best linear classifier (exact)"),
         resolution="accuracy",
-        gates=("above chance", "trained"),
+        gates=("above chance", "trained", "attack converged"),
     ),
     Claim(
         "attacks-exact-on-linear",
@@ -80,19 +80,20 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     j = int(np.flatnonzero(inside)[len(np.flatnonzero(inside)) // 2]) if inside.any() else int(len(taus) // 2)
     flagged = res.flagged()
     trained = res.trained()
+    gap = reference_gaps(cfg, res, task, (float(taus[j]),), rows=(0, 1))[..., 0]  # (2, S)
     statistics = [
         statistic(
             "fgm-beats-clean",
             nets["robust"][1][:, j] - nets["robust"][0][:, j],
             flagged=flagged[0] | flagged[1],
-            gates={"trained": trained[0] & trained[1]},
+            gates={"trained": trained[0] & trained[1], "attack converged": gap.max(0)},
             tau=float(taus[j]),
         ),
         statistic(
             "clean-beats-linear",
             nets["robust"][0][:, j] - lm["linear_exact"][:, j],
             flagged=flagged[0],
-            gates={"trained": trained[0]},
+            gates={"trained": trained[0], "attack converged": gap[0]},
             tau=float(taus[j]),
         ),
         statistic("attacks-exact-on-linear", np.abs(lm["linear_attacked"] - lm["linear_exact"]).max(axis=1)),
@@ -117,6 +118,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "constant_predictor_accuracy": lm["constant"][:, 0].tolist(),
         "fgm_minus_constant_at_verdict_tau": (nets["robust"][1][:, j] - lm["constant"][:, j]).tolist(),
         "trained": trained.tolist(),
+        "attack_gap_reference": gap.tolist(),
         "statistics": statistics,
     }
 

@@ -59,10 +59,15 @@ RESOLUTIONS = {
 GATES = {
     "above chance": "no more than half of the runs entering the statistic are dropped as failed, diverged, at "
     "chance (clean accuracy <= 0.6) or collapsed; the dropped ones are excluded and counted",
+    "attack converged": "the robust accuracies the statistic reads were re-measured with the reference attack "
+    "(APGD from the FGM point, the dense direction and random starts, and a gradient-free random search) on a "
+    "subsample of the same models and inputs: the upper 95% bound of the mean gap (default - reference) lies below "
+    "half the claim's smallest effect, and at most ATTACK_TOLERANCE where that is 0",
     "trained": "every run entering the statistic has settled: its clean accuracy moved by at most "
     "TRAINED_DRIFT over the last fifth of training (from the last log step at or before 80% of the steps)",
 }
 TRAINED_DRIFT = 0.02  # two accuracy points over the last fifth of training: the accuracy has settled
+ATTACK_TOLERANCE = 0.01  # the attack gap allowed for a claim whose smallest effect is 0 (attack-audit's rule)
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ def statistic(
     values (S,): one value per seed; flagged (S,) bool: runs dropped (failed, diverged, at
     chance); n_eval: the evaluation-set size behind an accuracy (default: the config's);
     gates: {gate: (S,) bool of runs that pass it} for the claim's gates other than
-    'above chance'; pair_key: what pairs a replaced claim's instance with its successor's
+    'above chance', and for 'attack converged' the (S,) per-seed attack gap (the largest over
+    the models the statistic reads, `purify.evaluate.reference_gaps`); pair_key: what pairs a replaced claim's instance with its successor's
     (default: equal `where`); where: the values that fill the claim's text (d=64, tau=0.25).
     """
     v = np.asarray(values, float).ravel()
@@ -142,7 +148,9 @@ def statistic(
     if n_eval is not None:
         out["n_eval"] = int(n_eval)
     if gates:
-        out["gates"] = {g: np.asarray(m, bool).ravel().tolist() for g, m in gates.items()}
+        out["gates"] = {
+            g: np.asarray(m, float if g == "attack converged" else bool).ravel().tolist() for g, m in gates.items()
+        }
     if pair_key is not None:
         out["pair_key"] = str(pair_key)
     return out
@@ -178,6 +186,18 @@ def _gate_outcomes(claim: Claim, stat: dict, values: np.ndarray, dropped: np.nda
         masks = stat.get("gates", {})
         if g not in masks:
             raise ValueError(f"the statistic of claim {claim.id!r} lacks gate {g!r}: the experiment must measure it")
+        if g == "attack converged":
+            gap = np.asarray(masks[g], float)[~dropped]
+            _, _, hi = stats.mean_ci(gap)
+            tol = claim.min_effect / 2 if claim.min_effect > 0 else ATTACK_TOLERANCE
+            out[g] = {
+                "passed": bool(math.isfinite(hi) and hi < tol),
+                "detail": f"mean gap {np.mean(gap) if len(gap) else math.nan:+.4f}, upper 95% bound {hi:+.4f} "
+                f"against {tol:g}",
+                "gap_upper95": hi,
+                "tolerance": tol,
+            }
+            continue
         ok = np.asarray(masks[g], bool)
         used = ~dropped
         bad = int((~ok & used).sum())

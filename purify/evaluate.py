@@ -82,3 +82,37 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
     kd, ka = zip(*(eval_keys(s) for s in seeds))
     out = jax.jit(jax.vmap(one))(jnp.stack(kd), jnp.stack(ka))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+# The reference attack of the "attack converged" gate (as in attack-audit): APGD, 100 steps,
+# 10 starts (FGM point, dense direction, random), beside a 500-query random search, on the first
+# REFERENCE_N examples of each run's evaluation batch.
+REFERENCE_N = 256
+REFERENCE_STEPS, REFERENCE_RESTARTS = 100, 10
+
+
+def reference_gaps(cfg: Config, res: Results, task: Task, taus, rows, n: int = REFERENCE_N, t: int = 0) -> np.ndarray:
+    """How much the default evaluation overstates robust accuracy, per run: (len(rows), S,
+    n_tau) = default minus reference robust accuracy (`attacks.audited_accuracy`) of the sweep's
+    final networks of grid `rows`, on the first n examples of each run's evaluation batch."""
+    run, spec = Run(cfg), eval_spec(cfg, taus)
+    n = min(int(n), cfg.eval.n_eval)
+
+    def one(params, seed_key_data, seed_key_attack, noise, beta):
+        x, _, y = sample(seed_key_data, cfg.data, task, cfg.eval.n_eval, noise)
+        x, y = x[:n], y[:n]
+        margin = lambda v: y[:, t] * run.logits(params, v, beta)[:, t]
+        key = jax.random.fold_in(seed_key_attack, 0xA0D)
+        default, strong = attacks.audited_accuracy(
+            margin, x, y[:, t], task.label_directions[t], key, spec, REFERENCE_STEPS, REFERENCE_RESTARTS
+        )
+        return default - strong
+
+    rows = list(rows)
+    params = {k: v[jnp.asarray(rows)] for k, v in final_params(res).items()}
+    S = res["W_final"].shape[1]
+    kd, ka = zip(*(eval_keys(s) for s in res.coords["seed"]))
+    kd, ka = jnp.stack(kd), jnp.stack(ka)
+    per_run = lambda name: jnp.asarray(np.broadcast_to(np.asarray(res.hp[name])[rows].reshape(-1, 1), (len(rows), S)))
+    f = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0)), in_axes=(0, None, None, 0, 0)))
+    return np.asarray(f(params, kd, ka, per_run("noise"), per_run("beta")))

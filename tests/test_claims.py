@@ -259,3 +259,20 @@ def test_every_figure_says_which_seeds_it_shows():
     )
     conf = seeds_note({"seeds": [CONFIRMATORY_START, CONFIRMATORY_START + 7], "phase": "confirmatory"})
     assert conf.startswith("seeds 1000000..1000007: confirmatory")
+
+
+def test_the_attack_gate_bounds_the_gap_by_half_the_smallest_effect():
+    """The upper 95% bound of the mean gap (default - reference) must lie below min_effect / 2
+    (0.01 for GAIN's 0.02); a claim with min_effect 0 uses ATTACK_TOLERANCE."""
+    claim = dataclasses.replace(GAIN, gates=("above chance", "attack converged"))
+    small = [0.002, 0.004, 0.0, 0.003, 0.001, 0.002]  # mean 0.002, upper bound about 0.0036
+    (v,) = decide((claim,), [statistic("gain", VALUES, gates={"attack converged": small}, tau=0.25)], n_eval=1024)
+    g = v["gates"]["attack converged"]
+    assert g["passed"] and g["tolerance"] == 0.01 and g["gap_upper95"] < 0.005 and v["verdict"] == "holds"
+    wide = [0.0, 0.02, 0.0, 0.015, 0.0, 0.012]  # mean 0.0078 below 0.01, but its upper bound is above
+    (w,) = decide((claim,), [statistic("gain", VALUES, gates={"attack converged": wide}, tau=0.25)], n_eval=1024)
+    assert not w["gates"]["attack converged"]["passed"] and w["verdict"] == "invalid"
+    assert "gate 'attack converged' failed" in w["invalid_reason"]
+    zero = dataclasses.replace(claim, min_effect=0.0, why="the tolerance is the claim")
+    (z,) = decide((zero,), [statistic("gain", VALUES, gates={"attack converged": small}, tau=0.25)], n_eval=1024)
+    assert z["gates"]["attack converged"]["tolerance"] == claims.ATTACK_TOLERANCE
