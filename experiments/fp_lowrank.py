@@ -14,7 +14,7 @@ import numpy as np
 from purify import Results, make_task
 from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
-from purify.evaluate import network_curves
+from purify.evaluate import network_curves, reference_gaps
 from purify.experiment import Context, Experiment, Option, main_for
 
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
@@ -52,7 +52,7 @@ CLAIMS = (
         min_effect=0.0,
         why="the claim is a majority of the gain",
         models=("rank-r FGM-trained net", "FGM-trained net", "clean-trained net"),
-        gates=TRAINED,
+        gates=(*TRAINED, "attack converged"),
     ),
 )
 
@@ -83,14 +83,18 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     per_rank, failed = {}, np.argwhere(full.failed()).tolist()
     chance = np.argwhere(full.at_chance()).tolist()
     base_flag = full.flagged()
+    task, eval_tau = make_task(cfg.data), (cfg.eval.taus[0],)
+    base_gap = reference_gaps(full_cfg, full, task, eval_tau, rows=(0, 1))[..., 0].max(0)  # (S,)
     for r in ranks:
-        res = ctx.sweep(cfg.set(**{"train.adv_rank": r}), grid={"tau": [cfg.hp.tau]}, seeds=seeds)
+        rcfg = cfg.set(**{"train.adv_rank": r})
+        res = ctx.sweep(rcfg, grid={"tau": [cfg.hp.tau]}, seeds=seeds)
         per_rank_flag = res.flagged()[0] | base_flag[0] | base_flag[1]
         rob = res["robust_acc"][0, :, -1, 0]
         per_rank[r] = {
             "robust_acc": rob,
             "recovered": (rob - clean_rob) / (full_rob - clean_rob),
             "flagged": per_rank_flag,
+            "attack_gap": np.maximum(base_gap, reference_gaps(rcfg, res, task, eval_tau, rows=(0,))[0, :, 0]),
         }
         failed += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.failed())]
         chance += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.at_chance())]
@@ -109,7 +113,13 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         statistic("label-aligned", a_adv[:, 0], flagged=pair, gates=pair_gates),
         statistic("one-direction", energy1, flagged=pair, gates=pair_gates),
     ] + [
-        statistic("rank-recovers", per_rank[r]["recovered"], flagged=per_rank[r]["flagged"], gates=pair_gates, r=r)
+        statistic(
+            "rank-recovers",
+            per_rank[r]["recovered"],
+            flagged=per_rank[r]["flagged"],
+            gates={**pair_gates, "attack converged": per_rank[r]["attack_gap"]},
+            r=r,
+        )
         for r in ranks
     ]
     return {
@@ -131,6 +141,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             **{f"rank {r}": v["robust_acc"].tolist() for r, v in per_rank.items()},
         },
         "recovered": {f"rank {r}": v["recovered"].tolist() for r, v in per_rank.items()},
+        "attack_gap_reference": {f"rank {r}": v["attack_gap"].tolist() for r, v in per_rank.items()},
         "label_direction_removed": {
             "robust_acc": proj_rob.tolist(),
             "recovered": ((proj_rob - clean_rob) / (full_rob - clean_rob)).tolist(),
