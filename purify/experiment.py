@@ -338,6 +338,7 @@ def run_experiment(
             overrides,
             redirect_to=redirect_to or Path(runs_dir or "runs") / "figures",
             overwrite=overwrite,
+            phase="confirmatory" if confirm else "exploratory",
         )
         if note and jax.process_index() == 0:
             print(f"purify: {note}", file=sys.stderr)
@@ -480,12 +481,14 @@ def output_folder(
     *,
     redirect_to: str | Path = Path("runs") / "figures",
     overwrite: bool = False,
+    phase: str = "exploratory",
 ) -> tuple[Path, str | None]:
     """Where a run writes when no output folder is named, and a note when that is not `figures/`.
 
-    The record `figures/<id>.json` is replaced only by a run of the same preset, seeds and
-    overrides (it reproduces it) or with `overwrite`; any other run goes to `redirect_to`, so a
-    quick 2-seed try never replaces a committed 8-seed figure.
+    The record `figures/<id>.json` is replaced only by a run of the same preset, seeds, overrides
+    and phase (it reproduces it; an exploratory record is also replaced by its confirmation) or
+    with `overwrite`; any other run goes to `redirect_to`, so a quick 2-seed try never replaces
+    a committed 8-seed figure, nor an exploratory run a confirmatory record.
     """
     import json
 
@@ -495,20 +498,23 @@ def output_folder(
     try:
         old = json.loads(path.read_text())
         committed = (old["preset"], len(old["seeds"]), old.get("overrides") or {})
+        old_phase = old.get("phase", "exploratory")
     except (OSError, ValueError, KeyError, TypeError):
-        committed = None
+        committed, old_phase = None, None
     mine = (preset, seeds, json.loads(json.dumps(overrides or {}, default=_plain_json)))
-    if committed == mine:
+    if committed == mine and (old_phase == phase or phase == "confirmatory"):
         return RECORDS, None
     where = Path(redirect_to)
     was = (
-        f"preset {committed[0]}, {committed[1]} seeds, overrides {committed[2] or 'none'}"
+        f"{old_phase}, preset {committed[0]}, {committed[1]} seeds, overrides {committed[2] or 'none'}"
         if committed
         else "unreadable"
     )
+    hint = " (--confirm reproduces a confirmatory record in place)" if old_phase == "confirmatory" else ""
     return where, (
-        f"{path} is the record of another run ({was}); this run (preset {preset}, {seeds} seeds, overrides "
-        f"{overrides or 'none'}) writes to {where}/ instead; pass --overwrite to replace the record, or --out DIR"
+        f"{path} is the record of another run ({was}); this run ({phase}, preset {preset}, {seeds} seeds, "
+        f"overrides {overrides or 'none'}) writes to {where}/ instead{hint}; pass --overwrite to replace the record, "
+        "or --out DIR"
     )
 
 

@@ -318,7 +318,8 @@ def test_a_run_unlike_the_committed_record_does_not_replace_it(tmp_path, monkeyp
     assert (tmp_path / "figures" / "fp-dynamics.json").read_bytes() == before  # untouched
     moved = Path("runs") / "figures" / "fp-dynamics.json"
     assert json.loads(moved.read_text())["seeds"] == [0, 1]
-    assert "is the record of another run (preset cpu, 8 seeds" in captured.err and "--overwrite" in captured.err
+    assert "is the record of another run (" in captured.err and "preset cpu, 8 seeds" in captured.err
+    assert "--overwrite" in captured.err
     assert f"wrote {moved}" in captured.out
     # asked for: --overwrite (or naming --out) replaces it
     assert main(["run", "fp-dynamics", "--seeds", "2", "--overwrite", *TINY]) == 0

@@ -97,6 +97,12 @@ def test_output_folder_replaces_a_record_only_with_a_run_like_it(tmp_path, monke
         where, note = output_folder("fp-dynamics", preset, seeds, overrides, redirect_to="elsewhere")
         assert where == Path("elsewhere") and "figures/fp-dynamics.json is the record of another run" in note
     assert output_folder("fp-dynamics", "gpu", 2, None, overwrite=True) == (Path("figures"), None)
+    # an exploratory record is replaced by its confirmation, a confirmatory one never by an exploratory run
+    assert output_folder("fp-dynamics", "cpu", 8, {"eval.taus": (0.1, 0.2)}, phase="confirmatory")[1] is None
+    Path("figures/fp-dynamics.json").write_text(json.dumps({**record, "phase": "confirmatory"}))
+    where, note = output_folder("fp-dynamics", "cpu", 8, {"eval.taus": (0.1, 0.2)}, redirect_to="elsewhere")
+    assert where == Path("elsewhere") and "(confirmatory, preset cpu" in note and "--confirm reproduces" in note
+    assert output_folder("fp-dynamics", "cpu", 8, {"eval.taus": (0.1, 0.2)}, phase="confirmatory")[1] is None
     Path("figures/fp-dynamics.json").write_text("{damaged")
     where, note = output_folder("fp-dynamics", "cpu", 8, None, redirect_to="elsewhere")
     assert where == Path("elsewhere") and "unreadable" in note
