@@ -218,10 +218,16 @@ def plot(record: dict):
     vs = record["verdicts"]
     v = f"{sum(x['verdict'] == 'holds' for x in vs)} of {len(vs)} verdict(s) hold"
     sa = record["strong_attack"]
+    search = f" and a {sa['queries']}-query random search" if sa.get("queries") else ""
+    rule = (
+        f"each cell: upper 95% bound of the gap < {record['rule_max_gap']:g}"
+        if "statistics" in record
+        else f"rule ≤ {record['rule_max_gap']:g}"
+    )
     fig.suptitle(
         f"Attack audit: the default evaluation (FGM, PGD {record['default_attack']['pgd_steps']} steps × "
         f"{record['default_attack']['restarts']} starts, dense) against APGD ({sa['steps']} steps, {sa['restarts']} "
-        f"restarts)\nlargest overstatement max_gap = {record['max_gap']:.4f} ({v}: rule ≤ {record['rule_max_gap']:g})",
+        f"starts){search}\nlargest mean overstatement max_gap = {record['max_gap']:.4f}; {v} ({rule})",
         fontsize=10,
     )
     fig.tight_layout()
