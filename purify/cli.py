@@ -337,10 +337,21 @@ def verdicts_table(records_dir: Path) -> str:
 
     from .experiment import all_experiments
 
+    def why_invalid(reason: str) -> str:
+        gates = [g for g in ("attack converged", "trained") if f"gate '{g}' failed" in reason]
+        if gates:
+            return ", ".join({"attack converged": "attack gate", "trained": "not settled"}[g] for g in gates)
+        if "a verdict needs" in reason:
+            return "< 4 usable seeds"
+        return "runs dropped" if "dropped" in reason else reason[:40]
+
     def cell(v):
         if v is None:
             return "—"
-        return v["verdict"] + (" (post hoc)" if v.get("post_hoc") and v.get("phase") == "confirmatory" else "")
+        text = v["verdict"]
+        if text == "invalid" and v.get("invalid_reason"):
+            text += f" ({why_invalid(v['invalid_reason'])})"
+        return text + (" (post hoc)" if v.get("post_hoc") and v.get("phase") == "confirmatory" else "")
 
     def number(v):
         if v is None or v.get("exact") or not all(map(math.isfinite, [v["mean"], *v["ci95"]])):
