@@ -248,12 +248,15 @@ def clean_heads(
     seeds: np.ndarray,
     thetas: dict,
     lrs,
+    audit=(),
 ) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
     (D,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
     rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean',
-    'at_chance'}} with (B, S) test accuracies (robust at the first radius) and the heads at
-    chance (clean accuracy <= 0.6, or not finite), and the number of non-finite fits."""
+    'at_chance', 'attack_gap'}} with (B, S) test accuracies (robust at the first radius), the
+    heads at chance (clean accuracy <= 0.6, or not finite) and, for the kept heads on the
+    backbones `audit` (indices into B), the reference attack's gap at the first radius
+    (`downstream.reference_gaps`; NaN on the other backbones), and the number of non-finite fits."""
     from purify.trace import at_chance
 
     names = list(thetas)
@@ -266,11 +269,30 @@ def clean_heads(
     sd = np.broadcast_to(np.asarray(seeds)[None, None, :, None], shape).ravel()
     lr = np.broadcast_to(np.asarray(lrs, np.float32), shape).ravel()
     out = probe(ctx, cfg, dc, task, bb, sd, th, n=dc.n_max, lr=lr)
-    _, (robust, clean) = select_by_validation(
+    best, (robust, clean) = select_by_validation(
         out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape)
     )
+    gap = np.full((K, B, S), np.nan)
+    audit = sorted({int(b) for b in audit})
+    if audit:
+        k, b, s = (a.ravel() for a in np.meshgrid(np.arange(K), np.asarray(audit), np.arange(S), indexing="ij"))
+        flat = np.ravel_multi_index((k, b, s, best[k, b, s]), shape)
+        gap[k, b, s] = downstream.reference_gaps(
+            cfg,
+            dc,
+            task.M,
+            seeds=sd[flat],
+            params={name: a[flat] for name, a in out["params"].items()},
+            beta=cfg.hp.beta,
+            theta=th[flat],
+        )[:, 0]
     heads = {
-        n: {"robust": robust[i], "clean": clean[i], "at_chance": at_chance(np.nan_to_num(clean[i], nan=0.0))}
+        n: {
+            "robust": robust[i],
+            "clean": clean[i],
+            "at_chance": at_chance(np.nan_to_num(clean[i], nan=0.0)),
+            "attack_gap": gap[i],
+        }
         for i, n in enumerate(names)
     }
     return heads, int(out["failed"].sum())
@@ -279,15 +301,17 @@ def clean_heads(
 def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:
     """The reference a transferred head is held against: the network trained end to end on each
     downstream task with cfg's schedule at hp.tau (clean, then the attack). Returns {task:
-    {'robust', 'clean'}} with (S,) accuracies at the first evaluation radius."""
+    {'robust', 'clean', 'attack_gap'}} with (S,) accuracies at the first evaluation radius and
+    the reference attack's gap there (`purify.evaluate.reference_gaps`)."""
     import jax.numpy as jnp
 
-    from purify.evaluate import network_curves
+    from purify.evaluate import network_curves, reference_gaps
 
     out = {}
     for name, theta in thetas.items():
         dtask = Task(M=task.M, w_star=jnp.asarray(theta, jnp.float32)[None, :])
         res = ctx.sweep(cfg, grid={"tau": [cfg.hp.tau]}, seeds=seeds, task=dtask)
         curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
-        out[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0]}
+        gap = reference_gaps(cfg, res, dtask, cfg.eval.taus[:1], rows=(0,))[0, :, 0]
+        out[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0], "attack_gap": gap}
     return out

@@ -38,7 +38,7 @@ from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import downstream_tasks
-from purify.evaluate import landmark_curves
+from purify.evaluate import landmark_curves, reference_gaps
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import linear_robust_accuracy
 from purify.plotting import band
@@ -53,6 +53,7 @@ PATHS = ("k fixed", "k growing")
 # minimum over d, so one d where the effect is missing is enough to fail.
 ACC = "two accuracy points: a robustness difference a reader would act on; below it the two are alike"
 GATES = ("above chance", "trained")
+ATTACKED = (*GATES, "attack converged")  # claims that read a robust accuracy
 WHERE = "{where}: "  # the path (k fixed, k growing, or a superposition ratio) and its d's
 CLAIMS = (
     Claim(
@@ -71,7 +72,7 @@ CLAIMS = (
         why=ACC,
         models=NETS,
         resolution="accuracy difference",
-        gates=GATES,
+        gates=ATTACKED,
     ),
     Claim(
         "inheritance",
@@ -81,7 +82,7 @@ CLAIMS = (
         why=ACC,
         models=("clean linear head on the clean backbone", "clean linear head on the FGM backbone"),
         resolution="accuracy difference",
-        gates=GATES,
+        gates=ATTACKED,
     ),
     Claim(
         "cos_clean",
@@ -119,7 +120,7 @@ CLAIMS = (
         min_effect=0.01,
         why="one accuracy point per doubling of d",
         models=(NETS[0], "best linear classifier (closed form)"),
-        gates=GATES,
+        gates=ATTACKED,
     ),
 )
 
@@ -185,10 +186,15 @@ def measure(ctx: Context, c: Config, seeds, o: dict) -> dict:
     dc = down_config(c, o)
     theta = downstream_tasks(c.data.n_features, np.asarray(task.w_star[0]))["dense"]
     W = np.asarray(res["W_final"])[[0, 1]]
-    heads, _ = clean_heads(ctx, c, dc, task, {"W": W}, seed_ids, {"dense": theta}, np.asarray(o["down_lrs"]))
+    lrs = np.asarray(o["down_lrs"])
+    heads, _ = clean_heads(ctx, c, dc, task, {"W": W}, seed_ids, {"dense": theta}, lrs, audit=(0, 1))
     trained = res.trained()
+    net_gap = reference_gaps(c, res, task, (tau,), rows=(0, 1))[..., 0]  # (2, S): clean, FGM net
     out = {
         "trained": (trained[0] & trained[1]).astype(float),
+        "attack_gap_nets": net_gap.max(0),
+        "attack_gap_clean_net": net_gap[0],
+        "attack_gap_heads": heads["dense"]["attack_gap"].max(0),
         "purity_clean": purity[0],
         "purity_fgm": purity[1],
         "purity_gain": purity[1] - purity[0],
@@ -238,8 +244,16 @@ def _trained_everywhere(points: list[dict]) -> np.ndarray:
     return np.asarray([p["per_seed"]["trained"] for p in points], float).min(0) > 0
 
 
+# The per-seed attack gap each robust-accuracy claim reads: the largest over its points and models.
+ATTACK_GAPS = {"gap": "attack_gap_nets", "inheritance": "attack_gap_heads", "linear": "attack_gap_clean_net"}
+
+
 def _claim(name: str, values, where: str, points: list[dict]) -> dict:
-    return statistic(name, values, gates={"trained": _trained_everywhere(points)}, where=where)
+    gates = {"trained": _trained_everywhere(points)}
+    if name in ATTACK_GAPS:
+        gaps = np.asarray([p["per_seed"][ATTACK_GAPS[name]] for p in points], float)
+        gates["attack converged"] = gaps.max(0)
+    return statistic(name, values, gates=gates, where=where)
 
 
 def path_trends(ds, points: list[dict]) -> tuple[dict, list[dict]]:

@@ -474,6 +474,47 @@ def fit_and_evaluate(
     return result
 
 
+def reference_gaps(
+    cfg: Config, dc: DownstreamConfig, M, *, seeds, params: dict, beta, theta, n: int | None = None, chunk: int = 64
+) -> np.ndarray:
+    """How much the downstream evaluation overstates robust accuracy, per fitted model: (n_runs,
+    n_tau) = default minus reference robust accuracy (`attacks.audited_accuracy`, the reference
+    of the 'attack converged' gate) on the first n examples of each run's own test split, both
+    attacks drawn from the run's own attack stream.
+
+    params: fitted parameters {name: (n_runs, ...)}, as `fit_and_evaluate` returns them (or the
+    models a selection kept); seeds, beta, theta as there (per run or broadcast)."""
+    from .evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
+
+    seeds = _seed_array(seeds)
+    n_runs = len(seeds)
+    n = min(int(REFERENCE_N if n is None else n), dc.n_test)
+    arch = network.Architecture.of(cfg.validate())
+    data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
+    beta = _per_run("beta", beta, n_runs, False)
+    theta = _broadcast("theta", np.asarray(theta, np.float32), (n_runs, cfg.data.n_features))
+    M = jnp.asarray(M)
+    spec = dc.spec
+
+    def one(p, key, b, th):
+        k_data, _, _, _ = jax.random.split(key, 4)
+        _, _, (x, y) = splits(k_data, data, th, M, dc, which=(2,))
+        x, y = x[:n], y[:n]
+        u = M @ th / jnp.linalg.norm(M @ th)
+        margin = lambda v: y * logits(arch, p, v, b)
+        key_att = jax.random.fold_in(jax.random.fold_in(key, 7), 0xA0D)
+        default, strong = attacks.audited_accuracy(margin, x, y, u, key_att, spec, REFERENCE_STEPS, REFERENCE_RESTARTS)
+        return default - strong
+
+    f = jax.jit(jax.vmap(one))
+    keys = run_keys(seeds)
+    out = []
+    for lo in range(0, n_runs, chunk):
+        sl = slice(lo, lo + chunk)
+        out.append(np.asarray(f({k: jnp.asarray(v[sl]) for k, v in params.items()}, keys[sl], beta[sl], theta[sl])))
+    return np.concatenate(out) if out else np.zeros((0, len(spec.taus)))
+
+
 def backbones(res, rows=None) -> dict[str, np.ndarray]:
     """The final parameters of a sweep's networks as frozen backbones: {'W': (n_runs, m, d), ['b': (n_runs, m)]}
     with the (hparam, seed) axes (or `rows` of hparam) flattened into one run axis."""
