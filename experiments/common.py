@@ -20,8 +20,8 @@ from purify.experiment import Context, Option
 from purify.landmarks import window
 
 # A trained model whose clean accuracy is under this (halfway from chance to a working model)
-# has collapsed to a near-constant predictor: robust by being useless. fp-lowcomplexity and
-# roli-init never count its robust accuracy.
+# has collapsed to a near-constant predictor: robust by being useless. No verdict counts its
+# robust accuracy (fp-lowcomplexity, roli-init, and every clean head of `clean_heads`).
 COLLAPSED_BELOW = 0.75
 
 # The model families of the purification protocol, as claims name them.
@@ -123,7 +123,8 @@ BACKBONE_CONTROLS = {
 def supervised_backbones(cfg: Config, seeds, ctx: Context, task) -> tuple[dict, list]:
     """{'clean', 'fgm', 'pgd'}: the final parameters of supervised pre-training (clean, then
     clean / FGM / PGD) as backbones {'W': (S, m, d), ...}, plus 'flagged' (S,): seeds any of whose
-    three pre-training runs failed, diverged or ended at chance; and the failed pre-training runs."""
+    three pre-training runs failed, diverged or ended at chance, and 'trained' (S,): seeds whose
+    three runs settled (`Results.trained`); and the failed pre-training runs."""
     tau = cfg.hp.tau
     sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
     pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
@@ -137,6 +138,7 @@ def supervised_backbones(cfg: Config, seeds, ctx: Context, task) -> tuple[dict, 
         "fgm": downstream.backbones(sup, rows=1),
         "pgd": downstream.backbones(pgd, rows=0),
         "flagged": sup.flagged().any(0) | pgd.flagged()[0],
+        "trained": sup.trained().all(0) & pgd.trained()[0],
     }, failed
 
 
@@ -239,6 +241,23 @@ def broadcast_backbone(backbone: dict, lead: tuple[int, ...], axes: tuple[int, .
     return out
 
 
+def attack_gaps(cfg: Config, dc: downstream.DownstreamConfig, task: Task, out: dict, flat, seeds, theta) -> np.ndarray:
+    """(len(flat),): the reference attack's gap at the first radius (`downstream.reference_gaps`)
+    of the fitted runs `flat` (indices into the flat run axis) of a `probe` output `out`, whose
+    per-run seeds and task vectors were `seeds` and `theta` ((D,) or one per run)."""
+    flat = np.asarray(flat, int).ravel()
+    theta = np.asarray(theta)
+    return downstream.reference_gaps(
+        cfg,
+        dc,
+        task.M,
+        seeds=np.asarray(seeds)[flat],
+        params={name: a[flat] for name, a in out["params"].items()},
+        beta=cfg.hp.beta,
+        theta=theta[flat] if theta.ndim == 2 else theta,
+    )[:, 0]
+
+
 def clean_heads(
     ctx: Context,
     cfg: Config,
@@ -253,8 +272,9 @@ def clean_heads(
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
     (D,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
     rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean',
-    'at_chance', 'attack_gap'}} with (B, S) test accuracies (robust at the first radius), the
-    heads at chance (clean accuracy <= 0.6, or not finite) and, for the kept heads on the
+    'at_chance', 'collapsed', 'attack_gap'}} with (B, S) test accuracies (robust at the first
+    radius), the heads at chance (clean accuracy <= 0.6, or not finite), the collapsed ones
+    (clean accuracy below COLLAPSED_BELOW, at chance included) and, for the kept heads on the
     backbones `audit` (indices into B), the reference attack's gap at the first radius
     (`downstream.reference_gaps`; NaN on the other backbones), and the number of non-finite fits."""
     from purify.trace import at_chance
@@ -276,21 +296,13 @@ def clean_heads(
     audit = sorted({int(b) for b in audit})
     if audit:
         k, b, s = (a.ravel() for a in np.meshgrid(np.arange(K), np.asarray(audit), np.arange(S), indexing="ij"))
-        flat = np.ravel_multi_index((k, b, s, best[k, b, s]), shape)
-        gap[k, b, s] = downstream.reference_gaps(
-            cfg,
-            dc,
-            task.M,
-            seeds=sd[flat],
-            params={name: a[flat] for name, a in out["params"].items()},
-            beta=cfg.hp.beta,
-            theta=th[flat],
-        )[:, 0]
+        gap[k, b, s] = attack_gaps(cfg, dc, task, out, np.ravel_multi_index((k, b, s, best[k, b, s]), shape), sd, th)
     heads = {
         n: {
             "robust": robust[i],
             "clean": clean[i],
             "at_chance": at_chance(np.nan_to_num(clean[i], nan=0.0)),
+            "collapsed": ~(np.nan_to_num(clean[i], nan=0.0) >= COLLAPSED_BELOW),
             "attack_gap": gap[i],
         }
         for i, n in enumerate(names)
@@ -301,8 +313,9 @@ def clean_heads(
 def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:
     """The reference a transferred head is held against: the network trained end to end on each
     downstream task with cfg's schedule at hp.tau (clean, then the attack). Returns {task:
-    {'robust', 'clean', 'attack_gap'}} with (S,) accuracies at the first evaluation radius and
-    the reference attack's gap there (`purify.evaluate.reference_gaps`)."""
+    {'robust', 'clean', 'attack_gap', 'trained'}} with (S,) accuracies at the first evaluation
+    radius, the reference attack's gap there (`purify.evaluate.reference_gaps`) and whether the
+    net settled (`Results.trained`)."""
     import jax.numpy as jnp
 
     from purify.evaluate import network_curves, reference_gaps
@@ -313,5 +326,10 @@ def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:
         res = ctx.sweep(cfg, grid={"tau": [cfg.hp.tau]}, seeds=seeds, task=dtask)
         curves = network_curves(cfg, res, dtask, cfg.eval.taus[:1])
         gap = reference_gaps(cfg, res, dtask, cfg.eval.taus[:1], rows=(0,))[0, :, 0]
-        out[name] = {"robust": curves["robust"][0, :, 0], "clean": curves["clean"][0], "attack_gap": gap}
+        out[name] = {
+            "robust": curves["robust"][0, :, 0],
+            "clean": curves["clean"][0],
+            "attack_gap": gap,
+            "trained": res.trained()[0],
+        }
     return out

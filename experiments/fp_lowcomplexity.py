@@ -13,6 +13,8 @@ available).
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +22,20 @@ import numpy as np
 from purify import attacks, baselines, make_task, sample
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
-from purify.evaluate import eval_keys, eval_spec, landmark_curves, network_curves, reference_gaps
+from purify.evaluate import (
+    REFERENCE_N,
+    REFERENCE_RESTARTS,
+    REFERENCE_STEPS,
+    eval_keys,
+    eval_spec,
+    landmark_curves,
+    network_curves,
+    reference_gaps,
+)
 from purify.experiment import Context, Experiment, Option, main_for
 from purify.landmarks import window
+from purify.results import atomic_write_bytes
+from purify.store import fingerprint
 
 from .common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid
 from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
@@ -82,9 +95,13 @@ def build(name: str, cfg: Config, key: jax.Array):
     return baselines.ntk(cfg, key, cfg.hp.beta)
 
 
-def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: float):
-    """Robust accuracy (2 trainings: clean, adversarial) x (seeds,) x (n_tau,) of one baseline."""
+def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: float, audit_tau: float):
+    """Clean accuracy and robust accuracy (2 trainings: clean, adversarial) x (seeds,) [x (n_tau,)]
+    of one baseline, and the reference attack's gap (2, seeds) at audit_tau (on the first
+    REFERENCE_N examples, as `purify.evaluate.reference_gaps` measures the networks')."""
     ec, spec = cfg.eval, eval_spec(cfg, taus)
+    audit_spec = eval_spec(cfg, (audit_tau,))
+    n_ref = min(REFERENCE_N, ec.n_eval)
 
     def one(seed_key, kd, ka, tau):
         k_init, k_data = jax.random.split(jax.random.fold_in(seed_key, 1000 + index))
@@ -92,13 +109,38 @@ def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: f
         params = baselines.train(cfg, task, logits, params, k_data, tau, lr)
         x, _, y = sample(kd, cfg.data, task, ec.n_eval, cfg.hp.noise)
         margin = lambda v: y[:, 0] * logits(params, v)
-        return attacks.robust_accuracy(margin, x, y[:, 0], task.label_directions[0], ka, spec)
+        clean, robust, _ = attacks.robust_accuracy(margin, x, y[:, 0], task.label_directions[0], ka, spec)
+        xs, ys = x[:n_ref], y[:n_ref, 0]
+        default, strong = attacks.audited_accuracy(
+            lambda v: ys * logits(params, v),
+            xs,
+            ys,
+            task.label_directions[0],
+            jax.random.fold_in(ka, 0xA0D),
+            audit_spec,
+            REFERENCE_STEPS,
+            REFERENCE_RESTARTS,
+        )
+        return clean, robust, (default - strong)[0], params
 
     seed_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
     kd, ka = (jnp.stack(k) for k in zip(*(eval_keys(s) for s in seeds)))
     f = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)), in_axes=(None, None, None, 0)))
-    clean, robust, _ = f(seed_keys, kd, ka, jnp.asarray([0.0, cfg.hp.tau]))
-    return np.asarray(clean), np.asarray(robust)
+    clean, robust, gap, params = f(seed_keys, kd, ka, jnp.asarray([0.0, cfg.hp.tau]))
+    flat = {jax.tree_util.keystr(path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(params)}
+    return np.asarray(clean), np.asarray(robust), np.asarray(gap), flat
+
+
+def save_baselines(ctx: Context, cfg: Config, seeds, params: dict) -> str | None:
+    """Every baseline's trained parameters, (2 trainings: clean, adversarial, seed, ...) per
+    array, in one .npz of the runs folder named by what it holds (docs/runs.md)."""
+    if ctx.runs_dir is None or jax.process_index() != 0:
+        return None
+    name = f"fp-lowcomplexity-baselines-{fingerprint({'config': cfg.to_dict(), 'seeds': [int(s) for s in seeds]})}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{model}{key}": v for model, p in params.items() for key, v in p.items()})
+    atomic_write_bytes(ctx.runs_dir / name, buf.getvalue())
+    return name
 
 
 def _majority(cfg: Config, task, seed: int) -> float:
@@ -116,31 +158,40 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     lm = landmark_curves(cfg, task, res.coords["seed"], taus, noise=cfg.hp.noise, beta=cfg.hp.beta)
     curves = {"ReLU net": {"clean": nets["robust"][0], "adversarial": nets["robust"][1]}}
     clean_acc = {"ReLU net": {"clean": nets["clean"][0], "adversarial": nets["clean"][1]}}
-    for i, name in enumerate(MODELS):
-        acc, rob = baseline_curves(cfg, task, name, i, res.coords["seed"], taus, float(ctx.options["lr"]))
-        curves[name] = {"clean": rob[0], "adversarial": rob[1]}
-        clean_acc[name] = {"clean": acc[0], "adversarial": acc[1]}
     lo, hi = window(cfg.data, cfg.eval.norm)
     mid = np.sqrt(lo * hi)
     j = int(np.argmin(np.abs(np.asarray(taus) - mid)))
+    baseline_gap, baseline_params = {}, {}
+    for i, name in enumerate(MODELS):
+        acc, rob, gap, params = baseline_curves(
+            cfg, task, name, i, res.coords["seed"], taus, float(ctx.options["lr"]), taus[j]
+        )
+        curves[name] = {"clean": rob[0], "adversarial": rob[1]}
+        clean_acc[name] = {"clean": acc[0], "adversarial": acc[1]}
+        baseline_gap[name], baseline_params[name] = gap, params  # (2, S, ...): clean, adversarial training
+    baselines_file = save_baselines(ctx, cfg, res.coords["seed"], baseline_params)
     majority = np.asarray([_majority(cfg, task, s) for s in res.coords["seed"]])
     collapsed = {n: {m: np.asarray(a) < COLLAPSED_BELOW for m, a in d.items()} for n, d in clean_acc.items()}
     relu = curves["ReLU net"]["adversarial"][:, j]
     flagged = res.flagged()[1]
     trained = res.trained()[1]
-    # the ReLU net's robust accuracy, re-measured; the baselines' are not (they are not saved)
+    # every robust accuracy a verdict reads, re-measured: the ReLU net's and both of each baseline's trainings
     relu_gap = reference_gaps(cfg, res, task, (taus[j],), rows=(1,))[0, :, 0]
     statistics = []
     for n in MODELS:
-        best = np.maximum.reduce(
-            [np.where(collapsed[n][m], -np.inf, curves[n][m][:, j]) for m in ("clean", "adversarial")]
-        )
+        trainings = ("clean", "adversarial")
+        best = np.maximum.reduce([np.where(collapsed[n][m], -np.inf, curves[n][m][:, j]) for m in trainings])
         best = np.where(np.isfinite(best), best, majority)
         better_of = np.maximum(curves[n]["clean"][:, j], curves[n]["adversarial"][:, j])
-        gates = {"trained": trained, "attack converged": relu_gap}
+        # a collapsed training enters only through the majority rate, which no attack moves
+        entering = np.maximum.reduce(
+            [np.where(collapsed[n][m], 0.0, baseline_gap[n][i]) for i, m in enumerate(trainings)]
+        )
+        gates = {"trained": trained, "attack converged": np.maximum(relu_gap, entering)}
+        gates_all = {"trained": trained, "attack converged": np.maximum(relu_gap, baseline_gap[n].max(0))}
         statistics.append(statistic(f"beats-{n}", relu - best, flagged=flagged, gates=gates, tau=taus[j]))
         statistics.append(
-            statistic(f"beats-{n}-better-of", relu - better_of, flagged=flagged, gates=gates, tau=taus[j])
+            statistic(f"beats-{n}-better-of", relu - better_of, flagged=flagged, gates=gates_all, tau=taus[j])
         )
     return {
         "taus": list(taus),
@@ -154,6 +205,11 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "clean_accuracy": {n: {m: v.tolist() for m, v in d.items()} for n, d in clean_acc.items()},
         "oracle": lm["oracle"].tolist(),
         "majority_rate": majority.tolist(),
+        "baselines_file": baselines_file,
+        "attack_gap_reference": {
+            "ReLU net (FGM)": relu_gap.tolist(),
+            **{n: g.tolist() for n, g in baseline_gap.items()},
+        },
         "collapsed_below_clean_accuracy": COLLAPSED_BELOW,
         "collapsed": {n: {m: v.tolist() for m, v in d.items()} for n, d in collapsed.items()},
         "failed_runs": np.argwhere(res.failed()).tolist(),

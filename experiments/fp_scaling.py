@@ -211,9 +211,9 @@ def measure(ctx: Context, c: Config, seeds, o: dict) -> dict:
         "linear_robust_empirical": lin["linear_exact"][:, 0],
         "head_robust_clean_backbone": heads["dense"]["robust"][0],
         "head_robust_fgm_backbone": heads["dense"]["robust"][1],
-        # a head at chance on either backbone has not learned the task: its seed enters no gain
+        # a head collapsed on either backbone has not learned the task: its seed enters no gain
         "inheritance_gain": np.where(
-            heads["dense"]["at_chance"].any(0), np.nan, heads["dense"]["robust"][1] - heads["dense"]["robust"][0]
+            heads["dense"]["collapsed"].any(0), np.nan, heads["dense"]["robust"][1] - heads["dense"]["robust"][0]
         ),
     }
     return {

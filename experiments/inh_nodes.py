@@ -39,6 +39,7 @@ CLAIMS = (
         min_effect=0.05,
         why="five percent of the weight norm changing kind; less would not change what the layer's nodes are",
         models=MODELS,
+        gates=("above chance", "trained"),
     ),
     Claim(
         "purer",
@@ -46,6 +47,7 @@ CLAIMS = (
         min_effect=0.05,
         why="purity lies in [1/d, 1]; a rise below 0.05 would not change what a node detects",
         models=MODELS,
+        gates=("above chance", "trained"),
     ),
 )
 
@@ -68,11 +70,13 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
     backbones["supervised/clean"], backbones["supervised/fgm"] = sup["W_final"][0], sup["W_final"][1]
     flags = {"supervised/clean": sup.flagged()[0], "supervised/fgm": sup.flagged()[1]}
+    settled = {"supervised/clean": sup.trained()[0], "supervised/fgm": sup.trained()[1]}
     failed = [["supervised", "fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()]
     if o["pgd"]:
         pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
         backbones["supervised/pgd"] = pgd["W_final"][0]
         flags["supervised/pgd"] = pgd.flagged()[0]
+        settled["supervised/pgd"] = pgd.trained()[0]
         failed += [["supervised", "pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
     ccfg = cfg.set(**CONTRASTIVE)
     for objective in o["objectives"]:
@@ -81,7 +85,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         )
         for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
             name = contrastive_name(objective, float(noise), "clean" if t == 0 else "fgm")
-            backbones[name], flags[name] = res["W_final"][h], res.flagged()[h]
+            backbones[name], flags[name], settled[name] = res["W_final"][h], res.flagged()[h], res.trained()[h]
         failed += [[objective, "fgm", *ij] for ij in np.argwhere(res.failed()).tolist()]
     stats = {name: _node_stats(np.asarray(W), task.M) for name, W in backbones.items()}
 
@@ -97,11 +101,12 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         if mode == "clean":
             continue
         pair = flags[name] | flags[f"{kind}/clean"]
+        gates = {"trained": settled[name] & settled[f"{kind}/clean"]}
         where = {"kind": kind, "mode": mode.upper()}
-        statistics.append(
-            statistic("fewer-features", few(stats[name]) - few(stats[f"{kind}/clean"]), flagged=pair, **where)
-        )
-        statistics.append(statistic("purer", wpur(stats[name]) - wpur(stats[f"{kind}/clean"]), flagged=pair, **where))
+        fewer = few(stats[name]) - few(stats[f"{kind}/clean"])
+        statistics.append(statistic("fewer-features", fewer, flagged=pair, gates=gates, **where))
+        purer = wpur(stats[name]) - wpur(stats[f"{kind}/clean"])
+        statistics.append(statistic("purer", purer, flagged=pair, gates=gates, **where))
     return {
         "train_tau": tau,
         "few": FEW,
@@ -112,6 +117,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "weighted_purity": {n: wpur(s).tolist() for n, s in stats.items()},
         "failed_runs": failed,
         "flagged_runs": {n: np.argwhere(f).ravel().tolist() for n, f in flags.items() if f.any()},
+        "unsettled_runs": {n: np.argwhere(~t).ravel().tolist() for n, t in settled.items() if (~t).any()},
         "statistics": statistics,
     }
 

@@ -45,7 +45,7 @@ def final_clean_accuracy(res) -> np.ndarray:
 
 HEADS = ("clean linear head on the clean backbone", "clean linear head on the FGM backbone")
 ACC_WHY = "two accuracy points: a robustness gain a reader would act on; below it the two heads are alike"
-GATES = ("above chance", "trained")
+GATES = ("above chance", "trained", "attack converged")
 CLAIMS = (
     Claim(
         "head-inherits",
@@ -87,6 +87,7 @@ CLAIMS = (
         chosen_after=SET_AFTER_RESULTS
         + "; the rule itself replaced one that correlated over cells of which 7 of 16 are the same clean network",
         replaces="purity-correlation-all",
+        gates=("above chance", "trained"),
     ),
     Claim(
         "purity-correlation-all",
@@ -94,6 +95,7 @@ CLAIMS = (
         min_effect=0.0,
         why="the original rule: a positive correlation",
         models=("backbones at every radius and length",) + HEADS,
+        gates=("above chance", "trained"),
     ),
 )
 
@@ -133,7 +135,10 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     # trained thresholds); backbones of one architecture share a flat program
     variant_runs = (("multi-task", multi), ("trainable bias", trainable))
     relative = np.concatenate([grid_W, multi["W_final"]])
-    fits, n_bad = clean_heads(ctx, cfg, dc, task, {"W": relative}, seed_ids, thetas, lrs)
+    G = H * n_snap
+    # the heads a verdict reads: on the final clean and FGM(hp.tau) backbones and on the multi-task ones
+    audited = (i_clean * n_snap + n_snap - 1, i_adv * n_snap + n_snap - 1, G, G + 1)
+    fits, n_bad = clean_heads(ctx, cfg, dc, task, {"W": relative}, seed_ids, thetas, lrs, audit=audited)
     fits_tb, n_bad_tb = clean_heads(
         ctx,
         bias_cfg,
@@ -143,10 +148,10 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         seed_ids,
         thetas,
         lrs,
+        audit=(0, 1),
     )
     fits = {name: {k: np.concatenate([v, fits_tb[name][k]]) for k, v in h.items()} for name, h in fits.items()}
     n_bad += n_bad_tb
-    G = H * n_snap
     heads = {name: {k: v[:G].reshape(H, n_snap, S) for k, v in h.items()} for name, h in fits.items()}
     variants = {}
     for i, (label, res) in enumerate(variant_runs):
@@ -159,7 +164,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             "pretrain_clean_acc": final_clean_accuracy(res),
             "flagged": res.flagged(),
             "trained": res.trained(),
-            "head_at_chance": fits["dense"]["at_chance"][rows],
+            "head_collapsed": fits["dense"]["collapsed"][rows],
+            "head_attack_gap": fits["dense"]["attack_gap"][rows],
         }
     W_or = np.broadcast_to(oracle_backbone(task), (1, S) + oracle_backbone(task).shape)
     fits, _ = clean_heads(ctx, cfg, dc, task, {"W": W_or}, seed_ids, thetas, lrs)
@@ -173,19 +179,27 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     flag = single.flagged()  # (H, S): failed, diverged or at chance
     pair = flag[i_adv] | flag[i_clean]
     settled = single.trained()
-    trained = {"trained": settled[i_adv] & settled[i_clean]}
+    trained = settled[i_adv] & settled[i_clean]
     statistics = []
     for name in thetas:
-        gain = heads[name]["robust"][i_adv, last] - heads[name]["robust"][i_clean, last]
-        chance = heads[name]["at_chance"][i_adv, last] | heads[name]["at_chance"][i_clean, last]
-        statistics.append(statistic("head-inherits", gain, flagged=pair | chance, gates=trained, task=name, tau=tau))
+        h = heads[name]
+        gain = h["robust"][i_adv, last] - h["robust"][i_clean, last]
+        collapsed = h["collapsed"][i_adv, last] | h["collapsed"][i_clean, last]
+        gates = {
+            "trained": trained,
+            "attack converged": np.maximum(h["attack_gap"][i_adv, last], h["attack_gap"][i_clean, last]),
+        }
+        statistics.append(statistic("head-inherits", gain, flagged=pair | collapsed, gates=gates, task=name, tau=tau))
     gap = heads["dense"]["robust"][i_adv, last] - e2e["dense"]["robust"]
     statistics.append(
         statistic(
             "near-end-to-end",
             gap,
-            flagged=flag[i_adv] | heads["dense"]["at_chance"][i_adv, last],
-            gates={"trained": settled[i_adv]},
+            flagged=flag[i_adv] | heads["dense"]["collapsed"][i_adv, last],
+            gates={
+                "trained": settled[i_adv] & e2e["dense"]["trained"],
+                "attack converged": np.maximum(heads["dense"]["attack_gap"][i_adv, last], e2e["dense"]["attack_gap"]),
+            },
         )
     )
     for label, v in variants.items():
@@ -194,8 +208,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             statistic(
                 "variant-inherits",
                 v["robust"][1] - v["robust"][0],
-                flagged=v["flagged"][0] | v["flagged"][1] | v["head_at_chance"][0] | v["head_at_chance"][1],
-                gates={"trained": settled_v[0] & settled_v[1]},
+                flagged=v["flagged"][0] | v["flagged"][1] | v["head_collapsed"][0] | v["head_collapsed"][1],
+                gates={"trained": settled_v[0] & settled_v[1], "attack converged": v["head_attack_gap"].max(0)},
                 variant=label,
             )
         )
@@ -224,12 +238,21 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     adv_rows = np.asarray([i for i, t in enumerate(pre_taus) if t > 0])
     adv_cols = np.asarray([j for j, step in enumerate(snaps) if step > cfg.train.adv_start])
     corr_key = "correlation"  # the original rule's instance and its successor's, whose texts differ
-    statistics.append(statistic("purity-correlation-all", correlation(every, np.arange(n_snap)), pair_key=corr_key))
+    every_settled = {"trained": settled.all(0)}  # the backbones of every radius settled
+    statistics.append(
+        statistic(
+            "purity-correlation-all",
+            correlation(every, np.arange(n_snap)),
+            pair_key=corr_key,
+            gates=every_settled,
+        )
+    )
     statistics.append(
         statistic(
             "purity-correlation",
             correlation(adv_rows, adv_cols),
             pair_key=corr_key,
+            gates={"trained": settled[adv_rows].all(0)},
             rows=len(adv_rows),
             cols=len(adv_cols),
             holds=len(holds),

@@ -29,6 +29,7 @@ from .common import (
     COLLAPSED_BELOW,
     N_DOWN,
     PRETRAIN_PRESETS,
+    attack_gaps,
     broadcast_backbone,
     down_config,
     probe,
@@ -41,7 +42,11 @@ _acc = {
     "min_effect": 0.02,
     "why": "two accuracy points: a robustness difference a reader would act on; below it the two are alike",
     "resolution": "accuracy difference",
+    "gates": ("above chance", "trained", "attack converged"),
 }
+# The cells a verdict reads (RanLI and RoLI heads on the clean and FGM backbones): their chosen
+# models are re-measured with the reference attack; StLI heads and the PGD backbone enter none.
+AUDITED_INITS, AUDITED_BACKBONES = ("random", "robust"), ("clean", "fgm")
 COLLAPSE_RULE = (
     SET_AFTER_RESULTS + "; collapsed runs (clean accuracy < 0.75) were excluded from learning-rate selection and from "
     "the comparison after the results, as in fp-lowcomplexity; the original rule selected on all runs"
@@ -82,6 +87,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     tau, eps = cfg.hp.tau, float(cfg.eval.taus[0])
     bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     flag = bbs.pop("flagged")  # (S,) seeds whose pre-training failed, diverged or ended at chance
+    settled = {"trained": bbs.pop("trained")}  # (S,) seeds whose three backbones settled
     names = list(bbs)
     theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
     sizes = [int(n) for n in o["sizes"]]
@@ -92,6 +98,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     robust = np.zeros((len(methods), len(inits), B, N, S))
     clean, chosen_lr = np.zeros_like(robust), np.zeros_like(robust)
     robust_orig, clean_orig = np.zeros_like(robust), np.zeros_like(robust)
+    gap, gap_orig = np.full_like(robust, np.nan), np.full_like(robust, np.nan)
     n_failed = 0
     for mi, method in enumerate(methods):
         lrs = np.asarray(o["lrs"][method], np.float32)
@@ -124,9 +131,16 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             # collapse (validation clean accuracy >= COLLAPSED_BELOW); the original rule took the
             # best validation robust accuracy of all, which rewards near-constant predictors
             best, (r, c) = select_by_validation(np.where(val_c >= COLLAPSED_BELOW, val_r, np.nan), *tests)
-            _, (ro, co) = select_by_validation(val_r, *tests)
+            best_orig, (ro, co) = select_by_validation(val_r, *tests)
             robust[mi, hi], clean[mi, hi], chosen_lr[mi, hi] = r, c, lrs[best]
             robust_orig[mi, hi], clean_orig[mi, hi] = ro, co
+            if init in AUDITED_INITS:
+                b = np.asarray([names.index(n) for n in AUDITED_BACKBONES if n in names])
+                bi, ni_, si = (a.ravel() for a in np.meshgrid(b, np.arange(N), np.arange(S), indexing="ij"))
+                chosen = [np.ravel_multi_index((bi, ni_, si, sel[bi, ni_, si]), shape) for sel in (best, best_orig)]
+                union, inverse = np.unique(np.concatenate(chosen), return_inverse=True)
+                g = attack_gaps(cfg, dc, task, out, union, sd, theta)[inverse]
+                gap[mi, hi][bi, ni_, si], gap_orig[mi, hi][bi, ni_, si] = g[: len(bi)], g[len(bi) :]
     ib, hb = {n: i for i, n in enumerate(names)}, {h: i for i, h in enumerate(inits)}
     h0 = hb.get("random", 0)  # the method comparisons use RanLI heads (the first init run, if RanLI is not)
     # a run collapsed when even its chosen learning rate ends below COLLAPSED_BELOW clean accuracy
@@ -136,8 +150,11 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 
     def compare(claim, a, b, **where):
         """The rule in use (collapsed runs excluded) and the original one (every run) beside it."""
-        statistics.append(statistic(claim, robust[a] - robust[b], flagged=collapsed[a] | collapsed[b] | flag, **where))
-        statistics.append(statistic(f"{claim}-all-runs", robust_orig[a] - robust_orig[b], flagged=flag, **where))
+        g = {**settled, "attack converged": np.maximum(gap[a], gap[b])}
+        g0 = {**settled, "attack converged": np.maximum(gap_orig[a], gap_orig[b])}
+        diff, diff0 = robust[a] - robust[b], robust_orig[a] - robust_orig[b]
+        statistics.append(statistic(claim, diff, flagged=collapsed[a] | collapsed[b] | flag, gates=g, **where))
+        statistics.append(statistic(f"{claim}-all-runs", diff0, flagged=flag, gates=g0, **where))
 
     for ni, n in enumerate(sizes):
         for mi, method in enumerate(methods):
@@ -147,15 +164,18 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         if "probe" in methods and len(methods) > 1:
             p = methods.index("probe")
 
-            def probing_best(rob, col, p=p, ni=ni):
+            def probing_best(rob, col, gp, p=p, ni=ni):
+                """The probe's margin over the best other method, the probe's collapse and the
+                largest attack gap among the models compared (S,)."""
                 others = np.delete(np.where(col[:, h0, ib["fgm"], ni], -np.inf, rob[:, h0, ib["fgm"], ni]), p, 0)
-                return rob[p, h0, ib["fgm"], ni] - others.max(0), col[p, h0, ib["fgm"], ni]
+                g = {**settled, "attack converged": gp[:, h0, ib["fgm"], ni].max(0)}
+                return rob[p, h0, ib["fgm"], ni] - others.max(0), col[p, h0, ib["fgm"], ni], g
 
             where = {"n": n, "init": HEAD_INIT_NAMES[inits[h0]]}
-            diff, col = probing_best(robust, collapsed)
-            diff0, _ = probing_best(robust_orig, np.zeros_like(collapsed_orig))
-            statistics.append(statistic("probing-best", diff, flagged=col | flag, **where))
-            statistics.append(statistic("probing-best-all-runs", diff0, flagged=flag, **where))
+            diff, col, g = probing_best(robust, collapsed, gap)
+            diff0, _, g0 = probing_best(robust_orig, np.zeros_like(collapsed_orig), gap_orig)
+            statistics.append(statistic("probing-best", diff, flagged=col | flag, gates=g, **where))
+            statistics.append(statistic("probing-best-all-runs", diff0, flagged=flag, gates=g0, **where))
         if "robust" in hb and "random" in hb:
             for mi, method in enumerate(methods):
                 compare(
@@ -181,7 +201,12 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         "collapsed": collapsed.tolist(),
         "n_collapsed": int(collapsed.sum()),
         "n_collapsed_original_rule": int(collapsed_orig.sum()),
-        "original_rule": {"robust": robust_orig.tolist(), "clean": clean_orig.tolist()},
+        "attack_gap": gap.tolist(),
+        "original_rule": {
+            "robust": robust_orig.tolist(),
+            "clean": clean_orig.tolist(),
+            "attack_gap": gap_orig.tolist(),
+        },
         "n_failed_downstream": n_failed,
         "dims": ["method", "head_init", "backbone", "size", "seed"],
         "failed_runs": failed,

@@ -64,9 +64,12 @@ GATES = {
     "subsample of the same models and inputs: the upper 95% bound of the mean gap (default - reference) lies below "
     "half the claim's smallest effect, and at most ATTACK_TOLERANCE where that is 0",
     "trained": "every run entering the statistic has settled: its clean accuracy moved by at most "
-    "TRAINED_DRIFT over the last fifth of training (from the last log step at or before 80% of the steps)",
+    "TRAINED_DRIFT over the last fifth of training (from the last log step at or before 80% of the steps); a "
+    "contrastive run, which has no labels, has settled when its held-out objective moved over that stretch by at "
+    "most TRAINED_LOSS_SHARE of its whole change over training",
 }
 TRAINED_DRIFT = 0.02  # two accuracy points over the last fifth of training: the accuracy has settled
+TRAINED_LOSS_SHARE = 0.1  # the last fifth moved the objective a tenth as much as the whole of training did
 ATTACK_TOLERANCE = 0.01  # the attack gap allowed for a claim whose smallest effect is 0 (attack-audit's rule)
 
 

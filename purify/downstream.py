@@ -474,6 +474,26 @@ def fit_and_evaluate(
     return result
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_reference(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture, n: int):
+    """jit(vmap) of one run's (default - reference) robust accuracy (n_tau,) on its first n test examples."""
+    from .evaluate import REFERENCE_RESTARTS, REFERENCE_STEPS
+
+    def one(p, key, b, th, M):
+        k_data, _, _, _ = jax.random.split(key, 4)
+        _, _, (x, y) = splits(k_data, data, th, M, dc, which=(2,))
+        x, y = x[:n], y[:n]
+        u = M @ th / jnp.linalg.norm(M @ th)
+        margin = lambda v: y * logits(arch, p, v, b)
+        key_att = jax.random.fold_in(jax.random.fold_in(key, 7), 0xA0D)
+        default, strong = attacks.audited_accuracy(
+            margin, x, y, u, key_att, dc.spec, REFERENCE_STEPS, REFERENCE_RESTARTS
+        )
+        return default - strong
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+
+
 def reference_gaps(
     cfg: Config, dc: DownstreamConfig, M, *, seeds, params: dict, beta, theta, n: int | None = None, chunk: int = 64
 ) -> np.ndarray:
@@ -484,7 +504,7 @@ def reference_gaps(
 
     params: fitted parameters {name: (n_runs, ...)}, as `fit_and_evaluate` returns them (or the
     models a selection kept); seeds, beta, theta as there (per run or broadcast)."""
-    from .evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
+    from .evaluate import REFERENCE_N
 
     seeds = _seed_array(seeds)
     n_runs = len(seeds)
@@ -493,26 +513,29 @@ def reference_gaps(
     data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
     beta = _per_run("beta", beta, n_runs, False)
     theta = _broadcast("theta", np.asarray(theta, np.float32), (n_runs, cfg.data.n_features))
-    M = jnp.asarray(M)
-    spec = dc.spec
-
-    def one(p, key, b, th):
-        k_data, _, _, _ = jax.random.split(key, 4)
-        _, _, (x, y) = splits(k_data, data, th, M, dc, which=(2,))
-        x, y = x[:n], y[:n]
-        u = M @ th / jnp.linalg.norm(M @ th)
-        margin = lambda v: y * logits(arch, p, v, b)
-        key_att = jax.random.fold_in(jax.random.fold_in(key, 7), 0xA0D)
-        default, strong = attacks.audited_accuracy(margin, x, y, u, key_att, spec, REFERENCE_STEPS, REFERENCE_RESTARTS)
-        return default - strong
-
-    f = jax.jit(jax.vmap(one))
-    keys = run_keys(seeds)
+    # only the test split and the evaluation attacks matter: every fit method shares one program
+    neutral = dataclasses.replace(
+        dc,
+        method="probe",
+        head_init="random",
+        attack="none",
+        steps=0,
+        probe_steps=1,
+        batch=1,
+        pgd_steps=1,
+        discrepancy=False,
+        rank=1,
+        n_max=1,
+        n_val=1,
+    )
+    f = _compiled_reference(data, neutral, arch, n)
+    keys, M = run_keys(seeds), jnp.asarray(M)
     out = []
     for lo in range(0, n_runs, chunk):
         sl = slice(lo, lo + chunk)
-        out.append(np.asarray(f({k: jnp.asarray(v[sl]) for k, v in params.items()}, keys[sl], beta[sl], theta[sl])))
-    return np.concatenate(out) if out else np.zeros((0, len(spec.taus)))
+        p = {k: jnp.asarray(v[sl]) for k, v in params.items()}
+        out.append(np.asarray(f(p, keys[sl], beta[sl], theta[sl], M)))
+    return np.concatenate(out) if out else np.zeros((0, len(dc.taus)))
 
 
 def backbones(res, rows=None) -> dict[str, np.ndarray]:

@@ -179,29 +179,40 @@ class Results:
         return self.failed() | self.at_chance()
 
     def trained(self, drift: float | None = None, tail: float = 0.2) -> np.ndarray:
-        """Boolean mask over (hparam, seed): runs whose held-out clean accuracy moved by at most
-        `drift` (default `purify.claims.TRAINED_DRIFT`) over the last `tail` of training (max
-        minus min from the last log step at or before step (1 - tail) x steps to the end,
-        averaged over tasks): training had settled. Log steps are spaced geometrically, so the
-        stretch starts at the log step just before the last fifth; a run logged only at its
-        end is not shown to have settled."""
-        from .claims import TRAINED_DRIFT
+        """Boolean mask over (hparam, seed): runs whose training had settled over the last `tail`
+        of training (from the last log step at or before step (1 - tail) x steps to the end).
+
+        A supervised run: its held-out clean accuracy moved (max minus min, averaged over tasks)
+        by at most `drift` (default `purify.claims.TRAINED_DRIFT`). A contrastive run, which has
+        no labels: its held-out objective moved by at most `purify.claims.TRAINED_LOSS_SHARE` of
+        its whole change from the first log step to the last. Log steps are spaced
+        geometrically, so the stretch starts at the log step just before the last fifth; a run
+        logged only at its end, or with neither trace, is not shown to have settled."""
+        from .claims import TRAINED_DRIFT, TRAINED_LOSS_SHARE
 
         drift = TRAINED_DRIFT if drift is None else drift
-        if "clean_acc" not in self.arrays:
-            return np.ones(self["failed_step"].shape, bool)
-        dims = list(self.dims["clean_acc"])
-        acc = np.moveaxis(np.asarray(self["clean_acc"], float), dims.index("time"), -1)
-        dims.remove("time")
-        rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
+        shape = self["failed_step"].shape
         steps = np.asarray(self.steps, float)
         before = np.flatnonzero(steps <= steps[0] + (1 - tail) * (steps[-1] - steps[0]))
         if len(steps) < 2 or not len(before) or before[-1] == len(steps) - 1:
-            return np.zeros(self["failed_step"].shape, bool)
-        window = acc[..., before[-1] :]
-        moved = window.max(-1) - window.min(-1)
-        moved = moved.mean(axis=rest) if rest else moved
-        return moved <= drift
+            return np.zeros(shape, bool)
+
+        def tail_of(name):
+            dims = list(self.dims[name])
+            a = np.moveaxis(np.asarray(self[name], float), dims.index("time"), -1)
+            dims.remove("time")
+            rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
+            window = a[..., before[-1] :]
+            moved, whole = window.max(-1) - window.min(-1), np.abs(a[..., -1] - a[..., 0])
+            return (moved.mean(axis=rest), whole.mean(axis=rest)) if rest else (moved, whole)
+
+        if "clean_acc" in self.arrays and np.isfinite(np.asarray(self["clean_acc"], float)).any():
+            moved, _ = tail_of("clean_acc")
+            return moved <= drift
+        if "loss" in self.arrays:
+            moved, whole = tail_of("loss")
+            return moved <= TRAINED_LOSS_SHARE * whole
+        return np.zeros(shape, bool)
 
     # -- selection and reduction --------------------------------------------------------------
     def _take(self, dim: str, index, drop: bool) -> Results:

@@ -239,6 +239,33 @@ def test_results_trained_measures_the_drift_over_the_last_fifth_of_training():
     assert ended_only.trained().tolist() == [[False, False, False]]
 
 
+def test_results_trained_reads_the_objective_of_a_contrastive_run():
+    """No labels (clean accuracy NaN): a run has settled when its held-out objective moved over
+    the last fifth by at most a tenth of its whole change; with neither trace, no run has."""
+    from purify import Results
+    from purify.claims import TRAINED_LOSS_SHARE
+
+    assert TRAINED_LOSS_SHARE == 0.1
+    steps = np.array([0, 10, 100, 700, 1000])
+    loss = np.array(
+        [
+            [[4.0, 3.0, 2.0, 1.05, 1.00]],  # whole change 3.0, last fifth 0.05 <= 0.3: settled
+            [[4.0, 3.0, 2.0, 1.50, 1.00]],  # last fifth 0.5 > 0.3: still learning
+            [[-1.0, -2.0, -3.0, -3.9, -4.0]],  # a negative objective (spectral): 0.1 <= 0.3
+        ]
+    ).transpose(1, 0, 2)
+    dims = {
+        "loss": ("hparam", "seed", "time"),
+        "clean_acc": ("hparam", "seed", "time"),
+        "failed_step": ("hparam", "seed"),
+    }
+    coords = {"hparam": np.arange(1), "seed": np.arange(3), "time": steps}
+    arrays = {"loss": loss, "clean_acc": np.full_like(loss, np.nan), "failed_step": np.full((1, 3), -1)}
+    assert Results(arrays, dims, coords, {}, {}).trained().tolist() == [[True, False, True]]
+    bare = {"failed_step": np.full((1, 3), -1)}
+    assert Results(bare, {"failed_step": dims["failed_step"]}, coords, {}, {}).trained().tolist() == [[False] * 3]
+
+
 def test_the_readme_verdicts_table_is_generated_from_the_records():
     """No verdict in the README is typed by hand: its table is `purify claims --table`'s."""
     from pathlib import Path
@@ -276,3 +303,51 @@ def test_the_attack_gate_bounds_the_gap_by_half_the_smallest_effect():
     zero = dataclasses.replace(claim, min_effect=0.0, why="the tolerance is the claim")
     (z,) = decide((zero,), [statistic("gain", VALUES, gates={"attack converged": small}, tau=0.25)], n_eval=1024)
     assert z["gates"]["attack converged"]["tolerance"] == claims.ATTACK_TOLERANCE
+
+
+# Claims that name robustness but need no attack gate, each with the reason.
+NO_ATTACK_GATE = {
+    ("attack-audit", "within-reference"): "it is the audit: its statistic is the gap itself",
+    ("fp-robustness", "attacks-exact-on-linear"): "exact: the attacks against the closed form",
+    ("fp-linf", "robustness/attacks-exact-on-linear"): "exact: the attacks against the closed form",
+    ("inh-supervised", "purity-correlation"): "a correlation, not in accuracy units",
+    ("inh-supervised", "purity-correlation-all"): "a correlation, not in accuracy units",
+    ("nrt-transfer", "transfer-attack-hurts"): "accuracy under one fixed transferred perturbation",
+    ("nrt-transfer", "transfer-attack-excess"): "accuracy under one fixed transferred perturbation",
+    ("rep-bound", "fgm-certifies-more"): "certified accuracy: a sound lower bound no attack sets",
+    ("rep-bound", "certificate-tight"): "a weaker attack only makes the claim harder to hold",
+}
+
+
+def test_every_claim_on_robustness_declares_the_attack_gate():
+    """A claim whose sentence or models speak of robustness, heads or fine-tuned models reads a
+    robust accuracy unless exempted above: it must declare 'attack converged' (and its
+    experiment must measure it, which `decide` enforces), so the reference attack re-measures
+    every model family that enters a robust-accuracy verdict."""
+    from purify.experiment import all_experiments
+
+    missing = []
+    for eid, exp in all_experiments().items():
+        for c in exp.claims:
+            words = (c.text + " " + " ".join(c.models)).lower()
+            speaks = "robust" in words or "head" in words or "fine-tun" in words
+            if speaks and (eid, c.id) not in NO_ATTACK_GATE and "attack converged" not in c.gates:
+                missing.append((eid, c.id))
+    assert not missing, f"claims on robustness without the attack gate: {missing}"
+    for key in NO_ATTACK_GATE:
+        exp = all_experiments()[key[0]]
+        assert any(c.id == key[1] for c in exp.claims), f"exempted claim {key} is not declared"
+
+
+def test_every_claim_on_trained_models_declares_the_trained_gate():
+    """Every claim about trained models, except the attack audit's (the same models under two
+    attacks) and exact checks, needs its models to have settled."""
+    from purify.experiment import all_experiments
+
+    missing = [
+        (eid, c.id)
+        for eid, exp in all_experiments().items()
+        for c in exp.claims
+        if "trained" not in c.gates and not c.exact and eid != "attack-audit" and not c.id.endswith("exact-on-linear")
+    ]
+    assert not missing, f"claims without the trained gate: {missing}"
