@@ -284,10 +284,10 @@ def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Arc
     return jax.jit(jax.vmap(make_evaluate(data, dc, arch), in_axes=(0, 0, 0, 0, None)))
 
 
-def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    """The jit(vmap) fit and evaluate programs; evaluation depends only on the evaluation
-    settings, so every method and head init shares one evaluate program."""
-    neutral = dataclasses.replace(
+def _evaluation_only(dc: DownstreamConfig) -> DownstreamConfig:
+    """dc with every fitting setting at a fixed value: evaluation depends only on the held-out
+    splits and the evaluation settings, so every method and head init shares one program."""
+    return dataclasses.replace(
         dc,
         method="probe",
         head_init="random",
@@ -300,7 +300,11 @@ def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture
         discrepancy=False,
         rank=1,
     )
-    return _compiled_fit(data, dc, arch), _compiled_evaluate(data, neutral, arch)
+
+
+def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    """The jit(vmap) fit and evaluate programs (one evaluate program for every fit setting)."""
+    return _compiled_fit(data, dc, arch), _compiled_evaluate(data, _evaluation_only(dc), arch)
 
 
 def _seed_array(seeds) -> np.ndarray:
@@ -513,22 +517,7 @@ def reference_gaps(
     data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
     beta = _per_run("beta", beta, n_runs, False)
     theta = _broadcast("theta", np.asarray(theta, np.float32), (n_runs, cfg.data.n_features))
-    # only the test split and the evaluation attacks matter: every fit method shares one program
-    neutral = dataclasses.replace(
-        dc,
-        method="probe",
-        head_init="random",
-        attack="none",
-        steps=0,
-        probe_steps=1,
-        batch=1,
-        pgd_steps=1,
-        discrepancy=False,
-        rank=1,
-        n_max=1,
-        n_val=1,
-    )
-    f = _compiled_reference(data, neutral, arch, n)
+    f = _compiled_reference(data, _evaluation_only(dc), arch, n)
     keys, M = run_keys(seeds), jnp.asarray(M)
     out = []
     for lo in range(0, n_runs, chunk):

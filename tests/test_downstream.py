@@ -227,3 +227,22 @@ def test_per_sample_rep_report_bounds_hold_on_a_trained_probe():
     assert 0 < r["certified"].mean() <= r["robust"].mean()
     # the report's robust accuracy is the evaluation's (same attacks, same test split) up to the PGD start
     assert abs(r["robust"].mean() - fit["robust"][0, 0]) < 0.05
+
+
+def test_reference_gaps_measure_what_the_default_evaluation_misses():
+    """At radius 0 nothing can move a prediction: the gap is exactly 0. At a radius inside the
+    window, a deliberately weak default (PGD 1 step, 1 start) leaves robust errors that the
+    reference (APGD from three starts and a random search) finds: the gap is positive on
+    average over 8 fitted heads, and never negative (the reference includes the default)."""
+    task = purify.make_task(DATA)
+    W = (np.random.default_rng(0).normal(size=(32, 16)) / 4).astype(np.float32)  # random: mixed features
+    theta = np.asarray(jax.random.rademacher(jax.random.key(3), (16,), dtype=jnp.float32))
+    weak = DownstreamConfig(steps=200, n_max=512, n_test=256, taus=(0.0, 0.2), eval_pgd_steps=1, restarts=1)
+    out = fit_and_evaluate(CFG, weak, task.M, seeds=range(8), backbone={"W": W}, beta=0.5, theta=theta, n=512, lr=0.05)
+    assert (out["clean"] > 0.7).all(), out["clean"]  # heads that work
+    gaps = downstream.reference_gaps(
+        CFG, weak, task.M, seeds=range(8), params=out["params"], beta=0.5, theta=theta, n=128
+    )
+    assert gaps.shape == (8, 2)
+    assert (gaps[:, 0] == 0).all(), gaps[:, 0]
+    assert (gaps >= 0).all() and gaps[:, 1].mean() > 0.01, gaps[:, 1]
