@@ -30,6 +30,7 @@ import numpy as np
 from purify import attacks, landmarks, make_task, network
 from purify.claims import Claim, statistic
 from purify.config import Config
+from purify.crosscheck import FOOLBOX_VERSION, foolbox_accuracy, foolbox_attacks, require_foolbox
 from purify.data import Task, sample
 from purify.downstream import backbones, downstream_tasks, logits, run_keys, splits
 from purify.evaluate import eval_keys
@@ -60,10 +61,11 @@ RADII = (
 )  # l2: the window's lower end, training/eval tau, fp-robustness's verdict tau, 0.375
 
 
-def audit(model, params, data_fn, seeds, spec: attacks.EvalSpec, u_fn, steps: int, restarts: int):
+def audit(model, params, data_fn, seeds, spec: attacks.EvalSpec, u_fn, steps: int, restarts: int, foolbox=False):
     """Default and strong robust accuracy (S, n_tau) of S models: model(params_s, x) -> (n,)
     logits, data_fn(seed_index) -> (x, y) their evaluation batch, u_fn(seed_index) -> the
-    dense-attack direction."""
+    dense-attack direction; with foolbox, a third: foolbox 3's robust accuracy (S, n_tau) on
+    the same inputs (`purify.crosscheck.foolbox_accuracy`, `steps` iterations), else None."""
 
     def one(p, x, y, u, key):
         margin = lambda v: y * model(p, v)
@@ -72,10 +74,21 @@ def audit(model, params, data_fn, seeds, spec: attacks.EvalSpec, u_fn, steps: in
     xs, ys, us = zip(*((*data_fn(i), u_fn(i)) for i in range(len(seeds))))
     keys = jnp.stack([jax.random.fold_in(eval_keys(int(s))[1], 0xA0D) for s in seeds])
     default, strong = jax.jit(jax.vmap(one))(params, jnp.stack(xs), jnp.stack(ys), jnp.stack(us), keys)
-    return np.asarray(default), np.asarray(strong)
+    third = None
+    if foolbox:
+        per_seed = [jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(len(seeds))]
+        third = np.asarray(
+            [
+                foolbox_accuracy(lambda v, p=p: model(p, v), x, y, spec.taus, spec.norm, steps)
+                for p, x, y in zip(per_seed, xs, ys)
+            ]
+        )
+    return np.asarray(default), np.asarray(strong), third
 
 
-def network_families(cfg: Config, task: Task, bbs: dict, seeds, n: int, steps: int, restarts: int, taus) -> dict:
+def network_families(
+    cfg: Config, task: Task, bbs: dict, seeds, n: int, steps: int, restarts: int, taus, foolbox: bool = False
+) -> dict:
     """The trained networks (backbones with the fixed head), the linear classifier and the oracle."""
     arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     spec = attacks.EvalSpec(tuple(taus), cfg.eval.norm, cfg.eval.pgd_steps, cfg.eval.restarts)
@@ -90,12 +103,12 @@ def network_families(cfg: Config, task: Task, bbs: dict, seeds, n: int, steps: i
     for name, bb in bbs.items():
         params = {k: jnp.asarray(v) for k, v in bb.items()}
         out[name] = audit(
-            lambda p, v: network.logits(arch, p, v, beta)[:, 0], params, data, seeds, spec, u, steps, restarts
+            lambda p, v: network.logits(arch, p, v, beta)[:, 0], params, data, seeds, spec, u, steps, restarts, foolbox
         )
     lin, orc = landmarks.linear_logits(task), landmarks.oracle_logits(cfg.data, task, beta)
     none = jnp.zeros(S)
-    out["linear"] = audit(lambda p, v: lin(v), none, data, seeds, spec, u, steps, restarts)
-    out["oracle"] = audit(lambda p, v: orc(v), none, data, seeds, spec, u, steps, restarts)
+    out["linear"] = audit(lambda p, v: lin(v), none, data, seeds, spec, u, steps, restarts, foolbox)
+    out["oracle"] = audit(lambda p, v: orc(v), none, data, seeds, spec, u, steps, restarts, foolbox)
     return out
 
 
@@ -111,8 +124,9 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     bbs, failed = supervised_backbones(cfg, seeds, ctx, task)
     flagged = bbs.pop("flagged")
     bbs.pop("trained")  # the audit compares attacks on the same models: settling does not enter
+    fool = bool(o["foolbox"])
     l2 = network_families(
-        cfg, task, {f"{k}-trained net": v for k, v in bbs.items()}, seed_ids, n, steps, restarts, taus
+        cfg, task, {f"{k}-trained net": v for k, v in bbs.items()}, seed_ids, n, steps, restarts, taus, fool
     )
     # clean linear heads on the clean and FGM backbones, on a new dense task
     theta = downstream_tasks(cfg.data.n_features, np.asarray(task.w_star[0]))["dense"]
@@ -138,6 +152,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             lambda i: u_down,
             steps,
             restarts,
+            fool,
         )
     families["l2"] = {"radii": list(taus), "models": l2}
 
@@ -151,15 +166,15 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     lbbs = {"clean-trained net": backbones(res, rows=0), "FGM-trained net": backbones(res, rows=1)}
     families["linf"] = {
         "radii": list(ltaus),
-        "models": network_families(lcfg, ltask, lbbs, seed_ids, n, steps, restarts, ltaus),
+        "models": network_families(lcfg, ltask, lbbs, seed_ids, n, steps, restarts, ltaus, fool),
     }
 
     # -- the rule -------------------------------------------------------------------------------
     ok = ~flagged
-    table, cells, worst, statistics = {}, [], (None, None, -np.inf), []
+    table, cells, worst, statistics, crosscheck = {}, [], (None, None, -np.inf), [], []
     for norm, fam in families.items():
         table[norm] = {"radii": fam["radii"], "models": {}}
-        for name, (default, strong) in fam["models"].items():
+        for name, (default, strong, third) in fam["models"].items():
             gap = default - strong  # (S, n_tau), >= 0 by construction
             mean_gap = gap[ok].mean(0) if ok.any() else np.full(gap.shape[1], np.nan)
             table[norm]["models"][name] = {
@@ -168,6 +183,13 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                 "gap_mean": mean_gap.tolist(),
                 "gap_max_over_seeds": gap.max(0).tolist(),
             }
+            if third is not None:  # > 0 where foolbox finds errors the reference missed
+                below = strong - third
+                table[norm]["models"][name]["foolbox"] = third.tolist()
+                table[norm]["models"][name]["reference_minus_foolbox_mean"] = (
+                    below[ok].mean(0) if ok.any() else np.full(below.shape[1], np.nan)
+                ).tolist()
+                crosscheck.append(float(np.nanmax(below[ok].mean(0))) if ok.any() else np.nan)
             for j, g in enumerate(mean_gap):
                 statistics.append(
                     statistic(
@@ -192,6 +214,14 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         },
         "default_attack": {"pgd_steps": cfg.eval.pgd_steps, "restarts": cfg.eval.restarts, "also": ["fgm", "dense"]},
         "n_audit": n,
+        "foolbox": {
+            "version": FOOLBOX_VERSION,
+            "attacks": list(foolbox_attacks("l2", steps)),
+            "steps": steps,
+            "reference_minus_foolbox_max": float(np.nanmax(crosscheck)) if crosscheck else None,
+        }
+        if fool
+        else None,
         "families": table,
         "failed_runs": failed,
         "statistics": statistics,
@@ -210,7 +240,13 @@ def plot(record: dict):
         for name, m in fam["models"].items():
             gap = np.asarray(m["default"], float) - np.asarray(m["strong"], float)
             band(ax, radii, gap, label=name, marker="o", ms=3)
-        ax.axhline(record["rule_max_gap"], color="k", ls="--", lw=1, label=f"rule: gap ≤ {record['rule_max_gap']:g}")
+        ax.axhline(
+            record["rule_max_gap"],
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"allowed: upper 95% bound < {record['rule_max_gap']:g}",
+        )
         ax.set_xlabel(f"{'ℓ2' if norm == 'l2' else 'ℓ∞'} attack radius τ")
         ax.set_ylabel("robust accuracy: default − strong attack")
         ax.set_title(f"{'ℓ2' if norm == 'l2' else 'ℓ∞'} (mean and min–max over {len(record['seeds'])} seeds)")
@@ -225,10 +261,18 @@ def plot(record: dict):
         if "statistics" in record
         else f"rule ≤ {record['rule_max_gap']:g}"
     )
+    fb = record.get("foolbox")
+    fool = (
+        f"\nfoolbox {fb['version']} cross-check ({'; '.join(fb['attacks'])}): reference − foolbox robust accuracy "
+        f"≤ {fb['reference_minus_foolbox_max']:+.4f} in every cell (mean over seeds; > 0: foolbox finds errors the "
+        "reference misses)"
+        if fb
+        else ""
+    )
     fig.suptitle(
         f"Attack audit: the default evaluation (FGM, PGD {record['default_attack']['pgd_steps']} steps × "
         f"{record['default_attack']['restarts']} starts, dense) against APGD ({sa['steps']} steps, {sa['restarts']} "
-        f"starts){search}\nlargest mean overstatement max_gap = {record['max_gap']:.4f}; {v} ({rule})",
+        f"starts){search}\nlargest mean overstatement max_gap = {record['max_gap']:.4f}; {v} ({rule})" + fool,
         fontsize=10,
     )
     fig.tight_layout()
@@ -241,8 +285,21 @@ OPTIONS = (
     Option("restarts", int, 10, "APGD starts (the first at the FGM point)", lo=1),
     Option("n_audit", int, 512, "evaluation examples audited per model (the first of its eval batch)", lo=1),
     Option("head_lr", float, 0.01, "learning rate of the clean heads", lo=0.0, strict_lo=True),
+    Option(
+        "foolbox",
+        bool,
+        False,
+        "also attack every audited model with foolbox 3 (PGD with and without random start, BIM, DeepFool; "
+        "`steps` iterations): a third-party cross-check of the reference (needs purify[crosscheck])",
+    ),
     N_DOWN,
 )
+
+
+def _check(cfg: Config, o: dict) -> None:
+    if o["foolbox"]:
+        require_foolbox()
+
 
 EXPERIMENT = Experiment(
     id="attack-audit",
@@ -267,6 +324,7 @@ EXPERIMENT = Experiment(
     },
     plot=plot,
     claims=CLAIMS,
+    check=_check,
 )
 
 if __name__ == "__main__":
