@@ -367,11 +367,12 @@ def plot(record: dict):
     ax.set_title("(c) inherited robustness against purity reached (every backbone, every seed)", fontsize=10)
 
     ax = axes[1, 1]
-    labels, vals, cleans = [], [], []
+    labels, vals, cleans, collapsed = [], [], [], [0, 0]
     for label, v in record["variants"].items():
         labels += [f"{label}\nclean", f"{label}\nFGM"]
         vals += [np.asarray(v["robust"][0], float), np.asarray(v["robust"][1], float)]
         cleans += [np.mean(v["clean"][0]), np.mean(v["clean"][1])]
+        collapsed += [int(np.sum(c)) for c in v.get("head_collapsed", [[], []])]
     labels = ["single-task\nclean", "single-task\nFGM", *labels]
     vals = [rob[i_clean, -1], rob[i_adv, -1], *vals]
     cl = np.asarray(record["heads"]["dense"]["clean"], float)
@@ -379,7 +380,8 @@ def plot(record: dict):
     ax.bar(np.arange(len(vals)), [v.mean() for v in vals], color=["tab:blue", "tab:red"] * (len(vals) // 2), alpha=0.85)
     for i, v in enumerate(vals):
         ax.plot([i] * len(v), v, "k.", ms=3)
-        ax.text(i, max(v) + 0.02, f"clean acc\n{cleans[i]:.2f}", ha="center", fontsize=7)
+        note = f"\n{collapsed[i]}/{len(v)} collapsed\n(clean < 0.75)" if collapsed[i] else ""
+        ax.text(i, max(v) + 0.02, f"clean acc\n{cleans[i]:.2f}{note}", ha="center", fontsize=7)
     ax.set_xticks(np.arange(len(vals)), labels, fontsize=8)
     ax.set_ylabel(f"clean head's robust accuracy at τ={tau_e:g} (task 'dense')")
     ax.set_ylim(0, 1)

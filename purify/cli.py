@@ -345,12 +345,16 @@ def verdicts_table(records_dir: Path) -> str:
             return "< 4 usable seeds"
         return "runs dropped" if "dropped" in reason else reason[:40]
 
+    current: dict[str, str] = {}  # claim id -> the digest of its declaration now
+
     def cell(v):
         if v is None:
             return "—"
         text = v["verdict"]
         if text == "invalid" and v.get("invalid_reason"):
             text += f" ({why_invalid(v['invalid_reason'])})"
+        if v.get("claim_id") in current and v.get("claim_hash") != current[v["claim_id"]]:
+            return text + " (declared differently since: post hoc)"
         return text + (" (post hoc)" if v.get("post_hoc") and v.get("phase") == "confirmatory" else "")
 
     def number(v):
@@ -374,6 +378,8 @@ def verdicts_table(records_dir: Path) -> str:
         if "statistics" not in record:
             lines.append(f"| {exp_id} | *record predates claims as data: not yet rerun* | | | | |")
             continue
+        current.clear()
+        current.update({c.id: c.digest() for c in all_experiments()[exp_id].claims})
         confirmatory = record["verdicts"] if record.get("phase") == "confirmatory" else []
         exploratory = (record.get("exploratory") or {}).get("verdicts", []) if confirmatory else record["verdicts"]
         for v in confirmatory:

@@ -351,3 +351,23 @@ def test_every_claim_on_trained_models_declares_the_trained_gate():
         if "trained" not in c.gates and not c.exact and eid != "attack-audit" and not c.id.endswith("exact-on-linear")
     ]
     assert not missing, f"claims without the trained gate: {missing}"
+
+
+def test_the_verdicts_table_marks_a_verdict_decided_under_an_earlier_declaration(tmp_path):
+    """A committed verdict whose claim hash is not the claim's digest now was decided under
+    another rule: the table says so instead of showing it as current."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from purify.cli import verdicts_table
+
+    src = Path(__file__).resolve().parents[1] / "figures" / "fp-dynamics.json"
+    shutil.copy(src, tmp_path / "fp-dynamics.json")
+    assert "declared differently since" not in verdicts_table(tmp_path)
+    record = json.loads(src.read_text())
+    record["verdicts"][0]["claim_hash"] = "0" * 16
+    (tmp_path / "fp-dynamics.json").write_text(json.dumps(record))
+    rows = [r for r in verdicts_table(tmp_path).splitlines() if r.startswith("| fp-dynamics")]
+    assert "declared differently since: post hoc" in rows[0]
+    assert all("declared differently" not in r for r in rows[1:])
