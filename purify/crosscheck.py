@@ -44,20 +44,14 @@ def require_foolbox():
 def foolbox_attacks(norm: str, steps: int) -> dict:
     """name -> foolbox attack, for the norm 'l2' or 'linf'."""
     fb = require_foolbox()
-    a = fb.attacks
-    if norm == "l2":
+    prefix = {"l2": "L2", "linf": "Linf"}.get(norm)
+    if prefix is not None:
+        cls = lambda name: getattr(fb.attacks, prefix + name)
         return {
-            "PGD": a.L2PGD(steps=steps, random_start=True),
-            "PGD, no random start": a.L2PGD(steps=steps, random_start=False),
-            "BIM": a.L2BasicIterativeAttack(steps=steps),
-            "DeepFool": a.L2DeepFoolAttack(steps=max(steps, 50)),
-        }
-    if norm == "linf":
-        return {
-            "PGD": a.LinfPGD(steps=steps, random_start=True),
-            "PGD, no random start": a.LinfPGD(steps=steps, random_start=False),
-            "BIM": a.LinfBasicIterativeAttack(steps=steps),
-            "DeepFool": a.LinfDeepFoolAttack(steps=max(steps, 50)),
+            "PGD": cls("PGD")(steps=steps, random_start=True),
+            "PGD, no random start": cls("PGD")(steps=steps, random_start=False),
+            "BIM": cls("BasicIterativeAttack")(steps=steps),
+            "DeepFool": cls("DeepFoolAttack")(steps=max(steps, 50)),
         }
     raise ConfigError(f"norm={norm!r} is not allowed: the foolbox cross-check supports 'l2' and 'linf'")
 
