@@ -6,9 +6,10 @@ that returns the numbers and verdicts, and a `plot` that redraws the figure from
 alone. `run_experiment` validates every setting and option before anything trains, then
 writes `<out>/<id>.json` (numbers, verdicts, full config, seeds, provenance) and `<out>/<id>.png`.
 
-Experiments are found through the entry-point group `purify.experiments` (name = experiment
-id, value = `module:EXPERIMENT`): the toolkit's own live in the top-level `experiments`
-package, and a researcher registers more from their own package the same way:
+The toolkit's own experiments are the public modules of `purify.experiments`, found by their
+file names (a new file there needs no reinstall; `get` imports only the one asked for). A
+researcher registers more from their own package through the entry-point group
+`purify.experiments` (name = experiment id, value = `module:EXPERIMENT`):
 
     [project.entry-points."purify.experiments"]
     my-claim = "mypackage.my_claim:EXPERIMENT"
@@ -16,10 +17,13 @@ package, and a researcher registers more from their own package the same way:
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import numbers
+import pkgutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -255,36 +259,60 @@ class Experiment:
         )
 
 
-def _entry_points():
-    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+BUILTIN_PACKAGE = "purify.experiments"
+
+
+def _builtin_modules() -> dict[str, str]:
+    """Built-in experiment id -> module, read from the package's files without importing them:
+    every public module of `purify.experiments` is one experiment, its id the module name with
+    dashes (fp_dynamics -> fp-dynamics); modules starting with `_` hold what experiments share."""
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    folders = list(spec.submodule_search_locations or ()) if spec else []
+    names = sorted(m.name for m in pkgutil.iter_modules(folders) if not m.name.startswith("_") and not m.ispkg)
+    return {name.replace("_", "-"): f"{BUILTIN_PACKAGE}.{name}" for name in names}
+
+
+def _entry_points() -> dict:
+    """Third-party experiments, registered in the entry-point group `purify.experiments`."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def experiment_ids() -> list[str]:
+    """Every experiment id, built-in ones first, without importing any experiment."""
+    builtin = _builtin_modules()
+    return [*builtin, *(name for name in _entry_points() if name not in builtin)]
+
+
+def _load(exp_id: str) -> Experiment:
+    builtin = _builtin_modules()
+    plugins = _entry_points()
+    if exp_id in builtin:
+        if exp_id in plugins:
+            ep = plugins[exp_id]
+            raise RuntimeError(
+                f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} takes the id of a built-in "
+                f"experiment ({builtin[exp_id]}): rename it"
+            )
+        where, exp = builtin[exp_id], getattr(importlib.import_module(builtin[exp_id]), "EXPERIMENT", None)
+    else:
+        ep = plugins[exp_id]
+        where, exp = f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP}", ep.load()
+    if not isinstance(exp, Experiment) or exp.id != exp_id:
+        raise RuntimeError(f"{where} does not define an Experiment with id {exp_id!r} as EXPERIMENT")
+    return exp
 
 
 def all_experiments() -> dict[str, Experiment]:
-    """Every registered experiment, by id, in registration order."""
-    out = {}
-    for ep in _entry_points():
-        exp = ep.load()
-        if not isinstance(exp, Experiment) or exp.id != ep.name:
-            raise RuntimeError(
-                f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} is not an Experiment with id "
-                f"{ep.name!r}"
-            )
-        out[exp.id] = exp
-    if not out:
-        raise RuntimeError(
-            f"no experiments are registered in the entry-point group {ENTRY_POINT_GROUP!r}: "
-            "install the package (pip install -e .) so its entry points exist"
-        )
-    return out
+    """Every experiment, by id: the built-in ones, then those of installed packages."""
+    return {exp_id: _load(exp_id) for exp_id in experiment_ids()}
 
 
 def get(exp_id: str) -> Experiment:
-    for ep in _entry_points():
-        if ep.name == exp_id:
-            return all_experiments()[exp_id]
-    raise ConfigError(
-        f"experiment={exp_id!r} is not allowed: must be one of {sorted(ep.name for ep in _entry_points())}"
-    )
+    """One experiment by id; imports only its module."""
+    ids = experiment_ids()
+    if exp_id not in ids:
+        raise ConfigError(f"experiment={exp_id!r} is not allowed: must be one of {sorted(ids)}")
+    return _load(exp_id)
 
 
 def run_experiment(
@@ -614,12 +642,3 @@ def print_verdicts(record: dict) -> None:
         print(f"  exploratory verdicts kept beside them (seeds {exp['seeds'][0]}..{exp['seeds'][-1]}):")
         for v in exp.get("verdicts", []):
             print("    " + describe_verdict(v))
-
-
-def main_for(exp_id: str) -> None:
-    """`python -m experiments.<module>` runs the experiment with the CLI's options."""
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["run", exp_id, *sys.argv[1:]]))

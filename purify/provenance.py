@@ -38,6 +38,7 @@ def git_commit() -> str | None:
 
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+EXPERIMENTS_FOLDER = "experiments"
 # The records a run writes are outputs, not code: a rerun of every experiment writes them one by
 # one, and the tree must not turn dirty under it.
 OUTPUTS = ("figures",)
@@ -78,9 +79,10 @@ def git_state(where: Path | None = None) -> dict:
 
 
 def source_digest(root: Path | None = None) -> str:
-    """A 16-hex-digit hash of every Python source file of the package (names and bytes): what
-    decides a saved run's numbers beside its config. `root` None: this installed package,
-    hashed once per process."""
+    """A 16-hex-digit hash of every Python source file of the library (names and bytes), the
+    experiments package left out: what decides a saved run's numbers beside its config (an
+    experiment decides them only through the config it hands over). `root` None: this installed
+    package, hashed once per process."""
     return _digest(PACKAGE_ROOT) if root is None else _digest.__wrapped__(Path(root))
 
 
@@ -88,6 +90,8 @@ def source_digest(root: Path | None = None) -> str:
 def _digest(root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == EXPERIMENTS_FOLDER:
+            continue
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes())
         h.update(b"\0")

@@ -99,7 +99,7 @@ def tiny_for(exp_id: str) -> list[str]:
 @pytest.fixture
 def settings_set_by_experiments(monkeypatch):
     """Every setting that experiment code changes from the value it was handed: through
-    `Config.set` called from an `experiments` module, or as a grid key of `Context.sweep` whose
+    `Config.set` called from an `purify.experiments` module, or as a grid key of `Context.sweep` whose
     values leave out the config's own value. Each must be declared in controls or derives."""
     import sys as _sys
 
@@ -111,7 +111,7 @@ def settings_set_by_experiments(monkeypatch):
 
     def recording_set(self, **dotted):
         caller = _sys._getframe(1).f_globals.get("__name__", "")
-        if caller.startswith("experiments"):
+        if caller.startswith("purify.experiments"):
             for key, value in dotted.items():
                 name = self.resolve(key, value)
                 old, new = self.get(name), plain(value)
@@ -200,9 +200,12 @@ def test_presets_are_valid_configs(preset):
         assert lo < cfg.eval.taus[0] < hi  # robust accuracy is tracked inside the window (in the attack's norm)
 
 
-def test_module_entry_point_runs(tmp_path):
+def test_python_m_purify_runs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.fp_dynamics", "--seeds", "2", "--out", str(tmp_path), "--no-resume", *TINY],
+        [
+            *(sys.executable, "-m", "purify", "run", "fp-dynamics"),
+            *("--seeds", "2", "--out", str(tmp_path), "--no-resume", *TINY),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -241,7 +244,7 @@ def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, 
     assert "fp-dynamics" in out and "95% CI" in out and " hold" in out
     import dataclasses
 
-    import experiments.fp_dynamics as fpd
+    import purify.experiments.fp_dynamics as fpd
 
     def broken(*a, **k):
         raise RuntimeError("simulated bug")
@@ -389,7 +392,7 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     confirmations on the same seeds comes out post hoc."""
     import dataclasses
 
-    import experiments.fp_robustness as module
+    import purify.experiments.fp_robustness as module
     from purify.claims import CONFIRMATORY_START
 
     args = ["run", "fp-robustness", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]

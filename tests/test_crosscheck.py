@@ -31,8 +31,8 @@ def test_foolbox_reproduces_the_linear_classifiers_exact_robust_accuracy(norm):
 def test_the_audit_records_the_foolbox_cross_check_per_family():
     """attack-audit's audit() with foolbox: a third (S, n_tau) accuracy on the same inputs, equal
     to the reference's on the linear model (both exact there); without foolbox, None."""
-    from experiments.attack_audit import audit
     from purify import attacks
+    from purify.experiments.attack_audit import audit
 
     task = make_task(DATA)
     lin = landmarks.linear_logits(task)
@@ -62,7 +62,7 @@ def test_a_missing_foolbox_is_a_clear_error(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_foolbox)
-    from experiments.attack_audit import EXPERIMENT
+    from purify.experiments.attack_audit import EXPERIMENT
 
     with pytest.raises(ConfigError, match=r"purify\[crosscheck\]"):
         EXPERIMENT.check(None, {"foolbox": True})

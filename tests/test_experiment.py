@@ -7,22 +7,82 @@ import pytest
 
 from purify.cli import main
 from purify.config import ConfigError
-from purify.experiment import ENTRY_POINT_GROUP, Option, all_experiments, get
+from purify.experiment import ENTRY_POINT_GROUP, Option, all_experiments, experiment_ids, get
 
 
-def test_the_registry_is_the_entry_point_group():
+def test_builtin_experiments_are_the_modules_of_the_package():
+    import pathlib
+
+    import purify.experiments
+
+    folder = pathlib.Path(purify.experiments.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    assert set(experiment_ids()) == {m.replace("_", "-") for m in modules}
+    assert set(all_experiments()) == set(experiment_ids()) and "fp-dynamics" in experiment_ids()
+    with pytest.raises(ConfigError, match=r"experiment='nope' is not allowed: must be one of \['attack-audit'"):
+        get("nope")
+
+
+def test_get_imports_only_the_experiment_asked_for():
+    code = (
+        "import sys; from purify.experiment import get; exp = get('fp-robustness'); "
+        "print(exp.id, sorted(m for m in sys.modules if m.startswith('purify.experiments.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    # fp-robustness shares the purification presets of _common and nothing else
+    assert out == "fp-robustness ['purify.experiments._common', 'purify.experiments.fp_robustness']"
+
+
+EXAMPLE = """
+from purify.experiment import Experiment
+EXPERIMENT = Experiment(id={id!r}, claim="x", title="t", summary="s", presets={{}}, run=None, plot=None)
+"""
+
+
+def test_a_new_file_is_an_experiment_without_reinstalling(tmp_path, monkeypatch):
+    import purify.experiment as registry
+
+    (tmp_path / "myexps").mkdir()
+    (tmp_path / "myexps" / "__init__.py").write_text("")
+    (tmp_path / "myexps" / "_shared.py").write_text("X = 1\n")
+    (tmp_path / "myexps" / "my_claim.py").write_text(EXAMPLE.format(id="my-claim"))
+    (tmp_path / "myexps" / "misnamed.py").write_text(EXAMPLE.format(id="other"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "BUILTIN_PACKAGE", "myexps")
+    monkeypatch.setattr(registry, "_entry_points", dict)
+    assert registry.experiment_ids() == ["misnamed", "my-claim"]
+    assert registry.get("my-claim").id == "my-claim"
+    with pytest.raises(RuntimeError, match="myexps.misnamed does not define an Experiment with id 'misnamed'"):
+        registry.get("misnamed")
+
+
+def test_other_packages_register_through_the_entry_point_group(tmp_path, monkeypatch):
     import importlib.metadata
 
-    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert names == set(all_experiments()) and "fp-dynamics" in names
-    with pytest.raises(ConfigError, match="experiment='nope' is not allowed"):
-        get("nope")
+    import purify.experiment as registry
+
+    (tmp_path / "their_pkg.py").write_text(EXAMPLE.format(id="their-claim") + "\nNOT_ONE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def points(*pairs):
+        eps = {n: importlib.metadata.EntryPoint(n, v, ENTRY_POINT_GROUP) for n, v in pairs}
+        monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+
+    points(("their-claim", "their_pkg:EXPERIMENT"))
+    assert experiment_ids()[-1] == "their-claim" and "fp-dynamics" in experiment_ids()
+    assert get("their-claim").id == "their-claim"
+    points(("their-claim", "their_pkg:NOT_ONE"))
+    with pytest.raises(RuntimeError, match="their_pkg:NOT_ONE in group purify.experiments does not define"):
+        get("their-claim")
+    points(("fp-dynamics", "their_pkg:EXPERIMENT"))
+    with pytest.raises(RuntimeError, match="takes the id of a built-in experiment"):
+        get("fp-dynamics")
 
 
 def test_the_library_does_not_import_the_experiments_package():
     code = (
         "import sys, purify, purify.cli, purify.experiment; "
-        "print('experiments' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+        "print('purify.experiments' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

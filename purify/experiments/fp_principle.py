@@ -17,10 +17,10 @@ import numpy as np
 from purify import metrics
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
-from purify.experiment import Context, Experiment, main_for
+from purify.experiment import Context, Experiment
 
-from .common import NETS
-from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import NETS
+from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in d = 64: ~0.1)
 # A neuron counts as split into a kept direction and a removed dense mixture when, besides
@@ -243,6 +243,3 @@ EXPERIMENT = Experiment(
     plot=plot,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

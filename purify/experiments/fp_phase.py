@@ -16,7 +16,7 @@ from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.evaluate import reference_gaps
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 from purify.stats import mean_ci
 
 CLAIMS = (
@@ -234,6 +234,3 @@ EXPERIMENT = Experiment(
     ),
     check=lambda cfg, o: _check_sizes(cfg, o),
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

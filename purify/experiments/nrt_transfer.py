@@ -21,9 +21,9 @@ from purify import attacks, make_task, network
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import downstream_tasks, logits, run_keys, select_by_validation, splits
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import (
+from ._common import (
     BACKBONE_CONTROLS,
     N_DOWN,
     PRETRAIN_PRESETS,
@@ -325,6 +325,3 @@ EXPERIMENT = Experiment(
     check=_check,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

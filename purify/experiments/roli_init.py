@@ -22,9 +22,9 @@ from purify import make_task
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, downstream_tasks, select_by_validation
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import (
+from ._common import (
     BACKBONE_CONTROLS,
     COLLAPSED_BELOW,
     N_DOWN,
@@ -352,6 +352,3 @@ EXPERIMENT = Experiment(
     check=_check,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

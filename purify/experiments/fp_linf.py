@@ -14,11 +14,11 @@ import math
 import numpy as np
 
 from purify.config import Config
-from purify.experiment import Context, Experiment, get, main_for
+from purify.experiment import Context, Experiment, get
 
 from . import fp_dynamics, fp_robustness
-from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
-from .common import RADIUS_OPTIONS
+from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import RADIUS_OPTIONS
 
 PARTS = ("fp-dynamics", "fp-robustness")
 
@@ -124,6 +124,3 @@ EXPERIMENT = Experiment(
     options=RADIUS_OPTIONS,
     claims=_claims(),
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

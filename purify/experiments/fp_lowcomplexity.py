@@ -32,13 +32,13 @@ from purify.evaluate import (
     network_curves,
     reference_gaps,
 )
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 from purify.landmarks import window
 from purify.results import atomic_write_bytes
 from purify.store import fingerprint
 
-from .common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid
-from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid
+from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 MODELS = {
     "linear": "linear",
@@ -283,6 +283,3 @@ EXPERIMENT = Experiment(
     plot=plot,
     claims=_claims(),
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

@@ -39,12 +39,12 @@ from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import downstream_tasks
 from purify.evaluate import landmark_curves, reference_gaps
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 from purify.landmarks import linear_robust_accuracy
 from purify.plotting import band
 from purify.stats import mean_ci, slopes
 
-from .common import DOWN_LRS, N_DOWN, NETS, PURIFICATION_PRESETS, clean_heads, down_config
+from ._common import DOWN_LRS, N_DOWN, NETS, PURIFICATION_PRESETS, clean_heads, down_config
 from .fp_principle import decompose, summarize
 
 PATHS = ("k fixed", "k growing")
@@ -527,6 +527,3 @@ EXPERIMENT = Experiment(
     ),
     check=_check,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

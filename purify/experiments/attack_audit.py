@@ -34,9 +34,9 @@ from purify.crosscheck import FOOLBOX_VERSION, foolbox_accuracy, foolbox_attacks
 from purify.data import Task, sample
 from purify.downstream import backbones, downstream_tasks, logits, run_keys, splits
 from purify.evaluate import eval_keys
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
+from ._common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 from .fp_linf import linf_settings
 
 MAX_GAP = 0.01  # the rule: default robust accuracy may overstate the strong attack's by at most this
@@ -326,6 +326,3 @@ EXPERIMENT = Experiment(
     claims=CLAIMS,
     check=_check,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

@@ -19,9 +19,9 @@ from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.downstream import backbones, downstream_tasks
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import (
+from ._common import (
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
     DOWN_LRS,
@@ -313,6 +313,3 @@ EXPERIMENT = Experiment(
         DOWN_LRS,
     ),
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

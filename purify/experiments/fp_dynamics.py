@@ -15,11 +15,11 @@ from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.evaluate import reference_gaps
-from purify.experiment import Context, Experiment, main_for
+from purify.experiment import Context, Experiment
 from purify.landmarks import window
 from purify.store import fingerprint
 
-from .common import NETS, PURIFICATION_PRESETS
+from ._common import NETS, PURIFICATION_PRESETS
 
 CLAIMS = (
     Claim(
@@ -196,6 +196,3 @@ EXPERIMENT = Experiment(
     plot=plot,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

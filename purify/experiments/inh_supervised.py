@@ -19,10 +19,10 @@ from purify import make_task
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
 from purify.downstream import backbones, bayes_accuracy, downstream_tasks
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 from purify.stats import accuracy_resolution, verdict
 
-from .common import (
+from ._common import (
     DOWN_LRS,
     N_DOWN,
     PRETRAIN_PRESETS,
@@ -457,6 +457,3 @@ EXPERIMENT = Experiment(
     options=OPTIONS,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

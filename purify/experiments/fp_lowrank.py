@@ -15,9 +15,9 @@ from purify import Results, make_task
 from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.evaluate import network_curves, reference_gaps
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 TOP = 5  # singular directions whose label alignment is reported
 
@@ -235,6 +235,3 @@ EXPERIMENT = Experiment(
     check=lambda cfg, o: _check_ranks(cfg, o),
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

@@ -15,11 +15,11 @@ from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.evaluate import landmark_curves, network_curves, reference_gaps
-from purify.experiment import Context, Experiment, main_for
+from purify.experiment import Context, Experiment
 from purify.landmarks import linear_robust_accuracy, window
 
-from .common import NETS, RADIUS_OPTIONS, radius_grid
-from .common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import NETS, RADIUS_OPTIONS, radius_grid
+from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 ACC = "two accuracy points: a robustness difference a reader would act on; below it the two are alike"
 CLAIMS = (
@@ -178,6 +178,3 @@ EXPERIMENT = Experiment(
     plot=plot,
     claims=CLAIMS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

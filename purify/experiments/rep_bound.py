@@ -19,10 +19,10 @@ from purify import make_task, network
 from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.downstream import run_keys, splits
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 from purify.representation import per_sample_report
 
-from .common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
+from ._common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
 
 HEADS = {"clean probe": "none", "adversarial probe": "pgd"}
 # No robust accuracy enters a verdict here: a certified accuracy is a sound lower bound that no
@@ -348,6 +348,3 @@ EXPERIMENT = Experiment(
     claims=CLAIMS,
     options=OPTIONS,
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)

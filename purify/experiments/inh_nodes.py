@@ -14,9 +14,9 @@ import numpy as np
 from purify import make_task
 from purify.claims import Claim, statistic
 from purify.config import Config
-from purify.experiment import Context, Experiment, Option, main_for
+from purify.experiment import Context, Experiment, Option
 
-from .common import (
+from ._common import (
     BACKBONE_CONTROLS,
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
@@ -210,6 +210,3 @@ EXPERIMENT = Experiment(
         VIEW_NOISES,
     ),
 )
-
-if __name__ == "__main__":
-    main_for(EXPERIMENT.id)
