@@ -277,15 +277,16 @@ def _entry_points() -> dict:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _ids(builtin: dict[str, str], plugins: dict) -> list[str]:
+    return [*builtin, *(name for name in plugins if name not in builtin)]
+
+
 def experiment_ids() -> list[str]:
     """Every experiment id, built-in ones first, without importing any experiment."""
-    builtin = _builtin_modules()
-    return [*builtin, *(name for name in _entry_points() if name not in builtin)]
+    return _ids(_builtin_modules(), _entry_points())
 
 
-def _load(exp_id: str) -> Experiment:
-    builtin = _builtin_modules()
-    plugins = _entry_points()
+def _load(exp_id: str, builtin: dict[str, str], plugins: dict) -> Experiment:
     if exp_id in builtin:
         if exp_id in plugins:
             ep = plugins[exp_id]
@@ -304,15 +305,16 @@ def _load(exp_id: str) -> Experiment:
 
 def all_experiments() -> dict[str, Experiment]:
     """Every experiment, by id: the built-in ones, then those of installed packages."""
-    return {exp_id: _load(exp_id) for exp_id in experiment_ids()}
+    builtin, plugins = _builtin_modules(), _entry_points()
+    return {exp_id: _load(exp_id, builtin, plugins) for exp_id in _ids(builtin, plugins)}
 
 
 def get(exp_id: str) -> Experiment:
     """One experiment by id; imports only its module."""
-    ids = experiment_ids()
-    if exp_id not in ids:
-        raise ConfigError(f"experiment={exp_id!r} is not allowed: must be one of {sorted(ids)}")
-    return _load(exp_id)
+    builtin, plugins = _builtin_modules(), _entry_points()
+    if exp_id not in builtin and exp_id not in plugins:
+        raise ConfigError(f"experiment={exp_id!r} is not allowed: must be one of {sorted(_ids(builtin, plugins))}")
+    return _load(exp_id, builtin, plugins)
 
 
 def run_experiment(
