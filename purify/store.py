@@ -243,14 +243,16 @@ def _me() -> dict:
 def _stale(path: Path) -> bool:
     """A lock is stale when it has not been refreshed for STALE_SECONDS (its holder is gone or
     hung), or on this host when its pid is not alive or now names a process that started at
-    another time than the holder (pid reuse). Unreadable: stale."""
+    another time than the holder (pid reuse). Unreadable: stale once it has stayed so for a
+    heartbeat (a lock is created empty and written a moment later, so a fresh empty one is live)."""
     try:
-        owner = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
+        owner = json.loads(path.read_text())
     except FileNotFoundError:
         return False  # released meanwhile: try again
     except (OSError, ValueError):
-        return True
+        unread_for = lock_age(path)
+        return unread_for is not None and unread_for > HEARTBEAT_SECONDS
     if age > STALE_SECONDS:
         return True
     if owner.get("host") == socket.gethostname():

@@ -313,6 +313,12 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path):
         old = time.time() - store.STALE_SECONDS - 1
         os.utime(lock, (old, old))
         assert store._stale(lock)
+        # a lock its holder has created and not yet written is live, for a heartbeat
+        lock.write_text("")
+        assert not store._stale(lock)
+        old = time.time() - store.HEARTBEAT_SECONDS - 1
+        os.utime(lock, (old, old))
+        assert store._stale(lock)
     finally:
         other.kill()
         other.wait()
