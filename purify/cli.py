@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import json
+import logging
+import math
 import os
+import signal
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
+from .benchmarks import CONFIGS, format_table, run_bench
+from .claims import confirmation_status
 from .config import Config, ConfigError, parse_value
+from .execute import SliceFinished, raise_on_sigterm
+from .experiment import RECORDS, all_experiments, compare_records, get, print_verdicts, run_experiment, save_figure
+from .provenance import git_state
+from .results import NO_SPACE, atomic_write_json
+from .stats import DECISIONS
+from .store import damaged_files, merge_runs
 
 
 def _enable_compilation_cache() -> None:
@@ -33,7 +48,6 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from .experiment import all_experiments
 
     exps = all_experiments()
     for exp in exps.values():
@@ -91,8 +105,6 @@ def init_distributed() -> None:
 
 
 def cmd_run(args) -> int:
-    from .execute import SliceFinished
-    from .experiment import print_verdicts, run_experiment
 
     overrides = _parse_sets(args.set or [])
     run_slice = _parse_slice(args.slice)
@@ -131,8 +143,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import CONFIGS, format_table, run_bench
-    from .results import atomic_write_json
 
     sizes = [c for c in args.configs.split(",") if c]
     for c in sizes:
@@ -159,7 +169,6 @@ def cmd_bench(args) -> int:
 
 
 def _selected(only: str | None):
-    from .experiment import all_experiments, get
 
     if not only:
         return list(all_experiments().values())
@@ -168,14 +177,9 @@ def _selected(only: str | None):
 
 def cmd_figures(args) -> int:
     """Redraw every figure from its saved JSON (no training); --rerun runs the experiments anew."""
-    import tempfile
-
-    from .experiment import run_experiment, save_figure
 
     missing = []
     if args.rerun and Path(args.out or "figures").resolve() == Path("figures").resolve() and not args.allow_dirty:
-        from .provenance import git_state
-
         state = git_state()
         if state["dirty"]:
             raise ConfigError(
@@ -219,7 +223,6 @@ def cmd_figures(args) -> int:
 
 def read_record(path: Path) -> dict:
     """A result record's JSON, or a ConfigError naming the file and what is wrong with it."""
-    import json
 
     try:
         record = json.loads(path.read_text())
@@ -235,7 +238,6 @@ def read_record(path: Path) -> dict:
 
 def _compare(args) -> int:
     """Print every value of the JSONs in --out that differs from the same experiment's JSON in --compare."""
-    from .experiment import compare_records
 
     moved = 0
     for exp in _selected(args.only):
@@ -254,9 +256,6 @@ def _compare(args) -> int:
 def cmd_check(args) -> int:
     """Run every experiment's preset and print one table of verdicts. A claim that fails is a
     scientific result (exit 0); an experiment that raises is a broken toolkit (exit 1)."""
-    import traceback
-
-    from .experiment import run_experiment
 
     rows, broken = [], []
     overrides = _parse_sets(args.set or [])
@@ -314,7 +313,6 @@ def cmd_check(args) -> int:
         print(
             f"{r[0]:16s} {r[1]:5s} {r[2]:16s} {r[3]:16s} {r[4][:width]:{width}s} {r[5]:>9s} {r[6]:>20s} {r[7]:>10s}  {r[8]}"
         )
-    from .stats import DECISIONS
 
     counts = {k: sum(r[3] == k for r in rows) for k in DECISIONS}
     print(
@@ -333,9 +331,6 @@ def verdicts_table(records_dir: Path) -> str:
     """A markdown table of every verdict of the records in `records_dir`: the confirmatory
     decision (the headline) beside the exploratory one, with the confirmatory mean and interval,
     or the exploratory ones alone where no confirmation has run."""
-    import math
-
-    from .experiment import all_experiments
 
     def why_invalid(reason: str) -> str:
         gates = [g for g in ("attack converged", "trained") if f"gate '{g}' failed" in reason]
@@ -396,8 +391,6 @@ def verdicts_table(records_dir: Path) -> str:
 def cmd_claims(args) -> int:
     """List every declared claim: id, rule, smallest effect and why, family, models, gates, hash,
     and whether the committed record confirms it under this declaration."""
-    from .claims import confirmation_status
-    from .experiment import RECORDS, get
 
     if args.table:
         table = verdicts_table(RECORDS)
@@ -441,7 +434,6 @@ def cmd_claims(args) -> int:
 
 def cmd_damaged(args) -> int:
     """List (or --remove) the files set aside as damaged or outdated under a runs folder."""
-    from .store import damaged_files
 
     files = damaged_files(args.runs)
     total = sum(f.stat().st_size for f in files)
@@ -460,7 +452,6 @@ def cmd_damaged(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .store import merge_runs
 
     n = merge_runs(args.sources, args.into)
     print(
@@ -481,7 +472,11 @@ RUNS_HELP = (
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, seeds: bool = True, runs: bool = True) -> None:
-    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores, the default) or gpu (paper scale)")
+    p.add_argument(
+        "--preset",
+        default="cpu",
+        help="cpu (minutes on 2 cores, the default), gpu (paper scale) or test (seconds: the test suite's sizes)",
+    )
     if seeds:
         p.add_argument("--seeds", type=int, default=None, help="number of seeds, >= 2 (default: the preset's)")
     p.add_argument("--out", default=None, help=OUT_HELP)
@@ -612,7 +607,6 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command line only writes files; a REPL keeps its own backend
-    import logging
 
     log = logging.getLogger("purify")  # the toolkit's own notes, on stderr
     if not log.handlers:
@@ -621,11 +615,6 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
-    import errno
-    import signal
-
-    from .execute import raise_on_sigterm
-    from .results import NO_SPACE
 
     raise_on_sigterm()  # SIGTERM keeps what finished, as Ctrl-C does
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from math import comb
 from pathlib import Path
 
 import jax
@@ -44,8 +45,9 @@ from jax.sharding import PartitionSpec as P
 
 from . import attacks, network
 from .attacks import EvalSpec
-from .config import NORMS, Config, ConfigError, DataConfig, _choice, _float, _int
+from .config import NORMS, SEED_MAX, Config, ConfigError, DataConfig, _choice, _float, _int
 from .data import Task, sample
+from .evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
 from .execute import execute
 from .plan import make_plan
 from .results import check_free_space, writable_folder
@@ -309,7 +311,6 @@ def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture
 
 def _seed_array(seeds) -> np.ndarray:
     """seeds as a 1-d integer array in 0..2**32-1, or a ConfigError."""
-    from .config import SEED_MAX
 
     arr = np.asarray(seeds)
     if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu" or (arr < 0).any() or (arr > SEED_MAX).any():
@@ -481,7 +482,6 @@ def fit_and_evaluate(
 @functools.lru_cache(maxsize=64)
 def _compiled_reference(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture, n: int):
     """jit(vmap) of one run's (default - reference) robust accuracy (n_tau,) on its first n test examples."""
-    from .evaluate import REFERENCE_RESTARTS, REFERENCE_STEPS
 
     def one(p, key, b, th, M):
         k_data, _, _, _ = jax.random.split(key, 4)
@@ -508,7 +508,6 @@ def reference_gaps(
 
     params: fitted parameters {name: (n_runs, ...)}, as `fit_and_evaluate` returns them (or the
     models a selection kept); seeds, beta, theta as there (per run or broadcast)."""
-    from .evaluate import REFERENCE_N
 
     seeds = _seed_array(seeds)
     n_runs = len(seeds)
@@ -580,7 +579,6 @@ def bayes_accuracy(data: DataConfig, theta: np.ndarray) -> float:
     """The best accuracy any classifier can reach on task theta: 1 - P(<theta, z> = 0) / 2 (a tied
     margin gets a coin label). Exact for exact_k supports with uniform magnitudes, where a tie
     happens exactly when no active feature lies on theta's support."""
-    from math import comb
 
     s = int((np.asarray(theta) != 0).sum())
     if data.sparsity != "exact_k" or data.magnitude != "uniform":

@@ -20,20 +20,26 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import math
 import numbers
 import pkgutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claims import Claim, confirmatory_seeds, decide
-from .config import Config, ConfigError
+from .claims import SET_AFTER_RESULTS, Claim, confirmatory_seeds, decide
+from .config import Config, ConfigError, plain
+from .downstream import fit_and_evaluate
+from .plotting import mark_flagged
 from .provenance import provenance
 from .results import NO_SPACE, _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
+from .store import recording_folders
+from .sweeps import check_chunk_memory, sweep
 
 ENTRY_POINT_GROUP = "purify.experiments"
 
@@ -143,7 +149,6 @@ class Context:
     checkpoint_seconds: float = 60.0
 
     def sweep(self, cfg: Config, **kwargs):
-        from .sweeps import sweep
 
         return sweep(
             cfg,
@@ -157,7 +162,6 @@ class Context:
 
     def downstream(self, cfg: Config, dc, M, **kwargs):
         """`purify.downstream.fit_and_evaluate`, resumable in this context's runs folder."""
-        from .downstream import fit_and_evaluate
 
         return fit_and_evaluate(cfg, dc, M, out_dir=self.runs_dir, run_slice=self.run_slice, **kwargs)
 
@@ -347,7 +351,6 @@ def run_experiment(
     this; the sweeps split the runs among them and gather the results, and only process 0
     writes files.
     """
-    import sys
 
     import jax
 
@@ -378,8 +381,6 @@ def run_experiment(
     if runs_dir:
         runs_dir = writable_folder(runs_dir, "runs")
     if chunk_size is not None:
-        from .sweeps import check_chunk_memory
-
         check_chunk_memory(cfg, chunk_size)
     ctx = Context(
         runs_dir=Path(runs_dir) if runs_dir else None,
@@ -394,7 +395,6 @@ def run_experiment(
     frozen = None
     if confirm and previous and previous.get("phase") == "confirmatory" and previous.get("seeds") == seed_ids:
         frozen = {v["claim_id"]: v["claim_hash"] for v in previous.get("verdicts", []) if "claim_id" in v}
-    from .store import recording_folders
 
     t0 = time.time()
     with recording_folders() as folders:
@@ -520,7 +520,6 @@ def output_folder(
     with `overwrite`; any other run goes to `redirect_to`, so a quick 2-seed try never replaces
     a committed 8-seed figure, nor an exploratory run a confirmatory record.
     """
-    import json
 
     path = RECORDS / f"{exp_id}.json"
     if overwrite or not path.exists():
@@ -549,18 +548,14 @@ def output_folder(
 
 
 def _plain_json(o):
-    from .config import plain
 
     return plain(o)
 
 
 def figure_bytes(exp: Experiment, record: dict) -> bytes:
     """The record's figure as PNG bytes, with its flagged runs named under it."""
-    import io
 
     import matplotlib.pyplot as plt
-
-    from .plotting import mark_flagged
 
     fig = exp.plot(record)
     mark_flagged(fig, record)
@@ -618,8 +613,6 @@ def describe_verdict(v: dict) -> str:
     if v.get("invalid_reason"):
         text += f"; invalid: {v['invalid_reason']}"
     if v.get("post_hoc"):
-        from .claims import SET_AFTER_RESULTS
-
         o = v.get("original")
         reason = v.get("post_hoc_reason", "")
         text += (

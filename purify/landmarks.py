@@ -19,6 +19,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from . import network
 from .config import DataConfig
 from .data import Task
 
@@ -96,7 +97,6 @@ def linear_logits(task: Task, t: int = 0):
 def oracle_logits(cfg: DataConfig, task: Task, beta: float, t: int = 0):
     """The oracle pure network f(x) = sum_j w*_j phi_b(<M_j, x>), b = beta * z_min: one unit per
     feature (W = M^T, unit rows), the threshold rule's value beta z_min |w_j| held fixed."""
-    from . import network
 
     arch = network.Architecture(activation="soft_threshold", bias="fixed", head="trained", z_min=cfg.min_magnitude)
     params = oracle_params(cfg, task, beta, t)

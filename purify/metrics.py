@@ -68,6 +68,25 @@ def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return (values * weights).sum(-1) / jnp.maximum(weights.sum(-1), _EPS)
 
 
+def weighted_purity(W: jax.Array, M: jax.Array) -> jax.Array:
+    """Norm-weighted mean purity sum_i |w_i| p_i / sum_i |w_i| of each first layer in W.
+
+    Args:
+      W: first layers (..., m, d), any leading axes (seeds, hyper-parameters, snapshots).
+      M: the dictionary (d, D).
+
+    Returns:
+      (...,): one number per first layer, in [1/D, 1]; neurons that never grew weigh little.
+
+    Example:
+      >>> weighted_purity(jnp.eye(3), jnp.eye(3))  # three pure neurons
+      Array(1., dtype=float32)
+    """
+    norm_sq = (W**2).sum(-1)
+    # `** 0.5`, not jnp.sqrt: NumPy input keeps NumPy's sums, as the committed records were computed
+    return weighted_mean(purity(feature_coefficients(W, M), norm_sq), norm_sq**0.5)
+
+
 def neuron_metrics(W: jax.Array, M: jax.Array, w_star: jax.Array) -> dict[str, jax.Array]:
     """Per-neuron (m,) arrays: norm, purity, features per neuron, participation ratio, rho."""
     C = feature_coefficients(W, M)

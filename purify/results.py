@@ -19,10 +19,17 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .claims import TRAINED_DRIFT, TRAINED_LOSS_SHARE
+from .config import HPARAM_NAMES, Config, ConfigError, plain
+from .plotting import plot_metric
+from .trace import at_chance
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
@@ -63,7 +70,6 @@ def writable_folder(path: str | os.PathLike, name: str) -> Path:
     """`path` if this process can write files there (a folder, or one it can create), else a
     ConfigError naming `name`, the path and why, so that no work is done that could not be
     saved. Nothing is created: the nearest existing folder on the way is probed."""
-    from .config import ConfigError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -88,7 +94,6 @@ def writable_folder(path: str | os.PathLike, name: str) -> Path:
 def check_free_space(folder: str | Path, need: int, name: str) -> None:
     """A ConfigError naming the folder, the bytes a run will write there and the bytes free,
     when the folder's disk cannot hold them (with 10% to spare): refused before it trains."""
-    from .config import ConfigError
 
     probe = Path(folder)
     while not probe.exists() and probe != probe.parent:
@@ -151,7 +156,6 @@ class Results:
 
     def __repr__(self) -> str:
         shape = {d: len(v) for d, v in self.coords.items()}
-        from .config import plain
 
         swept = {n: list(plain(np.unique(np.asarray(self.hp[n])))) for n in self.meta.get("swept", [])}
         return f"Results(axes={shape}, swept={swept}, metrics={sorted(self.arrays)})"
@@ -165,7 +169,6 @@ class Results:
     def at_chance(self) -> np.ndarray:
         """Boolean mask over (hparam, seed): supervised runs whose final held-out clean accuracy is at
         most `purify.trace.CHANCE_ACCURACY` (0.6), i.e. that learned nothing."""
-        from .trace import at_chance
 
         if "clean_acc" not in self.arrays:
             return np.zeros(self["failed_step"].shape, bool)
@@ -188,7 +191,6 @@ class Results:
         its whole change from the first log step to the last. Log steps are spaced
         geometrically, so the stretch starts at the log step just before the last fifth; a run
         logged only at its end, or with neither trace, is not shown to have settled."""
-        from .claims import TRAINED_DRIFT, TRAINED_LOSS_SHARE
 
         drift = TRAINED_DRIFT if drift is None else drift
         shape = self["failed_step"].shape
@@ -289,7 +291,6 @@ class Results:
     def row_config(self, row: int):
         """The full `Config` of hparam row `row`: the saved config with that row's swept
         settings and hyper-parameters (a grid may sweep any setting, see `purify.sweep`)."""
-        from .config import HPARAM_NAMES, Config, plain
 
         self._need("hparam")
         # plain: a float32 0.1 is the 0.1 that was asked for, not 0.10000000149011612
@@ -403,8 +404,6 @@ class Results:
     def load(cls, path: str | os.PathLike) -> Results:
         """The Results saved at `path`; a file that is missing, damaged or not written by
         `Results.save` raises an error naming the path and which of these it is."""
-        import zipfile
-        import zlib
 
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -440,7 +439,6 @@ class Results:
     # -- plotting -----------------------------------------------------------------------------
     def plot(self, metric: str, ax=None, label_by: str | None = None, **kw):
         """Mean over seeds with a band (see purify.plotting.band), one line per grid row."""
-        from .plotting import plot_metric
 
         return plot_metric(self, metric, ax=ax, label_by=label_by, **kw)
 

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import attacks, network, trace
+from . import attacks, network, trace, train
 from .config import HPARAM_NAMES, Config, ConfigError, HParams, plain
 from .data import Task, make_task
 from .execute import DeferredInterrupt, SliceFinished, SweepInterrupted, execute
@@ -458,8 +458,6 @@ def _sweep_group(
     label,
 ):
     """Train the rows of one static config (one program); returns (flat arrays, run, task)."""
-    from .train import compiled
-
     table = _hp_table(cfg, rows)
     adv_start = _per_run_adv_start(cfg, rows)
     log_steps = None
@@ -487,7 +485,7 @@ def _sweep_group(
     run_adv = np.repeat(row_adv, S)
     run_seed = np.tile(seeds, H)
     store = ChunkStore(out_dir, fingerprint(cfg, table, seeds, plan.chunk_size, task))
-    fns = compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)), adv_start is not None, log_steps)
+    fns = train.compiled(cfg, int(step_chunk), bool(np.all(table["noise"] == 0)), adv_start is not None, log_steps)
     mesh = Mesh(np.asarray(devices), ("runs",))
     on_runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
     task_on_mesh = jax.device_put(task, replicated)

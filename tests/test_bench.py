@@ -3,8 +3,8 @@ extra, is reported absent or measured, never silently dropped)."""
 
 import importlib.util
 
-from purify.bench import format_table, run_bench
-from purify.profiling import KINDS, PHASES, self_times
+from purify.benchmarks import format_table, run_bench
+from purify.benchmarks.profiling import KINDS, PHASES, self_times
 
 
 def test_bench_prints_every_row_and_the_compile_latency():

@@ -11,89 +11,8 @@ from purify.experiment import all_experiments
 from purify.landmarks import window
 from purify.stats import DECISIONS
 
-TINY = [
-    "--set",
-    "data.d=16",
-    "--set",
-    "data.k=2",
-    "--set",
-    "model.width=32",
-    "--set",
-    "train.steps=40",
-    "--set",
-    "train.adv_start=20",
-    "--set",
-    "train.batch=32",
-    "--set",
-    "eval.n_eval=256",
-    "--set",
-    "eval.pgd_steps=2",
-    "--set",
-    "eval.restarts=1",
-    "--set",
-    "hp.tau=0.3",
-    "--set",
-    "eval.taus=0.3",
-    "--quiet",
-]
-# Fewer grid points where each one is a program of its own (a method and head init, a k, a
-# rank) or unrolled into one (radii): at tiny size they cover the same code in less compile time.
-EXTRA = {
-    "roli-init": [
-        "--set",
-        "exp.methods=probe,full",
-        "--set",
-        "exp.head_inits=random,robust",
-        "--set",
-        "exp.n_down=256",
-        "--set",
-        "exp.sizes=64,256",
-    ],
-    "fp-phase": ["--set", "exp.ks=2,4", "--set", "exp.taus=0.125,0.3,0.6"],
-    "fp-lowrank": ["--set", "exp.ranks=1,2"],
-    "fp-lowcomplexity": ["--set", "exp.n_taus=4"],
-    "fp-robustness": ["--set", "exp.n_taus=4"],
-    "fp-linf": ["--set", "exp.n_taus=4"],
-    "inh-supervised": ["--set", "exp.adv_fractions=0.5,1", "--set", "exp.n_tasks=2", "--set", "exp.n_down=256"],
-    "inh-contrastive": ["--set", "exp.view_noises=0.5", "--set", "exp.n_down=256"],
-    "inh-nodes": ["--set", "exp.view_noises=0.5"],
-    "fp-scaling": [
-        "--set",
-        "exp.ds=8,16",
-        "--set",
-        "exp.k_fixed=2",
-        "--set",
-        "exp.k_exponent=0.25",  # k = 2 at d = 8 and 16: both paths share their sweeps (less compile time)
-        "--set",
-        "exp.overcomplete_ds=8",
-        "--set",
-        "exp.ratios=2",
-        "--set",
-        "exp.n_down=256",
-    ],
-    "attack-audit": [
-        "--set",
-        "exp.steps=5",
-        "--set",
-        "exp.restarts=2",
-        "--set",
-        "exp.n_audit=32",
-        "--set",
-        "exp.radii=0.3",
-        "--set",
-        "exp.n_down=256",
-    ],
-}
-
-
-def tiny_for(exp_id: str) -> list[str]:
-    """TINY without the settings the experiment controls itself (a --set of those is refused)."""
-    controlled = all_experiments()[exp_id].controlled()
-    out = []
-    for flag, item in zip(TINY[:-1:2], TINY[1::2]):
-        if not isinstance(controlled.get(item.split("=", 1)[0], ()), str):  # conditional ones are off in TINY
-            out += [flag, item]
-    return out + ["--quiet"]
+# Every experiment's `test` preset: its own tiny sizes (purify.experiments._common.TINY), two seeds.
+TEST = ["--preset", "test", "--quiet"]
 
 
 @pytest.fixture
@@ -154,8 +73,7 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
                 str(tmp_path),
                 "--runs",
                 str(tmp_path / "runs"),
-                *tiny_for(exp_id),
-                *EXTRA.get(exp_id, []),
+                *TEST,
             ]
         )
         == 0
@@ -191,10 +109,14 @@ def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path,
     assert exp.plot(record) is not None
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "test"])
 def test_presets_are_valid_configs(preset):
     for exp in all_experiments().values():
+        assert set(exp.presets) == {"cpu", "gpu", "test"}, exp.id
         cfg, seeds, _ = exp.config(preset)
+        if preset == "test":  # seconds, not minutes; its radii are whatever each experiment sets at d = 16
+            assert seeds == 2 and cfg.train.steps <= 40, exp.id
+            continue
         assert seeds >= (8 if exp.id == "fp-dynamics" else 4)  # fp-phase: 4 per cell to stay within minutes
         lo, hi = window(cfg.data, cfg.eval.norm)
         assert lo < cfg.eval.taus[0] < hi  # robust accuracy is tracked inside the window (in the attack's norm)
@@ -204,7 +126,7 @@ def test_python_m_purify_runs(tmp_path):
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "purify", "run", "fp-dynamics"),
-            *("--seeds", "2", "--out", str(tmp_path), "--no-resume", *TINY),
+            *("--seeds", "2", "--out", str(tmp_path), "--no-resume", *TEST),
         ],
         capture_output=True,
         text=True,
@@ -217,7 +139,7 @@ def test_python_m_purify_runs(tmp_path):
 
 def test_figures_are_redrawn_from_json_alone(tmp_path, capsys):
     out = tmp_path / "fig"
-    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *TINY]) == 0
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *TEST]) == 0
     png = out / "fp-dynamics.png"
     png.unlink()
     assert main(["figures", "--out", str(out), "--only", "fp-dynamics"]) == 0
@@ -237,7 +159,8 @@ def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, 
         str(tmp_path),
         "--runs",
         str(tmp_path / "r"),
-        *TINY[:-1],
+        "--preset",
+        "test",
     ]
     assert main(args) == 0  # whatever the verdicts say
     out = capsys.readouterr().out
@@ -259,26 +182,14 @@ def test_figures_rerun_starts_from_scratch(tmp_path, monkeypatch, capsys):
     import purify.sweeps as sweep_mod
 
     out = tmp_path / "fig"
-    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--runs", str(tmp_path / "runs"), *TINY]) == 0
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--runs", str(tmp_path / "runs"), *TEST]) == 0
     calls = []
     real = sweep_mod._run_chunk
     monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.chdir(tmp_path)  # the default runs/ folder would hold the finished chunks
-    from purify import experiment
-
-    real_run = experiment.run_experiment
-    monkeypatch.setattr(
-        experiment, "run_experiment", lambda *a, **k: real_run(*a, **{**k, "seeds": 2, "overrides": _tiny_overrides()})
-    )
-    assert main(["figures", "--rerun", "--out", str(out), "--only", "fp-dynamics"]) == 0
+    assert main(["figures", "--rerun", "--preset", "test", "--out", str(out), "--only", "fp-dynamics"]) == 0
     assert calls  # trained again
     assert "from scratch" in capsys.readouterr().out
-
-
-def _tiny_overrides():
-    from purify.cli import _parse_sets
-
-    return _parse_sets([TINY[i + 1] for i in range(0, len(TINY) - 1, 2) if TINY[i] == "--set"])
 
 
 def test_figures_compare_lists_every_moved_number(tmp_path, capsys):
@@ -316,7 +227,7 @@ def test_a_run_unlike_the_committed_record_does_not_replace_it(tmp_path, monkeyp
     shutil.copy(committed, tmp_path / "figures")
     shutil.copy(committed.with_suffix(".png"), tmp_path / "figures")
     before = (tmp_path / "figures" / "fp-dynamics.json").read_bytes()
-    assert main(["run", "fp-dynamics", "--seeds", "2", *TINY]) == 0
+    assert main(["run", "fp-dynamics", "--seeds", "2", *TEST]) == 0
     captured = capsys.readouterr()
     assert (tmp_path / "figures" / "fp-dynamics.json").read_bytes() == before  # untouched
     moved = Path("runs") / "figures" / "fp-dynamics.json"
@@ -325,10 +236,10 @@ def test_a_run_unlike_the_committed_record_does_not_replace_it(tmp_path, monkeyp
     assert "--overwrite" in captured.err
     assert f"wrote {moved}" in captured.out
     # asked for: --overwrite (or naming --out) replaces it
-    assert main(["run", "fp-dynamics", "--seeds", "2", "--overwrite", *TINY]) == 0
+    assert main(["run", "fp-dynamics", "--seeds", "2", "--overwrite", *TEST]) == 0
     assert json.loads((tmp_path / "figures" / "fp-dynamics.json").read_text())["seeds"] == [0, 1]
     # now the record is this run's: running it again reproduces it in place
-    assert main(["run", "fp-dynamics", "--seeds", "2", *TINY]) == 0
+    assert main(["run", "fp-dynamics", "--seeds", "2", *TEST]) == 0
     assert "record of another run" not in capsys.readouterr().err
 
 
@@ -346,7 +257,7 @@ def test_help_explains_every_option():
 def test_broken_runs_give_invalid_verdicts_not_fails(tmp_path, capsys):
     """lr = 1e6 diverges every run: no verdict may come out of them (it used to say 'fails'), and
     the figure marks them."""
-    args = ["run", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]
+    args = ["run", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TEST]
     with pytest.warns(RuntimeWarning, match="marked failed|at chance"):
         assert main([*args, "--set", "hp.lr=1e6"]) == 0
     record = json.loads((tmp_path / "fp-dynamics.json").read_text())
@@ -395,7 +306,7 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     import purify.experiments.fp_robustness as module
     from purify.claims import CONFIRMATORY_START
 
-    args = ["run", "fp-robustness", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TINY]
+    args = ["run", "fp-robustness", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TEST]
     args += ["--set", "exp.n_taus=3"]
     assert main(args) == 0
     explored = json.loads((tmp_path / "fp-robustness.json").read_text())

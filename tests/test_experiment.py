@@ -29,8 +29,9 @@ def test_get_imports_only_the_experiment_asked_for():
         "print(exp.id, sorted(m for m in sys.modules if m.startswith('purify.experiments.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    # fp-robustness shares the purification presets of _common and nothing else
-    assert out == "fp-robustness ['purify.experiments._common', 'purify.experiments.fp_robustness']"
+    # fp-robustness runs the shared purification protocol (_purification, _common) and no other experiment
+    shared = "'purify.experiments._common', 'purify.experiments._purification'"
+    assert out == f"fp-robustness [{shared}, 'purify.experiments.fp_robustness']"
 
 
 EXAMPLE = """

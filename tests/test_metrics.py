@@ -70,3 +70,20 @@ def test_purification_principle_decomposition():
 def test_weighted_mean_ignores_tiny_neurons():
     values, norms = jnp.array([1.0, 0.0, 0.0]), jnp.array([10.0, 1e-6, 1e-6])
     assert float(metrics.weighted_mean(values, norms)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_weighted_purity_closed_form_and_leading_axes():
+    """W = [[2, 0], [1, 1]] with M = I: purities 1 and 1/2, norms 2 and sqrt(2), so the
+    norm-weighted purity is (2 + sqrt(2)/2) / (2 + sqrt(2)); leading axes are kept."""
+    W = np.array([[2.0, 0.0], [1.0, 1.0]], np.float32)
+    want = (2 + np.sqrt(2) / 2) / (2 + np.sqrt(2))
+    np.testing.assert_allclose(float(metrics.weighted_purity(W, np.eye(2, dtype=np.float32))), want, rtol=1e-6)
+    stack = np.stack([W, np.eye(2, dtype=np.float32)])[None]  # (1, 2, m, d)
+    np.testing.assert_allclose(np.asarray(metrics.weighted_purity(stack, np.eye(2))), [[want, 1.0]], rtol=1e-6)
+    # the per-backbone helper of the experiments is the same number, backbone by backbone
+    from purify.experiments._common import weighted_purity
+
+    rng = np.random.default_rng(0)
+    Ws = rng.standard_normal((3, 2, 16, 8)).astype(np.float32)
+    M = np.linalg.qr(rng.standard_normal((8, 8)))[0].astype(np.float32)
+    np.testing.assert_allclose(weighted_purity(Ws, M), np.asarray(metrics.weighted_purity(Ws, M)), rtol=1e-6)

@@ -273,11 +273,11 @@ def test_a_record_and_its_figure_are_written_both_or_neither(tmp_path, monkeypat
 
 
 def test_a_full_disk_at_the_record_is_one_clear_message(tmp_path, monkeypatch, capsys):
-    from .test_cli import tiny_for
+    from .test_cli import TEST
 
     monkeypatch.setattr(results.os, "fsync", lambda fd: _no_space())
     out = tmp_path / "out"
-    rc = main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *tiny_for("fp-dynamics")])
+    rc = main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *TEST])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert "fp-dynamics.json and fp-dynamics.png" in err and "neither was written" in err

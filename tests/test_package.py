@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from .test_cli import TINY
+from .test_cli import TEST
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -65,8 +65,7 @@ def test_the_wheel_runs_from_a_fresh_environment(wheel, tmp_path):
     assert "fp-dynamics" in listing and "rep-bound" in listing
     out = tmp_path / "out"
     proc = subprocess.run(
-        [str(env / "bin" / "purify"), "run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume"]
-        + ["--quiet", *TINY],
+        [str(env / "bin" / "purify"), "run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume"] + TEST,
         cwd=tmp_path,
         capture_output=True,
         text=True,

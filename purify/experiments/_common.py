@@ -16,8 +16,10 @@ from purify import downstream, metrics
 from purify.config import Config
 from purify.data import Task
 from purify.downstream import select_by_validation
-from purify.experiment import Context, Option
+from purify.evaluate import network_curves, reference_gaps
+from purify.experiment import ALWAYS_CONTROLLED, Context, Option
 from purify.landmarks import window
+from purify.trace import at_chance
 
 # A trained model whose clean accuracy is under this (halfway from chance to a working model)
 # has collapsed to a near-constant predictor: robust by being useless. No verdict counts its
@@ -68,6 +70,41 @@ PURIFICATION_PRESETS = {
 
 # Backbone pre-training presets for the transfer experiments: the same protocol.
 PRETRAIN_PRESETS = {name: dict(p) for name, p in PURIFICATION_PRESETS.items()}
+
+# The `test` preset's sizes: every code path of an experiment in seconds, for the test suite
+# (verdicts at two seeds are `invalid` by design: a verdict needs 4 usable runs).
+TINY = {
+    "data.d": 16,
+    "data.k": 2,
+    "model.width": 32,
+    "train.steps": 40,
+    "train.adv_start": 20,
+    "train.batch": 32,
+    "eval.n_eval": 256,
+    "eval.pgd_steps": 2,
+    "eval.restarts": 1,
+    "hp.tau": 0.3,
+    "eval.taus": (0.3,),
+}
+
+
+def test_preset(cpu: dict, controls=None, options=None) -> dict:
+    """The `test` preset: `cpu` at the sizes of `TINY`, two seeds, and `options` on top of the
+    cpu preset's. A setting the experiment controls keeps the cpu preset's value (the experiment
+    would overwrite it); one controlled only while an option is set is sized like the rest."""
+    controlled = {**ALWAYS_CONTROLLED, **(controls or {})}
+    tiny = {k: v for k, v in TINY.items() if not isinstance(controlled.get(k), str)}
+    return {
+        "config": {**cpu["config"], **tiny},
+        "seeds": 2,
+        "options": {**cpu.get("options", {}), **(options or {})},
+    }
+
+
+def with_test_preset(presets: dict, controls=None, options=None) -> dict:
+    """`presets` and its `test` preset (`test_preset` of its cpu preset)."""
+    return {**presets, "test": test_preset(presets["cpu"], controls, options)}
+
 
 # Contrastive pre-training's settings on top of the pre-training preset (inh-contrastive, inh-nodes).
 CONTRASTIVE = {"hp.init_scale": 0.1, "train.temperature": 0.2, "train.batch": 128}
@@ -190,18 +227,11 @@ def oracle_backbone(task: Task) -> np.ndarray:
 
 
 def weighted_purity(W: np.ndarray, M) -> np.ndarray:
-    """Norm-weighted mean purity of each backbone in W (..., m, d)."""
+    """`purify.metrics.weighted_purity` of each backbone in W (..., m, d), one at a time: XLA sums
+    a batch of rows in another order than one row, and the records hold these means to the last bit."""
     W = np.asarray(W)
     flat = W.reshape((-1,) + W.shape[-2:])
-    out = [
-        float(
-            metrics.weighted_mean(
-                metrics.purity(metrics.feature_coefficients(w, M), (w**2).sum(-1)), np.linalg.norm(w, axis=-1)
-            )
-        )
-        for w in flat
-    ]
-    return np.asarray(out).reshape(W.shape[:-2])
+    return np.asarray([float(metrics.weighted_purity(w, M)) for w in flat]).reshape(W.shape[:-2])
 
 
 def features_per_neuron(W: np.ndarray, M) -> np.ndarray:
@@ -277,7 +307,6 @@ def clean_heads(
     (clean accuracy below COLLAPSED_BELOW, at chance included) and, for the kept heads on the
     backbones `audit` (indices into B), the reference attack's gap at the first radius
     (`downstream.reference_gaps`; NaN on the other backbones), and the number of non-finite fits."""
-    from purify.trace import at_chance
 
     names = list(thetas)
     B, S = backbone["W"].shape[:2]
@@ -317,8 +346,6 @@ def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:
     radius, the reference attack's gap there (`purify.evaluate.reference_gaps`) and whether the
     net settled (`Results.trained`)."""
     import jax.numpy as jnp
-
-    from purify.evaluate import network_curves, reference_gaps
 
     out = {}
     for name, theta in thetas.items():

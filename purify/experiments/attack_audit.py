@@ -35,9 +35,18 @@ from purify.data import Task, sample
 from purify.downstream import backbones, downstream_tasks, logits, run_keys, splits
 from purify.evaluate import eval_keys
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
 
-from ._common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
-from .fp_linf import linf_settings
+from ._common import (
+    BACKBONE_CONTROLS,
+    N_DOWN,
+    PRETRAIN_PRESETS,
+    down_config,
+    probe,
+    supervised_backbones,
+    with_test_preset,
+)
+from ._purification import linf_settings
 
 MAX_GAP = 0.01  # the rule: default robust accuracy may overstate the strong attack's by at most this
 CLAIMS = (
@@ -231,8 +240,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 def plot(record: dict):
     import matplotlib.pyplot as plt
 
-    from purify.plotting import band
-
     fams = record["families"]
     fig, axes = plt.subplots(1, len(fams), figsize=(6.5 * len(fams), 4.6), squeeze=False)
     for ax, (norm, fam) in zip(axes[0], fams.items()):
@@ -301,23 +308,29 @@ def _check(cfg: Config, o: dict) -> None:
         require_foolbox()
 
 
+CONTROLS = {
+    **BACKBONE_CONTROLS,
+    "data.dictionary": "the l-inf half trains on a Haar dictionary (fp-linf's protocol)",
+    "train.norm": "the l2 half trains in l2, the l-inf half in l-inf",
+    "eval.norm": "the l2 half evaluates in l2, the l-inf half in l-inf",
+}
+
 EXPERIMENT = Experiment(
     id="attack-audit",
     claim="EVAL",
     title="Robust accuracy from converged attacks: default evaluation vs APGD",
     summary="max over model families and radii of default minus APGD robust accuracy; holds when <= 0.01",
-    presets={
-        "cpu": {**PRETRAIN_PRESETS["cpu"], "options": {"n_audit": 512}},
-        "gpu": {**PRETRAIN_PRESETS["gpu"], "options": {"n_audit": 2048, "radii": (0.0884, 0.177, 0.25)}},
-    },
+    presets=with_test_preset(
+        {
+            "cpu": {**PRETRAIN_PRESETS["cpu"], "options": {"n_audit": 512}},
+            "gpu": {**PRETRAIN_PRESETS["gpu"], "options": {"n_audit": 2048, "radii": (0.0884, 0.177, 0.25)}},
+        },
+        CONTROLS,
+        {"steps": 5, "restarts": 2, "n_audit": 32, "radii": (0.3,), "n_down": 256},
+    ),
     options=OPTIONS,
     run=run,
-    controls={
-        **BACKBONE_CONTROLS,
-        "data.dictionary": "the l-inf half trains on a Haar dictionary (fp-linf's protocol)",
-        "train.norm": "the l2 half trains in l2, the l-inf half in l-inf",
-        "eval.norm": "the l2 half evaluates in l2, the l-inf half in l-inf",
-    },
+    controls=CONTROLS,
     derives={
         "hp.tau": "the l-inf half divides it by sqrt(2d/pi) (fp-linf's conversion)",
         "eval.taus": "the l-inf half divides them by sqrt(2d/pi) (fp-linf's conversion)",

@@ -9,16 +9,16 @@ fp-robustness with these settings (one sweep, shared) and draws both in one figu
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from purify.config import Config
-from purify.experiment import Context, Experiment, get
+from purify.experiment import Context, Experiment
+from purify.plotting import band
 
-from . import fp_dynamics, fp_robustness
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
-from ._common import RADIUS_OPTIONS
+from ._common import RADIUS_OPTIONS, with_test_preset
+from ._purification import DYNAMICS_CLAIMS, ROBUSTNESS_CLAIMS, dynamics, linf_settings, robustness
 
 PARTS = ("fp-dynamics", "fp-robustness")
 
@@ -27,15 +27,15 @@ def _claims():
     """The two experiments' claims, their ids prefixed by the part they come from."""
     out = []
     for part in PARTS:
-        for c in {"fp-dynamics": fp_dynamics, "fp-robustness": fp_robustness}[part].CLAIMS:
+        for c in {"fp-dynamics": DYNAMICS_CLAIMS, "fp-robustness": ROBUSTNESS_CLAIMS}[part]:
             out.append(dataclasses.replace(c, id=f"{part.removeprefix('fp-')}/{c.id}"))
     return tuple(out)
 
 
 def run(cfg: Config, seeds, ctx: Context) -> dict:
-    # the two experiments' own protocols, through the registry, with this experiment's settings
-    dyn = get("fp-dynamics").run(cfg, seeds, ctx)
-    rob = get("fp-robustness").run(cfg, seeds, ctx)
+    # the two experiments' own protocols, with this experiment's settings
+    dyn = dynamics(cfg, seeds, ctx)
+    rob = robustness(cfg, seeds, ctx)
     statistics = [
         {**s, "claim": f"{part.removeprefix('fp-')}/{s['claim']}"}
         for part, body in zip(PARTS, (dyn, rob))
@@ -52,8 +52,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 
 def plot(record: dict):
     import matplotlib.pyplot as plt
-
-    from purify.plotting import band
 
     dyn, rob = record["dynamics"], record["robustness"]
     steps = np.asarray(dyn["steps"])
@@ -95,22 +93,10 @@ def plot(record: dict):
     return fig
 
 
-def linf_settings(d: int, tau: float, taus) -> dict:
-    """The l-inf version of an l2 protocol: a Haar dictionary, l-inf attacks, radii / sqrt(2d/pi)."""
-    s = math.sqrt(2 * d / math.pi)
-    return {
-        "data.dictionary": "haar",
-        "train.norm": "linf",
-        "eval.norm": "linf",
-        "hp.tau": round(tau / s, 5),
-        "eval.taus": tuple(round(t / s, 5) for t in taus),
-    }
-
-
 def _linf(preset: dict) -> dict:
     cfg = dict(preset["config"])
     cfg.update(linf_settings(cfg["data.d"], cfg["hp.tau"], cfg["eval.taus"]))
-    return {**preset, "config": cfg, "options": {"n_taus": 13, "tau_max": None}}
+    return {**preset, "config": cfg, "options": {"n_taus": 13, "tau_max": None, **preset.get("options", {})}}
 
 
 EXPERIMENT = Experiment(
@@ -118,7 +104,7 @@ EXPERIMENT = Experiment(
     claim="FP",
     title="Feature purification in l-inf with a dense dictionary",
     summary="fp-dynamics and fp-robustness in l-inf with a Haar dictionary, radii divided by sqrt(2d/pi)",
-    presets={name: _linf(p) for name, p in DYNAMICS_PRESETS.items()},
+    presets={name: _linf(p) for name, p in with_test_preset(DYNAMICS_PRESETS, None, {"n_taus": 4}).items()},
     run=run,
     plot=plot,
     options=RADIUS_OPTIONS,

@@ -34,10 +34,11 @@ from purify.evaluate import (
 )
 from purify.experiment import Context, Experiment, Option
 from purify.landmarks import window
+from purify.plotting import band
 from purify.results import atomic_write_bytes
 from purify.store import fingerprint
 
-from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid
+from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid, with_test_preset
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 MODELS = {
@@ -222,8 +223,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 def plot(record: dict):
     import matplotlib.pyplot as plt
 
-    from purify.plotting import band
-
     taus = np.asarray(record["taus"])
     lo, hi = record["window"]
     fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
@@ -275,9 +274,11 @@ EXPERIMENT = Experiment(
     title="Linear, polynomial and NTK models against the ReLU network, clean and adversarial",
     summary="linear, random-features polynomial (deg 2, 3) and NTK-linearized models, clean and adversarial, vs the "
     "ReLU net",
-    presets={
-        name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()
-    },
+    presets=with_test_preset(
+        {name: {**p, "options": {"n_taus": 13, "tau_max": None, "lr": 0.01}} for name, p in DYNAMICS_PRESETS.items()},
+        None,
+        {"n_taus": 4},
+    ),
     options=(*RADIUS_OPTIONS, Option("lr", float, 0.01, "Adam learning rate of the baselines", lo=0.0, strict_lo=True)),
     run=run,
     plot=plot,

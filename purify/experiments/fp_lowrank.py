@@ -16,8 +16,10 @@ from purify.claims import Claim, statistic
 from purify.config import Config, ConfigError
 from purify.evaluate import network_curves, reference_gaps
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
 
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._common import with_test_preset
 
 TOP = 5  # singular directions whose label alignment is reported
 
@@ -155,8 +157,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 def plot(record: dict):
     import matplotlib.pyplot as plt
 
-    from purify.plotting import band
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]
     for mode, color in (("adversarial", "tab:red"), ("clean", "tab:blue")):
@@ -219,17 +219,23 @@ def _check_ranks(cfg: Config, options: dict) -> None:
         )
 
 
+CONTROLS = {
+    "train.adv_rank": "exp.ranks lists the ranks; the full-rank baseline is rank 0",
+    "train.snapshot_at": "the experiment snapshots W at the switch and the end to project the update",
+}
+
 EXPERIMENT = Experiment(
     id="fp-lowrank",
     claim="FP",
     title="Low-rank structure of the adversarial weight change; rank-restricted adversarial training",
     summary="singular spectrum of W_adv - W_clean and its label alignment; adversarial training restricted to rank r",
-    presets={name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()},
+    presets=with_test_preset(
+        {name: {**p, "options": {"ranks": (1, 2, 4, 8)}} for name, p in DYNAMICS_PRESETS.items()},
+        CONTROLS,
+        {"ranks": (1, 2)},
+    ),
     run=run,
-    controls={
-        "train.adv_rank": "exp.ranks lists the ranks; the full-rank baseline is rank 0",
-        "train.snapshot_at": "the experiment snapshots W at the switch and the end to project the update",
-    },
+    controls=CONTROLS,
     plot=plot,
     options=(Option("ranks", int, (1, 2, 4, 8), "ranks r of the restricted adversarial update", lo=1, many=True),),
     check=lambda cfg, o: _check_ranks(cfg, o),

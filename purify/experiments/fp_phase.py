@@ -19,6 +19,8 @@ from purify.evaluate import reference_gaps
 from purify.experiment import Context, Experiment, Option
 from purify.stats import mean_ci
 
+from ._common import with_test_preset
+
 CLAIMS = (
     Claim(
         "gap-mid-window",
@@ -203,19 +205,21 @@ def _check_sizes(cfg: Config, options: dict) -> None:
         )
 
 
+CONTROLS = {
+    "data.k": "exp.ks lists the sparsities",
+    "hp.tau": "exp.taus lists the training radii (each trained against the clean row)",
+    "eval.taus": "exp.taus are the evaluation radii too",
+    "data.d": ("ds", "exp.ds lists the dimensions; unset it (none) to use data.d"),
+}
+
 EXPERIMENT = Experiment(
     id="fp-phase",
     claim="FP",
     title="Phase diagram of the adversarial-training gap over k, d and tau",
     summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, CONTROLS, {"ks": (2, 4), "taus": (0.125, 0.3, 0.6)}),
     run=run,
-    controls={
-        "data.k": "exp.ks lists the sparsities",
-        "hp.tau": "exp.taus lists the training radii (each trained against the clean row)",
-        "eval.taus": "exp.taus are the evaluation radii too",
-        "data.d": ("ds", "exp.ds lists the dimensions; unset it (none) to use data.d"),
-    },
+    controls=CONTROLS,
     derives={"model.width": "scaled with d: model.width / data.d is kept at every exp.ds"},
     plot=plot,
     claims=CLAIMS,

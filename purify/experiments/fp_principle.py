@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from purify import metrics
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment
 
-from ._common import NETS
+from ._common import NETS, with_test_preset
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
+from ._purification import RESIDUAL_SHARE, decompose, summarize
 
 COS_LIMIT = 0.2  # "nearly uncorrelated": |cos| below this (random directions in d = 64: ~0.1)
-# A neuron counts as split into a kept direction and a removed dense mixture when, besides
-# |beta_i w'_i| > |v_i|, the removed part is a real share of the weight: |v_i| >= RESIDUAL_SHARE |w_i|
-# (sin of the angle between w_i and w'_i). Continued clean training moves w_i by a few percent
-# only, so this is the part of the principle its control can fail.
-RESIDUAL_SHARE = 0.25
 
 GATES = ("above chance", "trained")
 COS_WHY = f"the bound {COS_LIMIT} is the claim; its finite-d floor sqrt(2 ln d / d) is reported beside it"
@@ -79,34 +74,6 @@ CLAIMS = (
         gates=GATES,
     ),
 )
-
-
-def decompose(W_init, W_clean, W_after) -> dict[str, np.ndarray]:
-    """Per seed and neuron (S, m) arrays of the decomposition of W_clean against W_after."""
-    out = {k: [] for k in ("beta", "along_norm", "residual_norm", "cos_clean_init", "cos_adv_init")}
-    for w0, w, w1 in zip(W_init, W_clean, W_after):
-        res = metrics.principle(w, w1, w0)
-        for k, values in out.items():
-            values.append(np.asarray(res[k]))
-    return {k: np.stack(v) for k, v in out.items()}
-
-
-def summarize(parts: dict, weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-seed (S,) statistics, plain and weighted by the clean norms `weight` (S, m)."""
-    holds = (parts["along_norm"] > parts["residual_norm"]).astype(float)
-    share = parts["residual_norm"] / np.maximum(np.hypot(parts["along_norm"], parts["residual_norm"]), 1e-30)
-    split = holds * (share >= RESIDUAL_SHARE)
-    w = weight / weight.sum(-1, keepdims=True)
-    return {
-        "holds_fraction": holds.mean(-1),
-        "holds_fraction_nw": (holds * w).sum(-1),
-        "split_fraction_nw": (split * w).sum(-1),
-        "residual_share_nw": (share * w).sum(-1),
-        "abs_cos_clean_init": np.abs(parts["cos_clean_init"]).mean(-1),
-        "abs_cos_clean_init_nw": (np.abs(parts["cos_clean_init"]) * w).sum(-1),
-        "abs_cos_adv_init": np.abs(parts["cos_adv_init"]).mean(-1),
-        "abs_cos_adv_init_nw": (np.abs(parts["cos_adv_init"]) * w).sum(-1),
-    }
 
 
 def run(cfg: Config, seeds, ctx: Context) -> dict:
@@ -232,14 +199,16 @@ def plot(record: dict):
     return fig
 
 
+CONTROLS = {"train.snapshot_at": "the experiment snapshots W at 0, the switch and the end to split the update"}
+
 EXPERIMENT = Experiment(
     id="fp-principle",
     claim="FP",
     title="The purification principle per neuron: beta/v decomposition and correlation with init",
     summary="beta/v decomposition of clean vs FGM-continued weights; correlations with init; per-neuron histograms",
-    presets={k: dict(v) for k, v in DYNAMICS_PRESETS.items()},
+    presets=with_test_preset({k: dict(v) for k, v in DYNAMICS_PRESETS.items()}, CONTROLS),
     run=run,
-    controls={"train.snapshot_at": "the experiment snapshots W at 0, the switch and the end to split the update"},
+    controls=CONTROLS,
     plot=plot,
     claims=CLAIMS,
 )

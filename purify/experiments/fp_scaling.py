@@ -44,8 +44,8 @@ from purify.landmarks import linear_robust_accuracy
 from purify.plotting import band
 from purify.stats import mean_ci, slopes
 
-from ._common import DOWN_LRS, N_DOWN, NETS, PURIFICATION_PRESETS, clean_heads, down_config
-from .fp_principle import decompose, summarize
+from ._common import DOWN_LRS, N_DOWN, NETS, PURIFICATION_PRESETS, clean_heads, down_config, with_test_preset
+from ._purification import decompose, summarize
 
 PATHS = ("k fixed", "k growing")
 
@@ -491,24 +491,30 @@ def _check(cfg: Config, o: dict) -> None:
         raise ConfigError(f"exp.width_per_d={o['width_per_d']!r} is not allowed: must be >= 1")
 
 
+CONTROLS = {
+    "data.d": "exp.ds lists the dimensions",
+    "data.k": "exp.k_fixed and exp.k_exponent set k on the two paths",
+    "model.width": "exp.width_per_d sets the width at each d",
+    "hp.tau": "the training radius is the middle of the window at each (d, k)",
+    "eval.taus": "the evaluation radius is the training radius at each (d, k)",
+    "train.snapshot_at": "the experiment snapshots W at 0, the switch and the end",
+    "data.dictionary": "exp.overcomplete_ds and exp.ratios set the superposition points' sphere dictionary",
+    "data.features": "exp.ratios sets D / d at the superposition points",
+}
+
 EXPERIMENT = Experiment(
     id="fp-scaling",
     claim="FP",
     title="The purification claims against the dimension d, with k fixed and growing, and in superposition",
     summary="purity, gap, rho*sqrt(k), init correlations, linear vs clean, inheritance against d (two k paths); "
     "D/d > 1 over-complete dictionaries",
-    presets=PRESETS,
+    presets=with_test_preset(
+        PRESETS,
+        CONTROLS,
+        {"ds": (8, 16), "k_fixed": 2, "k_exponent": 0.25, "overcomplete_ds": (8,), "ratios": (2,), "n_down": 256},
+    ),
     run=run,
-    controls={
-        "data.d": "exp.ds lists the dimensions",
-        "data.k": "exp.k_fixed and exp.k_exponent set k on the two paths",
-        "model.width": "exp.width_per_d sets the width at each d",
-        "hp.tau": "the training radius is the middle of the window at each (d, k)",
-        "eval.taus": "the evaluation radius is the training radius at each (d, k)",
-        "train.snapshot_at": "the experiment snapshots W at 0, the switch and the end",
-        "data.dictionary": "exp.overcomplete_ds and exp.ratios set the superposition points' sphere dictionary",
-        "data.features": "exp.ratios sets D / d at the superposition points",
-    },
+    controls=CONTROLS,
     derives={"hp.lr": "multiplied by (d/k) / 16 at each (d, k) while exp.lr_scaling is true"},
     plot=plot,
     claims=CLAIMS,

@@ -20,6 +20,7 @@ from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.downstream import backbones, downstream_tasks
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
 
 from ._common import (
     CONTRASTIVE,
@@ -37,6 +38,7 @@ from ._common import (
     end_to_end,
     oracle_backbone,
     weighted_purity,
+    with_test_preset,
 )
 
 BACKBONES = ("clean contrastive backbone", "FGM/PGD contrastive backbone")
@@ -175,8 +177,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 def plot(record: dict):
     import matplotlib.pyplot as plt
 
-    from purify.plotting import band
-
     objectives, variants, noises = record["objectives"], record["variants"], record["view_noises"]
     tau_e = record["tau_eval"]
     groups = [(ob, nz) for ob in objectives for nz in noises]
@@ -282,19 +282,21 @@ PRESETS = {
     },
 }
 
+CONTROLS = {
+    "train.objective": "exp.objectives lists the contrastive objectives (the end-to-end baseline is supervised)",
+    "train.attack": "exp.attacks lists the pre-training attacks (the end-to-end baseline trains with FGM)",
+    "hp.noise": "exp.view_noises lists the view noises",
+}
+
 EXPERIMENT = Experiment(
     id="inh-contrastive",
     claim="INH",
     title="Robustness inheritance after contrastive pre-training",
     summary="clean vs adversarial contrastive pre-training (InfoNCE and spectral loss, two view-noise levels) -> "
     "clean linear heads on new tasks",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, CONTROLS, {"view_noises": (0.5,), "n_down": 256}),
     run=run,
-    controls={
-        "train.objective": "exp.objectives lists the contrastive objectives (the end-to-end baseline is supervised)",
-        "train.attack": "exp.attacks lists the pre-training attacks (the end-to-end baseline trains with FGM)",
-        "hp.noise": "exp.view_noises lists the view noises",
-    },
+    controls=CONTROLS,
     derives={"model.bias": "the oracle's clean heads use relative thresholds"},
     plot=plot,
     claims=CLAIMS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purify import make_task
+from purify import make_task, metrics
 from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment, Option
@@ -27,6 +27,7 @@ from ._common import (
     contrastive_config,
     contrastive_name,
     features_per_neuron,
+    with_test_preset,
 )
 
 FEW = 2  # "one or a few features": at most this many
@@ -54,11 +55,9 @@ CLAIMS = (
 
 def _node_stats(W: np.ndarray, M) -> dict:
     """W (S, m, d) -> per node (S, m): features, purity, norm."""
-    from purify import metrics
-
     C = np.asarray(metrics.feature_coefficients(W, M))
     norm = np.linalg.norm(W, axis=-1)
-    purity = (C**2).max(-1) / np.maximum(norm**2, 1e-30)
+    purity = np.asarray(metrics.purity(C, norm**2))
     return {"features": features_per_neuron(W, M), "purity": purity, "norm": norm}
 
 
@@ -93,7 +92,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         return ((s["features"] <= FEW) * s["norm"]).sum(-1) / s["norm"].sum(-1)
 
     def wpur(s):
-        return (s["purity"] * s["norm"]).sum(-1) / s["norm"].sum(-1)
+        return np.asarray(metrics.weighted_mean(s["purity"], s["norm"]))
 
     statistics = []
     for name in backbones:
@@ -186,22 +185,24 @@ PRESETS = {
     },
 }
 
+CONTROLS = {
+    **BACKBONE_CONTROLS,
+    "train.objective": "exp.objectives lists the contrastive objectives (the supervised backbones are supervised)",
+    "hp.noise": "exp.view_noises lists the view noises of the contrastive backbones",
+    "hp.init_scale": "the contrastive backbones use common.CONTRASTIVE's settings",
+    "train.temperature": "the contrastive backbones use common.CONTRASTIVE's settings",
+    "train.batch": "the contrastive backbones use common.CONTRASTIVE's settings",
+}
+
 EXPERIMENT = Experiment(
     id="inh-nodes",
     claim="INH",
     title="Features per node and purity after each pre-training",
     summary="histograms of features per node and purity for supervised (clean/FGM/PGD) and contrastive (clean/FGM) "
     "pre-training",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, CONTROLS, {"view_noises": (0.5,)}),
     run=run,
-    controls={
-        **BACKBONE_CONTROLS,
-        "train.objective": "exp.objectives lists the contrastive objectives (the supervised backbones are supervised)",
-        "hp.noise": "exp.view_noises lists the view noises of the contrastive backbones",
-        "hp.init_scale": "the contrastive backbones use common.CONTRASTIVE's settings",
-        "train.temperature": "the contrastive backbones use common.CONTRASTIVE's settings",
-        "train.batch": "the contrastive backbones use common.CONTRASTIVE's settings",
-    },
+    controls=CONTROLS,
     plot=plot,
     claims=CLAIMS,
     options=(

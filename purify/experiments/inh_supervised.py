@@ -20,6 +20,7 @@ from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
 from purify.downstream import backbones, bayes_accuracy, downstream_tasks
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
 from purify.stats import accuracy_resolution, verdict
 
 from ._common import (
@@ -32,6 +33,7 @@ from ._common import (
     oracle_backbone,
     snapshot_steps,
     weighted_purity,
+    with_test_preset,
 )
 
 
@@ -298,8 +300,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 def plot(record: dict):
     import matplotlib.pyplot as plt
 
-    from purify.plotting import band
-
     tau_e, tau = record["tau_eval"], record["train_tau"]
     pre_taus, snaps = record["pre_taus"], record["snapshot_steps"]
     i_clean, i_adv = pre_taus.index(0.0), pre_taus.index(tau)
@@ -439,20 +439,22 @@ OPTIONS = (
 )
 
 
+CONTROLS = {
+    "data.n_tasks": "exp.n_tasks sets the multi-task backbone's task count (the others have one)",
+    "model.head": "the multi-task backbone has a trained head, the single-task ones the fixed head",
+    "model.bias": "the trainable-threshold backbone is one of the experiment's backbones, beside relative thresholds",
+    "train.snapshot_at": "the experiment snapshots W at each exp.adv_fractions point",
+}
+
 EXPERIMENT = Experiment(
     id="inh-supervised",
     claim="INH",
     title="Robustness inheritance after supervised pre-training",
     summary="clean vs adversarial supervised pre-training (single, multi-task, trainable bias) -> clean linear "
     "heads on new tasks",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, CONTROLS, {"adv_fractions": (0.5, 1.0), "n_tasks": 2, "n_down": 256}),
     run=run,
-    controls={
-        "data.n_tasks": "exp.n_tasks sets the multi-task backbone's task count (the others have one)",
-        "model.head": "the multi-task backbone has a trained head, the single-task ones the fixed head",
-        "model.bias": "the trainable-threshold backbone is one of the experiment's backbones, beside relative thresholds",
-        "train.snapshot_at": "the experiment snapshots W at each exp.adv_fractions point",
-    },
+    controls=CONTROLS,
     plot=plot,
     options=OPTIONS,
     claims=CLAIMS,

@@ -22,6 +22,8 @@ from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
 from purify.downstream import downstream_tasks, logits, run_keys, select_by_validation, splits
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
+from purify.trace import at_chance
 
 from ._common import (
     BACKBONE_CONTROLS,
@@ -32,6 +34,7 @@ from ._common import (
     down_config,
     probe,
     supervised_backbones,
+    with_test_preset,
 )
 
 MODELS = (
@@ -175,7 +178,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             ni, si = (a.ravel() for a in np.meshgrid(np.arange(N), np.arange(S), indexing="ij"))
             flat = np.ravel_multi_index((ni, si, best[ni, si]), shape)
             res[name]["attack_gap"] = attack_gaps(cfg, dc, task, out, flat, sd, theta).reshape(N, S)
-    from purify.trace import at_chance
 
     chance = {name: at_chance(np.nan_to_num(r["clean"], nan=0.0)) for name, r in res.items()}  # (N, S)
     statistics = []
@@ -223,8 +225,6 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
 
 def plot(record: dict):
     import matplotlib.pyplot as plt
-
-    from purify.plotting import band
 
     sizes = np.asarray(record["sizes"])
     colors = dict(zip(record["models"], ["tab:blue", "k", "tab:cyan", "tab:orange", "tab:red"]))
@@ -317,7 +317,7 @@ EXPERIMENT = Experiment(
     title="Non-robustness transfer in fine-tuning, and its remedy",
     summary="fine-tuned vs from-scratch vs linear probe across downstream sizes; confidence; transferred "
     "representation attacks; DM remedy",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, BACKBONE_CONTROLS),
     run=run,
     controls=BACKBONE_CONTROLS,
     plot=plot,

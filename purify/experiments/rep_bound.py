@@ -20,9 +20,18 @@ from purify.claims import Claim, statistic
 from purify.config import Config
 from purify.downstream import run_keys, splits
 from purify.experiment import Context, Experiment, Option
+from purify.plotting import band
 from purify.representation import per_sample_report
 
-from ._common import BACKBONE_CONTROLS, N_DOWN, PRETRAIN_PRESETS, down_config, probe, supervised_backbones
+from ._common import (
+    BACKBONE_CONTROLS,
+    N_DOWN,
+    PRETRAIN_PRESETS,
+    down_config,
+    probe,
+    supervised_backbones,
+    with_test_preset,
+)
 
 HEADS = {"clean probe": "none", "adversarial probe": "pgd"}
 # No robust accuracy enters a verdict here: a certified accuracy is a sound lower bound that no
@@ -216,7 +225,6 @@ def plot(record: dict):
     ax.grid(alpha=0.3)
     ax.set_title("(a) Δ_ε(g; x) per sample: attack below, certificate above", fontsize=10)
     ax = axes[1]
-    from purify.plotting import band
 
     grid = np.asarray(record["eps_grid"])
     for name in names:
@@ -341,7 +349,7 @@ EXPERIMENT = Experiment(
     title="The representation bound and criterion on every sample",
     summary="certified vs attacked representation shift, the REP loss bound and criterion per sample, for each "
     "backbone and head",
-    presets=PRESETS,
+    presets=with_test_preset(PRESETS, BACKBONE_CONTROLS),
     run=run,
     controls=BACKBONE_CONTROLS,
     plot=plot,

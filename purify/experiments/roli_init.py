@@ -34,6 +34,7 @@ from ._common import (
     down_config,
     probe,
     supervised_backbones,
+    with_test_preset,
 )
 
 METHOD_NAMES = {"probe": "linear probe", "bias": "bias-only", "lowrank": "low-rank", "full": "full FT"}
@@ -344,7 +345,11 @@ EXPERIMENT = Experiment(
     title="Backbone x fine-tuning method x head initialization under adversarial fine-tuning",
     summary="backbone {clean, FGM, PGD} x {LP, bias-only, low-rank, full FT} x head init {RanLI, RoLI, StLI}, "
     "learning rates swept",
-    presets=PRESETS,
+    presets=with_test_preset(
+        PRESETS,
+        BACKBONE_CONTROLS,
+        {"methods": ("probe", "full"), "head_inits": ("random", "robust"), "n_down": 256, "sizes": (64, 256)},
+    ),
     run=run,
     controls=BACKBONE_CONTROLS,
     plot=plot,

@@ -21,7 +21,8 @@ import tempfile
 
 import jax
 
-from .bench import TorchPeer, VmappedProgram
+from .programs import VmappedProgram
+from .torch_peer import TorchPeer
 
 KINDS = ("matmul", "element-wise", "control and copies")
 PHASES = ("data sampling", "FGM perturbation", "training gradient", "optimizer", "loop, unattributed")
@@ -118,7 +119,7 @@ def _profile_lines(xspace: str):
 
 def profile_jax_step(program: VmappedProgram, steps: int) -> dict:
     """Milliseconds per step of self time, by kind and by phase, of the benchmark's compiled
-    program (`purify.bench.vmapped_program`: `steps` SGD steps of the vmapped sweep)."""
+    program (`purify.benchmarks.programs.vmapped_program`: `steps` SGD steps of the vmapped sweep)."""
     jax.block_until_ready(program.call())
     compiled = program.compiled
     labels = classify(compiled.as_text())
@@ -137,7 +138,7 @@ def profile_jax_step(program: VmappedProgram, steps: int) -> dict:
 
 def profile_torch_step(peer: TorchPeer, steps: int) -> dict:
     """Milliseconds per step of self CPU time of the `torch.func.vmap` + `torch.compile` peer
-    (`purify.bench.torch_vmap_peer`), split into matmul library calls and the rest. CPU only:
+    (`purify.benchmarks.torch_peer.torch_vmap_peer`), split into matmul library calls and the rest. CPU only:
     on CUDA use the PyTorch profiler's device view."""
     torch, step, W = peer.torch, peer.step, peer.weights
     for _ in range(2):  # warm up
