@@ -20,8 +20,8 @@ from .claims import confirmation_status
 from .config import Config, ConfigError, parse_value
 from .execute import SliceFinished, raise_on_sigterm
 from .experiment import RECORDS, all_experiments, compare_records, get, print_verdicts, run_experiment, save_figure
+from .files import NO_SPACE, atomic_write_json
 from .provenance import git_state
-from .results import NO_SPACE, atomic_write_json
 from .stats import DECISIONS
 from .store import damaged_files, merge_runs
 

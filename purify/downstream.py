@@ -49,8 +49,8 @@ from .config import NORMS, SEED_MAX, Config, ConfigError, DataConfig, _choice, _
 from .data import Task, sample
 from .evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
 from .execute import execute
+from .files import check_free_space, writable_folder
 from .plan import make_plan
-from .results import check_free_space, writable_folder
 from .store import ChunkStore, array_digest, fingerprint
 
 METHODS = ("probe", "bias", "lowrank", "full")

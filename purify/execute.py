@@ -26,8 +26,8 @@ from typing import Self
 
 import numpy as np
 
+from .files import NO_SPACE
 from .plan import Plan
-from .results import NO_SPACE
 from .store import STALE_SECONDS, ChunkLock, ChunkStore, holder, lock_age
 
 log = logging.getLogger("purify")

@@ -35,9 +35,9 @@ from typing import Any
 from .claims import SET_AFTER_RESULTS, Claim, confirmatory_seeds, decide
 from .config import Config, ConfigError, plain
 from .downstream import fit_and_evaluate
+from .files import NO_SPACE, _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
 from .plotting import mark_flagged
 from .provenance import provenance
-from .results import NO_SPACE, _jsonable, atomic_write_bytes, atomic_write_files, check_free_space, writable_folder
 from .store import recording_folders
 from .sweeps import check_chunk_memory, sweep
 

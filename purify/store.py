@@ -42,8 +42,8 @@ from typing import Any, Self
 import numpy as np
 
 from .config import ConfigError
+from .files import atomic_write_bytes
 from .provenance import source_digest
-from .results import atomic_write_bytes
 
 
 def fingerprint(spec: Any) -> str:

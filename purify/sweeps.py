@@ -28,9 +28,10 @@ from . import attacks, network, trace, train
 from .config import HPARAM_NAMES, Config, ConfigError, HParams, plain
 from .data import Task, make_task
 from .execute import DeferredInterrupt, SliceFinished, SweepInterrupted, execute
+from .files import check_free_space, writable_folder
 from .plan import make_plan
 from .provenance import provenance
-from .results import Results, check_free_space, warn_failed, writable_folder
+from .results import Results, warn_failed
 from .store import ChunkStore, merge_runs
 from .store import fingerprint as _hash
 

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).parents[1] / "purify"
 LAYERS = (
     ("attacks", "metrics", "stats", "provenance", "contrastive"),
     ("config", "claims"),
-    ("data", "network", "plan", "crosscheck"),
+    ("data", "network", "plan", "crosscheck", "files"),
     ("landmarks", "trace", "representation", "baselines"),
     ("train", "plotting"),
     ("results",),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import purify
-from purify import execute, results, store
+from purify import execute, files, store
 from purify import sweeps as sweep_mod
 from purify.cli import main
 from purify.config import ConfigError
@@ -216,7 +216,7 @@ def _no_space(*a, **k):
 
 def test_a_folder_without_room_for_the_run_is_refused_before_training(tmp_path, monkeypatch, no_training):
     usage = type("usage", (), {"free": 1000, "total": 10**9, "used": 0})
-    monkeypatch.setattr(results.shutil, "disk_usage", lambda p: usage)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
     with pytest.raises(ConfigError, match=r"out_dir='.*' is not allowed for this run: it will write about .* MiB"):
         purify.sweep(tiny(), seeds=2, out_dir=tmp_path / "runs")
     with pytest.raises(ConfigError, match="out='.*' is not allowed for this run"):
@@ -266,16 +266,16 @@ def test_a_record_and_its_figure_are_written_both_or_neither(tmp_path, monkeypat
             _no_space()
         real(fd)
 
-    monkeypatch.setattr(results.os, "fsync", second_fails)
+    monkeypatch.setattr(files.os, "fsync", second_fails)
     with pytest.raises(OSError, match="No space"):
-        results.atomic_write_files({tmp_path / "a.json": b"{}", tmp_path / "a.png": b"png"})
+        files.atomic_write_files({tmp_path / "a.json": b"{}", tmp_path / "a.png": b"png"})
     assert list(tmp_path.iterdir()) == []  # neither file, no temporary left behind
 
 
 def test_a_full_disk_at_the_record_is_one_clear_message(tmp_path, monkeypatch, capsys):
     from .test_cli import TEST
 
-    monkeypatch.setattr(results.os, "fsync", lambda fd: _no_space())
+    monkeypatch.setattr(files.os, "fsync", lambda fd: _no_space())
     out = tmp_path / "out"
     rc = main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--no-resume", *TEST])
     err = capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from purify.results import atomic_write_json
+    from purify.files import atomic_write_json
 
     path = tmp_path / "x.json"
     atomic_write_json(path, {"a": 1})

@@ -33,9 +33,9 @@ from purify.evaluate import (
     reference_gaps,
 )
 from purify.experiment import Context, Experiment, Option
+from purify.files import atomic_write_bytes
 from purify.landmarks import window
 from purify.plotting import band
-from purify.results import atomic_write_bytes
 from purify.store import fingerprint
 
 from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid, with_test_preset
