@@ -19,6 +19,7 @@ from purify.downstream import select_by_validation
 from purify.evaluate import network_curves, reference_gaps
 from purify.experiment import ALWAYS_CONTROLLED, Context, Option
 from purify.landmarks import window
+from purify.results import Results
 from purify.trace import at_chance
 
 # A trained model whose clean accuracy is under this (halfway from chance to a working model)
@@ -145,6 +146,17 @@ DOWN_LRS = Option(
 )
 
 
+def failed_runs(res: Results, *label) -> list[list]:
+    """The failed or diverged runs of a sweep as [*label, hparam row, seed index] (the record's
+    'failed_runs' entries; a figure names them, no verdict counts them)."""
+    return [[*label, *ij] for ij in np.argwhere(res.failed()).tolist()]
+
+
+def chance_runs(res: Results, *label) -> list[list]:
+    """The runs of a sweep that ended at chance, as [*label, hparam row, seed index]."""
+    return [[*label, *ij] for ij in np.argwhere(res.at_chance()).tolist()]
+
+
 def radius_grid(cfg: Config, options: dict) -> np.ndarray:
     """The evaluation radii: n_taus points from 0 to tau_max (default 1.25 x the window's top)."""
     hi = options["tau_max"] or 1.25 * window(cfg.data, cfg.eval.norm)[1]
@@ -165,11 +177,9 @@ def supervised_backbones(cfg: Config, seeds, ctx: Context, task) -> tuple[dict, 
     tau = cfg.hp.tau
     sup = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
     pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
-    failed = [["fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()] + [
-        ["pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()
-    ]
-    failed += [["fgm", "at chance", *ij] for ij in np.argwhere(sup.at_chance()).tolist()]
-    failed += [["pgd", "at chance", *ij] for ij in np.argwhere(pgd.at_chance()).tolist()]
+    failed = failed_runs(sup, "fgm") + failed_runs(pgd, "pgd")
+    failed += chance_runs(sup, "fgm", "at chance")
+    failed += chance_runs(pgd, "pgd", "at chance")
     return {
         "clean": downstream.backbones(sup, rows=0),
         "fgm": downstream.backbones(sup, rows=1),

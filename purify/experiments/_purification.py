@@ -19,7 +19,7 @@ from purify.experiment import Context
 from purify.landmarks import linear_robust_accuracy, window
 from purify.store import fingerprint
 
-from ._common import NETS, radius_grid
+from ._common import NETS, chance_runs, failed_runs, radius_grid
 
 # -- dynamics: clean training, then FGM from the clean weights ----------------------------------
 
@@ -120,8 +120,8 @@ def dynamics(cfg: Config, seeds, ctx: Context) -> dict:
             "stays-accurate", final["clean_acc"]["adversarial"] - 0.9, flagged=flagged[1], gates={"trained": trained[1]}
         ),
     ]
-    failed = np.argwhere(res.failed()).tolist()
-    chance = np.argwhere(res.at_chance()).tolist()
+    failed = failed_runs(res)
+    chance = chance_runs(res)
     constant = res["constant_predictor"][:, :, -1]
     return {
         "results_file": saved if ctx.runs_dir is not None else None,
@@ -244,8 +244,8 @@ def robustness(cfg: Config, seeds, ctx: Context) -> dict:
         },
         "linear_population_closed_form": closed,
         "by_attack_fgm_net": {"attacks": ["fgm", "pgd", "dense"], "acc": nets["by_attack"][1].tolist()},
-        "failed_runs": np.argwhere(res.failed()).tolist(),
-        "chance_runs": np.argwhere(res.at_chance()).tolist(),
+        "failed_runs": failed_runs(res),
+        "chance_runs": chance_runs(res),
         "constant_predictor_accuracy": lm["constant"][:, 0].tolist(),
         "fgm_minus_constant_at_verdict_tau": (nets["robust"][1][:, j] - lm["constant"][:, j]).tolist(),
         "trained": trained.tolist(),

@@ -42,6 +42,7 @@ from ._common import (
     N_DOWN,
     PRETRAIN_PRESETS,
     down_config,
+    failed_runs,
     probe,
     supervised_backbones,
     with_test_preset,
@@ -170,7 +171,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     ltaus = linf_settings(cfg.data.d, cfg.hp.tau, taus)["eval.taus"]
     ltask = make_task(lcfg.data)
     res = ctx.sweep(lcfg, grid={"tau": [0.0, lcfg.hp.tau]}, seeds=seeds, task=ltask)
-    failed += [["linf", *ij] for ij in np.argwhere(res.failed()).tolist()]
+    failed += failed_runs(res, "linf")
     flagged = flagged | res.flagged().any(0)
     lbbs = {"clean-trained net": backbones(res, rows=0), "FGM-trained net": backbones(res, rows=1)}
     families["linf"] = {

@@ -38,7 +38,7 @@ from purify.landmarks import window
 from purify.plotting import band
 from purify.store import fingerprint
 
-from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, radius_grid, with_test_preset
+from ._common import COLLAPSED_BELOW, RADIUS_OPTIONS, chance_runs, failed_runs, radius_grid, with_test_preset
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 
 MODELS = {
@@ -213,8 +213,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         },
         "collapsed_below_clean_accuracy": COLLAPSED_BELOW,
         "collapsed": {n: {m: v.tolist() for m, v in d.items()} for n, d in collapsed.items()},
-        "failed_runs": np.argwhere(res.failed()).tolist(),
-        "chance_runs": np.argwhere(res.at_chance()).tolist(),
+        "failed_runs": failed_runs(res),
+        "chance_runs": chance_runs(res),
         "attack_gap_reference_relu": relu_gap.tolist(),
         "statistics": statistics,
     }

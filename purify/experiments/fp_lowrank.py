@@ -19,7 +19,7 @@ from purify.experiment import Context, Experiment, Option
 from purify.plotting import band
 
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
-from ._common import with_test_preset
+from ._common import chance_runs, failed_runs, with_test_preset
 
 TOP = 5  # singular directions whose label alignment is reported
 
@@ -82,8 +82,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     s_cln, a_cln = spectrum(snaps[0, :, 1] - snaps[0, :, 0], M, w_star)
     robust = full["robust_acc"][:, :, -1, 0]  # (2, seeds) at eval.taus[0]
     clean_rob, full_rob = robust[0], robust[1]
-    per_rank, failed = {}, np.argwhere(full.failed()).tolist()
-    chance = np.argwhere(full.at_chance()).tolist()
+    per_rank, failed = {}, failed_runs(full)
+    chance = chance_runs(full)
     base_flag = full.flagged()
     task, eval_tau = make_task(cfg.data), (cfg.eval.taus[0],)
     base_gap = reference_gaps(full_cfg, full, task, eval_tau, rows=(0, 1))[..., 0].max(0)  # (S,)
@@ -98,8 +98,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             "flagged": per_rank_flag,
             "attack_gap": np.maximum(base_gap, reference_gaps(rcfg, res, task, eval_tau, rows=(0,))[0, :, 0]),
         }
-        failed += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.failed())]
-        chance += [[f"rank {r}", *map(int, ij)] for ij in np.argwhere(res.at_chance())]
+        failed += failed_runs(res, f"rank {r}")
+        chance += chance_runs(res, f"rank {r}")
     # Control, no training: remove the label direction u = M w*/|w*| from every clean neuron,
     # W (I - u u^T): the rank-1 edit a rank-1 update could learn. Tells expressivity from optimization.
     u = (M @ w_star) / np.linalg.norm(w_star)

@@ -19,7 +19,7 @@ from purify.evaluate import reference_gaps
 from purify.experiment import Context, Experiment, Option
 from purify.stats import mean_ci
 
-from ._common import with_test_preset
+from ._common import chance_runs, failed_runs, with_test_preset
 
 CLAIMS = (
     Claim(
@@ -62,8 +62,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                 flag[a, b, j] = flagged[0] | flagged[1 + j]
                 clean_acc[a, b, j] = final[0, :, j]
             rho_sqrt_k[a, b] = res["rho_nw"][0, :, -1] * np.sqrt(k)
-            failed += [[d, k, *map(int, ij)] for ij in np.argwhere(res.failed())]
-            chance += [[d, k, *map(int, ij)] for ij in np.argwhere(res.at_chance())]
+            failed += failed_runs(res, d, k)
+            chance += chance_runs(res, d, k)
     statistics = []
     for a, d in enumerate(ds):
         for b, k in enumerate(ks):

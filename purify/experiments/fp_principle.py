@@ -18,7 +18,7 @@ from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config
 from purify.experiment import Context, Experiment
 
-from ._common import NETS, with_test_preset
+from ._common import NETS, chance_runs, failed_runs, with_test_preset
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 from ._purification import RESIDUAL_SHARE, decompose, summarize
 
@@ -122,8 +122,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             "cos_adv_init": adv["cos_adv_init"].tolist(),
             "clean_norm": weight.tolist(),
         },
-        "failed_runs": np.argwhere(res.failed()).tolist(),
-        "chance_runs": np.argwhere(res.at_chance()).tolist(),
+        "failed_runs": failed_runs(res),
+        "chance_runs": chance_runs(res),
         "statistics": statistics,
     }
 

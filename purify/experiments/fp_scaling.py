@@ -44,7 +44,17 @@ from purify.landmarks import linear_robust_accuracy
 from purify.plotting import band
 from purify.stats import mean_ci, slopes
 
-from ._common import DOWN_LRS, N_DOWN, NETS, PURIFICATION_PRESETS, clean_heads, down_config, with_test_preset
+from ._common import (
+    DOWN_LRS,
+    N_DOWN,
+    NETS,
+    PURIFICATION_PRESETS,
+    chance_runs,
+    clean_heads,
+    down_config,
+    failed_runs,
+    with_test_preset,
+)
 from ._purification import decompose, summarize
 
 PATHS = ("k fixed", "k growing")
@@ -219,8 +229,8 @@ def measure(ctx: Context, c: Config, seeds, o: dict) -> dict:
     return {
         "per_seed": {k: np.asarray(v, float).tolist() for k, v in out.items()},
         "flagged": (flagged[0] | flagged[1]).tolist(),
-        "failed_runs": np.argwhere(res.failed()).tolist(),
-        "chance_runs": np.argwhere(res.at_chance()).tolist(),
+        "failed_runs": failed_runs(res),
+        "chance_runs": chance_runs(res),
         "tau": tau,
         "lr": c.hp.lr,
         "k": c.data.k,

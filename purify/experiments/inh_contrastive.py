@@ -36,6 +36,7 @@ from ._common import (
     contrastive_name,
     down_config,
     end_to_end,
+    failed_runs,
     oracle_backbone,
     weighted_purity,
     with_test_preset,
@@ -96,7 +97,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         for attack in o["attacks"]:
             pcfg = contrastive_config(cfg, objective, attack)
             res = contrastive_backbones(ctx, pcfg, noises, attack == o["attacks"][0], seeds, task)
-            failed += [[objective, attack, *ij] for ij in np.argwhere(res.failed()).tolist()]
+            failed += failed_runs(res, objective, attack)
             flagged, settled = res.flagged(), res.trained()
             for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
                 name = contrastive_name(objective, float(noise), "clean" if t == 0 else attack)

@@ -26,6 +26,7 @@ from ._common import (
     contrastive_backbones,
     contrastive_config,
     contrastive_name,
+    failed_runs,
     features_per_neuron,
     with_test_preset,
 )
@@ -70,13 +71,13 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     backbones["supervised/clean"], backbones["supervised/fgm"] = sup["W_final"][0], sup["W_final"][1]
     flags = {"supervised/clean": sup.flagged()[0], "supervised/fgm": sup.flagged()[1]}
     settled = {"supervised/clean": sup.trained()[0], "supervised/fgm": sup.trained()[1]}
-    failed = [["supervised", "fgm", *ij] for ij in np.argwhere(sup.failed()).tolist()]
+    failed = failed_runs(sup, "supervised", "fgm")
     if o["pgd"]:
         pgd = ctx.sweep(cfg.set(**{"train.attack": "pgd"}), grid={"tau": [tau]}, seeds=seeds, task=task)
         backbones["supervised/pgd"] = pgd["W_final"][0]
         flags["supervised/pgd"] = pgd.flagged()[0]
         settled["supervised/pgd"] = pgd.trained()[0]
-        failed += [["supervised", "pgd", *ij] for ij in np.argwhere(pgd.failed()).tolist()]
+        failed += failed_runs(pgd, "supervised", "pgd")
     ccfg = cfg.set(**CONTRASTIVE)
     for objective in o["objectives"]:
         res = contrastive_backbones(
@@ -85,7 +86,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         for h, (noise, t) in enumerate(zip(res.hp["noise"], res.hp["tau"])):
             name = contrastive_name(objective, float(noise), "clean" if t == 0 else "fgm")
             backbones[name], flags[name], settled[name] = res["W_final"][h], res.flagged()[h], res.trained()[h]
-        failed += [[objective, "fgm", *ij] for ij in np.argwhere(res.failed()).tolist()]
+        failed += failed_runs(res, objective, "fgm")
     stats = {name: _node_stats(np.asarray(W), task.M) for name, W in backbones.items()}
 
     def few(s):  # per seed, the norm-weighted fraction of nodes with at most FEW features

@@ -27,9 +27,11 @@ from ._common import (
     DOWN_LRS,
     N_DOWN,
     PRETRAIN_PRESETS,
+    chance_runs,
     clean_heads,
     down_config,
     end_to_end,
+    failed_runs,
     oracle_backbone,
     snapshot_steps,
     weighted_purity,
@@ -118,14 +120,14 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     # -- pre-training --------------------------------------------------------------------------
     snap_cfg = cfg.set(**{"train.snapshot_at": snaps})
     single = ctx.sweep(snap_cfg, grid={"tau": pre_taus}, seeds=seeds, task=task)
-    failed += [["single-task", *ij] for ij in np.argwhere(single.failed()).tolist()]
+    failed += failed_runs(single, "single-task")
     T = int(o["n_tasks"])
     multi_cfg = cfg.set(**{"data.n_tasks": T, "model.head": "trained"})
     multi = ctx.sweep(multi_cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
-    failed += [["multi-task", *ij] for ij in np.argwhere(multi.failed()).tolist()]
+    failed += failed_runs(multi, "multi-task")
     bias_cfg = cfg.set(**{"model.bias": "trainable"})
     trainable = ctx.sweep(bias_cfg, grid={"tau": [0.0, tau]}, seeds=seeds, task=task)
-    failed += [["trainable-bias", *ij] for ij in np.argwhere(trainable.failed()).tolist()]
+    failed += failed_runs(trainable, "trainable-bias")
 
     # -- clean heads ---------------------------------------------------------------------------
     Wsnap = single["snapshots"]  # (H, S, n_snap, m, d); the last snapshot is the final weights
@@ -290,8 +292,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         },
         "inheritance_map": cell,
         "failed_runs": failed,
-        "chance_runs": [["single-task", *ij] for ij in np.argwhere(single.at_chance()).tolist()]
-        + [[label, *ij] for label, r in variant_runs for ij in np.argwhere(r.at_chance()).tolist()],
+        "chance_runs": chance_runs(single, "single-task")
+        + [run for label, r in variant_runs for run in chance_runs(r, label)],
         "n_failed_downstream": n_bad,
         "statistics": statistics,
     }
