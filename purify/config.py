@@ -74,6 +74,18 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
         _fail(name, value, f"must be one of {', '.join(repr(o) for o in options)}")
 
 
+# How a setting may vary across the runs of one sweep, declared on its field (`sweep_kind`):
+# STATIC settings fix shapes or program structure, so each value is a program of its own;
+# PER_RUN ones are values of one program (integers read at run time, per run); every HParams
+# field is a HYPERPARAMETER (a float scalar per run). A grid sweeps any of them.
+STATIC, PER_RUN, HYPERPARAMETER = "static", "per-run", "hyper-parameter"
+
+
+def per_run(default: Any) -> Any:
+    """A dataclass field that a sweep may vary per run inside one program."""
+    return field(default=default, metadata={"sweep": PER_RUN})
+
+
 DICTIONARIES = ("identity", "haar", "hadamard", "sphere")
 SPARSITIES = ("exact_k", "iid")
 MAGNITUDES = ("uniform", "sign")
@@ -207,7 +219,7 @@ class TrainConfig:
     """
 
     steps: int = 4000
-    adv_start: int = 2000
+    adv_start: int = per_run(2000)
     batch: int = 256
     attack: str = "fgm"
     norm: str = "l2"
@@ -405,6 +417,23 @@ class Config:
             _fail(key, value, "unknown setting; see `purify list --settings`")
         return f"{sec}.{name}"
 
+    def column(self, key: str, value: Any = None) -> str:
+        """The name a grid column and `Results.hp` use for a setting written dotted or bare: a
+        hyper-parameter by its bare name ('hp.tau' and 'tau' -> 'tau'), any other setting dotted
+        ('width' -> 'model.width'); `setting` inverts it."""
+        bare = key.removeprefix("hp.")
+        if bare in HPARAM_NAMES and (key == bare or key.startswith("hp.")):
+            return bare
+        return self.resolve(key, value).removeprefix("hp.")
+
+    def sweep_kind(self, key: str) -> str:
+        """STATIC, PER_RUN or HYPERPARAMETER: how a setting may vary inside one sweep's program."""
+        sec, name = self.resolve(key).split(".", 1)
+        if sec == "hp":
+            return HYPERPARAMETER
+        f = next(f for f in dataclasses.fields(getattr(self, sec)) if f.name == name)
+        return f.metadata.get("sweep", STATIC)
+
     def get(self, key: str) -> Any:
         """The value of a setting, dotted or bare (see `resolve`)."""
         sec, name = self.resolve(key).split(".", 1)
@@ -439,6 +468,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(plain(v) for v in value)
     return value
+
+
+def setting(column: str) -> str:
+    """The dotted setting of a grid column (`Config.column`): 'tau' -> 'hp.tau'."""
+    return f"hp.{column}" if column in HPARAM_NAMES else column
 
 
 def name_in(obj: Any, name: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .claims import TRAINED_DRIFT, TRAINED_LOSS_SHARE
-from .config import HPARAM_NAMES, Config, plain
+from .config import Config, plain, setting
 from .files import _jsonable, atomic_write_bytes
 from .plotting import plot_metric
 from .trace import at_chance
@@ -204,7 +204,7 @@ class Results:
 
         self._need("hparam")
         # plain: a float32 0.1 is the 0.1 that was asked for, not 0.10000000149011612
-        values = {(f"hp.{n}" if n in HPARAM_NAMES else n): plain(np.asarray(v)[row]) for n, v in self.hp.items()}
+        values = {setting(n): plain(np.asarray(v)[row]) for n, v in self.hp.items()}
         return Config.from_dict(self.config).set(**values)
 
     def to_xarray(self):

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
+import jax
 import numpy as np
 
 from .config import ConfigError
@@ -356,3 +357,32 @@ def merge_runs(sources: Sequence[str | Path], into: str | Path) -> int:
             tmp.replace(dest)
             copied += 1
     return copied
+
+
+# -- a training state as flat arrays (checkpoints) ----------------------------------------------
+
+
+def flat_state(state) -> dict:
+    """A training state as flat host arrays s0, s1, ... (PRNG keys as their raw data)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    return {f"s{i}": np.asarray(jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
+
+
+def restore_state(template, arrays: dict):
+    """`template` (a state of the right structure) with the checkpoint's arrays, or None if they
+    do not fit it (then the checkpoint is not this chunk's and is not used)."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    out = []
+    for i, x in enumerate(leaves):
+        a = arrays.get(f"s{i}")
+        want = jax.random.key_data(x) if _is_key(x) else x
+        if a is None or a.shape != want.shape or a.dtype != want.dtype:
+            return None
+        out.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(x)) if _is_key(x) else a)
+    if len(arrays) - 1 != len(leaves):  # the arrays plus __done__
+        return None
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)

@@ -17,11 +17,11 @@ ROOT = pathlib.Path(__file__).parents[1] / "purify"
 LAYERS = (
     ("attacks", "metrics", "stats", "provenance", "contrastive"),
     ("config", "claims"),
-    ("data", "network", "plan", "crosscheck", "files"),
+    ("data", "network", "plan", "crosscheck", "files", "grid"),
     ("landmarks", "trace", "representation", "baselines"),
-    ("train", "plotting"),
+    ("train", "plotting", "memory"),
     ("results",),
-    ("store", "evaluate"),
+    ("store", "evaluate", "assembly"),
     ("execute",),
     ("sweeps", "downstream"),
     ("__init__",),  # the flat public API over the modules above
