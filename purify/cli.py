@@ -19,9 +19,11 @@ from .benchmarks import CONFIGS, format_table, run_bench
 from .claims import confirmation_status
 from .config import Config, ConfigError, parse_value
 from .execute import SliceFinished, raise_on_sigterm
-from .experiment import RECORDS, all_experiments, compare_records, get, print_verdicts, run_experiment, save_figure
 from .files import NO_SPACE, atomic_write_json
 from .provenance import git_state
+from .records import RECORDS, compare_records, print_verdicts, save_figure
+from .registry import all_experiments, get
+from .runner import run_experiment
 from .stats import DECISIONS
 from .store import damaged_files, merge_runs
 

@@ -17,7 +17,7 @@ from purify.claims import (
     decide,
     statistic,
 )
-from purify.experiment import all_experiments
+from purify.registry import all_experiments
 
 GAIN = Claim(
     "gain",
@@ -324,7 +324,7 @@ def test_every_claim_on_robustness_declares_the_attack_gate():
     robust accuracy unless exempted above: it must declare 'attack converged' (and its
     experiment must measure it, which `decide` enforces), so the reference attack re-measures
     every model family that enters a robust-accuracy verdict."""
-    from purify.experiment import all_experiments
+    from purify.registry import all_experiments
 
     missing = []
     for eid, exp in all_experiments().items():
@@ -342,7 +342,7 @@ def test_every_claim_on_robustness_declares_the_attack_gate():
 def test_every_claim_on_trained_models_declares_the_trained_gate():
     """Every claim about trained models, except the attack audit's (the same models under two
     attacks) and exact checks, needs its models to have settled."""
-    from purify.experiment import all_experiments
+    from purify.registry import all_experiments
 
     missing = [
         (eid, c.id)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from purify.cli import main
-from purify.experiment import all_experiments
 from purify.landmarks import window
+from purify.registry import all_experiments
 from purify.stats import DECISIONS
 
 # Every experiment's `test` preset: its own tiny sizes (purify.experiments._common.TINY), two seeds.

@@ -7,7 +7,8 @@ import pytest
 
 from purify.cli import main
 from purify.config import ConfigError
-from purify.experiment import ENTRY_POINT_GROUP, Option, all_experiments, experiment_ids, get
+from purify.experiment import Option
+from purify.registry import ENTRY_POINT_GROUP, all_experiments, experiment_ids, get
 
 
 def test_builtin_experiments_are_the_modules_of_the_package():
@@ -25,7 +26,7 @@ def test_builtin_experiments_are_the_modules_of_the_package():
 
 def test_get_imports_only_the_experiment_asked_for():
     code = (
-        "import sys; from purify.experiment import get; exp = get('fp-robustness'); "
+        "import sys; from purify.registry import get; exp = get('fp-robustness'); "
         "print(exp.id, sorted(m for m in sys.modules if m.startswith('purify.experiments.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -41,7 +42,7 @@ EXPERIMENT = Experiment(id={id!r}, claim="x", title="t", summary="s", presets={{
 
 
 def test_a_new_file_is_an_experiment_without_reinstalling(tmp_path, monkeypatch):
-    import purify.experiment as registry
+    from purify import registry
 
     (tmp_path / "myexps").mkdir()
     (tmp_path / "myexps" / "__init__.py").write_text("")
@@ -60,7 +61,7 @@ def test_a_new_file_is_an_experiment_without_reinstalling(tmp_path, monkeypatch)
 def test_other_packages_register_through_the_entry_point_group(tmp_path, monkeypatch):
     import importlib.metadata
 
-    import purify.experiment as registry
+    from purify import registry
 
     (tmp_path / "their_pkg.py").write_text(EXAMPLE.format(id="their-claim") + "\nNOT_ONE = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -82,7 +83,7 @@ def test_other_packages_register_through_the_entry_point_group(tmp_path, monkeyp
 
 def test_the_library_does_not_import_the_experiments_package():
     code = (
-        "import sys, purify, purify.cli, purify.experiment; "
+        "import sys, purify, purify.cli, purify.experiment, purify.registry, purify.runner, purify.records; "
         "print('purify.experiments' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -141,7 +142,7 @@ def test_output_folder_replaces_a_record_only_with_a_run_like_it(tmp_path, monke
     import json
     from pathlib import Path
 
-    from purify.experiment import output_folder
+    from purify.records import output_folder
 
     monkeypatch.chdir(tmp_path)
     assert output_folder("fp-dynamics", "cpu", 2, None) == (Path("figures"), None)  # no record yet

@@ -19,7 +19,8 @@ import pytest
 import purify
 from purify import execute
 from purify import sweeps as sweep_mod
-from purify.experiment import compare_records, run_experiment
+from purify.records import compare_records
+from purify.runner import run_experiment
 
 from .conftest import CACHE, tiny
 

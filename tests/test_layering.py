@@ -25,8 +25,10 @@ LAYERS = (
     ("execute",),
     ("sweeps", "downstream"),
     ("__init__",),  # the flat public API over the modules above
-    ("experiment",),
+    ("experiment",),  # the protocol an experiment implements
     ("experiments",),  # the built-in experiments, a package
+    ("registry", "records"),  # finding experiments; their records on disk
+    ("runner",),
     ("benchmarks",),  # `purify bench`, a package
     ("cli",),
     ("__main__",),

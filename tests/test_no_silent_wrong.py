@@ -19,7 +19,9 @@ from purify import execute, files, store
 from purify import sweeps as sweep_mod
 from purify.cli import main
 from purify.config import ConfigError
-from purify.experiment import describe_verdict, get, run_experiment
+from purify.records import describe_verdict
+from purify.registry import get
+from purify.runner import run_experiment
 from purify.stats import verdict
 
 from .conftest import tiny
@@ -76,7 +78,7 @@ def test_a_conditional_control_applies_only_while_its_option_is_set():
 
 
 def test_every_experiment_declares_what_it_controls_and_its_record_says_so():
-    from purify.experiment import all_experiments
+    from purify.registry import all_experiments
 
     for exp in all_experiments().values():
         controlled = exp.controlled()
