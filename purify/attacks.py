@@ -102,6 +102,33 @@ def pgd(
     return jax.lax.fori_loop(0, restarts, restart, empty)[0]
 
 
+TRAINING_ATTACKS = ("fgm", "pgd")
+
+
+def training_delta(
+    kind: str, objective: Objective, x: jax.Array, tau: jax.Array, norm: str, steps: int, key: jax.Array | None
+) -> jax.Array:
+    """The perturbation an adversarial training step trains on: FGM, or PGD of `steps` steps from
+    a random start drawn with `key`, at radius tau; no gradient flows through it. Pre-training,
+    downstream fitting and the low-complexity baselines all take their attack from here.
+
+    Args:
+      kind: 'fgm' or 'pgd'.
+      objective: x (B, d) -> (B,) per-example loss to increase.
+      x: (B, d) inputs. tau: radius (scalar). norm: 'l2' or 'linf'.
+
+    Returns:
+      delta (B, d) with ||delta_i|| <= tau in `norm`.
+    """
+    if kind == "fgm":
+        delta = fgm(objective, x, tau, norm)
+    elif kind == "pgd":
+        delta = pgd(objective, x, tau, norm, steps, key=key)
+    else:
+        raise ValueError(f"attack={kind!r} is not allowed: a training attack is one of {TRAINING_ATTACKS}")
+    return jax.lax.stop_gradient(delta)
+
+
 def apgd_checkpoints(steps: int) -> tuple[int, ...]:
     """APGD's checkpoints w_j = ceil(p_j steps), p_0 = 0, p_1 = 0.22,
     p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, section 3.2)."""

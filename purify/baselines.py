@@ -72,7 +72,8 @@ def train(cfg: Config, task: Task, logits, params, key: jax.Array, tau: float, l
             return jax.nn.softplus(-y * logits(p, x)).mean()
 
         def adv(x):
-            return x + jax.lax.stop_gradient(attacks.fgm(lambda v: jax.nn.softplus(-y * logits(p, v)), x, tau, tc.norm))
+            objective = lambda v: jax.nn.softplus(-y * logits(p, v))
+            return x + attacks.training_delta("fgm", objective, x, tau, tc.norm, 0, None)
 
         x = jax.lax.cond(t >= tc.adv_start, adv, lambda x: x, x)
         g = jax.grad(loss)(p, x)

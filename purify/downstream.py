@@ -161,12 +161,6 @@ def splits(key: jax.Array, data: DataConfig, theta: jax.Array, M: jax.Array, dc:
     return out
 
 
-def _attack(kind: str, objective, x, tau, norm: str, steps: int, key):
-    if kind == "fgm":
-        return attacks.fgm(objective, x, tau, norm)
-    return attacks.pgd(objective, x, tau, norm, steps, key=key)
-
-
 def _stage(
     arch,
     params,
@@ -207,8 +201,8 @@ def _stage(
         xa = x
         if attack != "none":
             objective = lambda v: -y * logits(arch, p, v, beta)
-            xa = x + jax.lax.stop_gradient(
-                _attack(attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1))
+            xa = x + attacks.training_delta(
+                attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1)
             )
         g = jax.grad(loss)(p, xa, y, x)
         g = jax.tree.map(lambda gi, mi: gi * mi, g, mask)

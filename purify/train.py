@@ -149,11 +149,7 @@ class Run:
         """The training attack's delta at radius hp.tau (no gradient flows through it)."""
         tc = self.cfg.train
         objective = lambda v: self.example_loss(params, v, y, hp.beta)
-        if tc.attack == "fgm":
-            delta = attacks.fgm(objective, x, hp.tau, tc.norm)
-        else:
-            delta = attacks.pgd(objective, x, hp.tau, tc.norm, tc.pgd_steps, key=key)
-        return jax.lax.stop_gradient(delta)
+        return attacks.training_delta(tc.attack, objective, x, hp.tau, tc.norm, tc.pgd_steps, key)
 
     def train_loss(self, params, x, y, hp: HParams, adversarial: jax.Array):
         """Mean loss; with attack='surrogate' and `adversarial`, plus tau ||grad_x loss||_*."""
@@ -244,7 +240,7 @@ class Run:
         x, y = self._batch(state, task, t)
         adv_start = state.adv_start if self.per_run_adv_start else tc.adv_start
         adversarial = jnp.asarray(t >= adv_start) & (tc.attack != "none")
-        if tc.attack in ("fgm", "pgd"):
+        if tc.attack in attacks.TRAINING_ATTACKS:
             key = jax.random.fold_in(state.streams.attack, t)
             x = jax.lax.cond(adversarial, lambda: x + self.perturb(state.params, x, y, hp, key), lambda: x)
         grads = jax.grad(self.train_loss)(state.params, x, y, hp, adversarial)
