@@ -196,6 +196,7 @@ def test_strong_attack_stays_in_the_ball_and_beats_default_pgd(norm):
     assert float(margin(x + delta).mean()) <= float(margin(x + pgd).mean()) + 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_strong_attack_reproduces_the_linear_classifier_exactly(norm):
     """On a linear classifier the worst perturbation is known in closed form: the audited
@@ -216,6 +217,7 @@ def test_strong_attack_reproduces_the_linear_classifier_exactly(norm):
         assert float(strong[i]) <= float(default[i])
 
 
+@pytest.mark.slow
 def test_strong_attack_finds_what_a_masked_gradient_hides():
     """A gradient-masking model: f(x) = <u, x> + 10 sin(100 <u, x>)/100 has a gradient that
     points the wrong way half the time near most points, so FGM is weak; APGD's restarts and
@@ -251,6 +253,7 @@ def test_random_search_stays_in_the_ball_and_never_loses_ground(norm):
         attacks.random_search(adversary, x, tau, norm, jax.random.key(5), queries=0)
 
 
+@pytest.mark.slow
 def test_random_search_finds_flips_where_every_gradient_is_zero():
     """A threshold model f(x) = 1 - 2 [<u, x> < -c] (a plateau: zero gradient everywhere) is
     invisible to FGM, PGD and APGD; the gradient-free search still flips the examples within

@@ -1,3 +1,5 @@
+import pytest
+
 """Low-complexity baselines: the NTK model's attack against its closed form, a known polynomial fit."""
 
 import jax
@@ -12,6 +14,7 @@ from purify.data import sample
 from .conftest import tiny
 
 
+@pytest.mark.slow
 def test_fgm_on_the_ntk_model_matches_its_closed_form_where_it_is_linear():
     """Where no unit crosses a threshold, f_lin(x + delta) = f_lin(x) + <g, delta>: FGM at a small
     radius lowers every margin by exactly tau |g|."""

@@ -3,10 +3,13 @@ extra, is reported absent or measured, never silently dropped)."""
 
 import importlib.util
 
+import pytest
+
 from purify.benchmarks import format_table, run_bench
 from purify.benchmarks.profiling import KINDS, PHASES, self_times
 
 
+@pytest.mark.slow
 def test_bench_prints_every_row_and_the_compile_latency():
     result = run_bench(("small",), networks={"small": 2}, steps=2, torch=True, latency=True)
     row = result["rows"][0]

@@ -60,7 +60,13 @@ def test_list_names_every_experiment_and_preset(capsys):
     assert "--preset cpu" in out and "--preset gpu" in out and "hp.tau = 0.25" in out
 
 
-@pytest.mark.parametrize("exp_id", sorted(all_experiments()))
+# Each experiment end to end at its `test` preset; fp-dynamics (the main job) stays in the fast suite.
+QUICK = ("fp-dynamics",)
+
+
+@pytest.mark.parametrize(
+    "exp_id", [pytest.param(e, marks=() if e in QUICK else pytest.mark.slow) for e in sorted(all_experiments())]
+)
 def test_each_experiment_writes_a_wellformed_result_and_figure(exp_id, tmp_path, capsys, settings_set_by_experiments):
     assert (
         main(
@@ -122,6 +128,7 @@ def test_presets_are_valid_configs(preset):
         assert lo < cfg.eval.taus[0] < hi  # robust accuracy is tracked inside the window (in the attack's norm)
 
 
+@pytest.mark.slow
 def test_python_m_purify_runs(tmp_path):
     proc = subprocess.run(
         [
@@ -178,6 +185,7 @@ def test_check_prints_verdicts_and_fails_only_when_the_toolkit_breaks(tmp_path, 
     assert "ERROR" in captured.out and "simulated bug" in captured.err
 
 
+@pytest.mark.slow
 def test_figures_rerun_starts_from_scratch(tmp_path, monkeypatch, capsys):
     import purify.sweeps as sweep_mod
 
@@ -216,6 +224,7 @@ def test_figures_compare_lists_every_moved_number(tmp_path, capsys):
     assert "/final/x[0]: 0.5 -> 0.625" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_run_unlike_the_committed_record_does_not_replace_it(tmp_path, monkeypatch, capsys):
     import json
     import shutil
@@ -297,6 +306,7 @@ def test_a_run_at_chance_is_flagged():
     np.testing.assert_array_equal(res.flagged(), res.at_chance())
 
 
+@pytest.mark.slow
 def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(tmp_path, capsys, monkeypatch):
     """--confirm draws the confirmatory block (disjoint from the development seeds), keeps the
     exploratory verdicts of the record it replaces, and a claim re-declared between two

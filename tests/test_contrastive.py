@@ -71,6 +71,7 @@ def test_contrastive_config_errors_name_the_parameter():
         tiny(**{"train.temperature": 0.0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", contrastive.OBJECTIVES)
 def test_contrastive_pretraining_lowers_its_loss_and_fgm_raises_the_anchor_loss(objective):
     cfg = tiny(

@@ -12,6 +12,7 @@ from purify.crosscheck import foolbox_accuracy
 DATA = DataConfig(d=16, k=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_foolbox_reproduces_the_linear_classifiers_exact_robust_accuracy(norm):
     """For a linear classifier every gradient attack is optimal after one step: foolbox's robust
@@ -28,6 +29,7 @@ def test_foolbox_reproduces_the_linear_classifiers_exact_robust_accuracy(norm):
     assert np.all(np.diff(acc) <= 0)
 
 
+@pytest.mark.slow
 def test_the_audit_records_the_foolbox_cross_check_per_family():
     """attack-audit's audit() with foolbox: a third (S, n_tau) accuracy on the same inputs, equal
     to the reference's on the linear model (both exact there); without foolbox, None."""

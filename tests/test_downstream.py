@@ -22,6 +22,7 @@ def _backbone(key=0):
     return task, W.astype(np.float32)
 
 
+@pytest.mark.slow
 def test_pure_feature_probe_reaches_the_analytic_optimum():
     """On orthonormal pure features g_j = phi_b(z_j) the features are exchangeable after flipping
     signs by theta, so the optimal linear head is v proportional to theta: accuracy 1."""
@@ -37,6 +38,7 @@ def test_pure_feature_probe_reaches_the_analytic_optimum():
     assert np.all(out["clean"] >= 0.99), out["clean"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", downstream.METHODS)
 def test_each_method_trains_exactly_its_parameters(method):
     task, W = _backbone()
@@ -52,6 +54,7 @@ def test_each_method_trains_exactly_its_parameters(method):
         assert moved == (name in downstream.TRAINED[method]), (method, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_init", ["robust", "standard"])
 def test_probed_head_init_runs_a_probe_stage_first(head_init):
     task, W = _backbone()
@@ -96,6 +99,7 @@ def test_probed_head_init_runs_a_probe_stage_first(head_init):
     assert init["clean"][0] > rand["clean"][0]
 
 
+@pytest.mark.slow
 def test_vmapped_downstream_row_equals_a_single_run():
     task, W = _backbone()
     dc = DownstreamConfig(
@@ -120,6 +124,7 @@ def test_vmapped_downstream_row_equals_a_single_run():
     assert many["robust"][1, 0] == one["robust"][0, 0]
 
 
+@pytest.mark.slow
 def test_discrepancy_penalty_keeps_the_representation_near_the_pretrained_one():
     task, W = _backbone()
     kw = {
@@ -198,6 +203,7 @@ def test_bayes_accuracy_of_a_sparse_task_matches_the_tie_rate():
     assert abs((1 - tie / 2) - downstream.bayes_accuracy(cfg, theta)) < 0.003
 
 
+@pytest.mark.slow
 def test_per_sample_rep_report_bounds_hold_on_a_trained_probe():
     task, W = _backbone()
     dc = DownstreamConfig(steps=150, n_max=512, n_val=32, n_test=128, batch=64, taus=(0.15,))
@@ -229,6 +235,7 @@ def test_per_sample_rep_report_bounds_hold_on_a_trained_probe():
     assert abs(r["robust"].mean() - fit["robust"][0, 0]) < 0.05
 
 
+@pytest.mark.slow
 def test_reference_gaps_measure_what_the_default_evaluation_misses():
     """At radius 0 nothing can move a prediction: the gap is exactly 0. At a radius inside the
     window, a deliberately weak default (PGD 1 step, 1 start) leaves robust errors that the

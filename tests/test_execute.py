@@ -23,6 +23,7 @@ def test_a_damaged_chunk_is_named_set_aside_and_recomputed(tmp_path):
         assert files[0].exists() and files[0].with_name(files[0].name + ".damaged").exists()
 
 
+@pytest.mark.slow
 def test_downstream_fits_resume_from_their_chunks(tmp_path, monkeypatch):
     cfg = tiny()
     task = purify.make_task(cfg.data)
@@ -49,6 +50,7 @@ def test_downstream_fits_resume_from_their_chunks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again["params"]["v"], first["params"]["v"])
 
 
+@pytest.mark.slow
 def test_downstream_fits_slice_like_sweeps(tmp_path):
     cfg = tiny()
     task = purify.make_task(cfg.data)

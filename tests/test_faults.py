@@ -96,6 +96,7 @@ def _checkpoint(runs: Path) -> Path | None:
     return found[0] if found else None
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_chunk_saves_a_checkpoint_and_the_rerun_resumes_to_identical_numbers(tmp_path, reference):
     runs = tmp_path / "runs"
     # checkpoints only on Ctrl-C here: what is saved is what the interrupt itself wrote
@@ -145,6 +146,7 @@ def test_ctrl_c_mid_chunk_saves_a_checkpoint_and_the_rerun_resumes_to_identical_
     assert _checkpoint(runs) is None and len(list(runs.glob("*/runs_*.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_mid_chunk_loses_at_most_the_last_step_call(tmp_path, reference):
     runs = tmp_path / "runs"
     proc = _start(tmp_path, "k", "--quiet", "--checkpoint-every", "0", runs=runs)
@@ -167,6 +169,7 @@ def test_sigkill_mid_chunk_loses_at_most_the_last_step_call(tmp_path, reference)
     assert not list(runs.glob("*/runs_*.lock")) and _checkpoint(runs) is None
 
 
+@pytest.mark.slow
 def test_sigterm_mid_chunk_checkpoints_says_so_and_exits_143(tmp_path, reference):
     runs = tmp_path / "runs"
     proc = _start(tmp_path, "t", "--quiet", "--checkpoint-every", "3600", runs=runs)
@@ -189,6 +192,7 @@ def test_sigterm_mid_chunk_checkpoints_says_so_and_exits_143(tmp_path, reference
     assert compare_records(reference, _record(tmp_path / "t")) == []
 
 
+@pytest.mark.slow
 def test_sigkill_before_the_first_timed_checkpoint_keeps_the_first_step_call(tmp_path, reference):
     runs = tmp_path / "runs"
     proc = _start(tmp_path, "e", "--quiet", runs=runs)  # the default interval: 60 s, longer than this run
@@ -207,6 +211,7 @@ def test_sigkill_before_the_first_timed_checkpoint_keeps_the_first_step_call(tmp
     assert compare_records(reference, _record(tmp_path / "e")) == []
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_runs_folder_compute_each_chunk_once(tmp_path, reference):
     runs = tmp_path / "runs"
     procs = [_start(tmp_path, name, "--quiet", "--verbose", runs=runs) for name in ("p", "q")]
@@ -263,6 +268,7 @@ def _refused(args: list[str], cwd: Path) -> str:
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_or_misnamed_folders_are_refused_before_training(tmp_path):
     readonly, a_file = tmp_path / "readonly", tmp_path / "a-file"
     readonly.mkdir()
@@ -307,6 +313,7 @@ def _interrupt_at(monkeypatch, done_at: int):
     return real
 
 
+@pytest.mark.slow
 def test_a_checkpoint_resumes_only_the_remaining_steps_with_identical_numbers(tmp_path, monkeypatch):
     cfg = tiny(**{"train.steps": 60, "train.adv_start": 30})
     grid = {"tau": [0.0, 0.3]}
@@ -334,6 +341,7 @@ def flip(blob: bytes, at: int) -> bytes:
     return blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "empty", "flipped", "foreign"])
 def test_a_damaged_checkpoint_is_named_set_aside_and_the_chunk_recomputed(tmp_path, monkeypatch, damage):
     cfg = tiny(**{"train.steps": 40, "train.adv_start": 20})
@@ -362,6 +370,7 @@ def test_a_damaged_checkpoint_is_named_set_aside_and_the_chunk_recomputed(tmp_pa
         np.testing.assert_array_equal(again[name], whole[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(tmp_path, monkeypatch, caplog):
     import socket
 

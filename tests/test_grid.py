@@ -29,6 +29,7 @@ def _same(row: purify.Results, alone: purify.Results, width: int | None = None, 
         assert np.isnan(row["W_final"][..., d:]).all()
 
 
+@pytest.mark.slow
 def test_a_grid_over_width_equals_separate_sweeps():
     cfg = tiny()
     grid = {"model.width": [8, 16], "tau": [0.0, 0.3]}
@@ -43,6 +44,7 @@ def test_a_grid_over_width_equals_separate_sweeps():
         assert res.row_config(0 if width == 8 else 2).model.width == width
 
 
+@pytest.mark.slow
 def test_a_grid_over_the_data_dimension_keeps_each_rows_dictionary():
     cfg = tiny(**{"data.dictionary": "haar"})
     res = purify.sweep(cfg, grid={"data.d": [8, 16]}, seeds=2)
@@ -53,6 +55,7 @@ def test_a_grid_over_the_data_dimension_keeps_each_rows_dictionary():
         np.testing.assert_array_equal(res["task_M"][i, :d, :d], alone["task_M"])
 
 
+@pytest.mark.slow
 def test_adv_start_is_a_per_run_value_of_one_program():
     cfg = tiny()
     compiled.cache_clear()
@@ -81,6 +84,7 @@ def test_a_grid_row_that_breaks_a_rule_fails_before_compiling(monkeypatch):
         purify.sweep(tiny(), grid={"data.d": [8]}, seeds=1, task=purify.make_task(tiny().data))
 
 
+@pytest.mark.slow
 def test_results_to_xarray_round_trips_through_netcdf(tmp_path):
     xr = pytest.importorskip("xarray", reason="xarray is part of the test extra")
     res = purify.sweep(tiny(), grid={"model.width": [8, 16], "tau": [0.0, 0.3]}, seeds=2)

@@ -11,6 +11,7 @@ from purify import downstream, network, representation
 from .conftest import tiny
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias", ["relative", "fixed", "trainable"])
 @pytest.mark.parametrize("adv_rank", [0, 2])
 def test_downstream_representation_is_the_pretrained_networks_hidden_layer(bias, adv_rank):

@@ -173,6 +173,7 @@ def test_the_source_digest_follows_every_edit(tmp_path):
     assert source_digest(copy) != before
 
 
+@pytest.mark.slow
 def test_a_chunk_from_other_code_is_set_aside_and_recomputed(tmp_path, monkeypatch):
     cfg = tiny(**{"train.steps": 20, "train.adv_start": 10})
     first = purify.sweep(cfg, seeds=2, out_dir=tmp_path)
@@ -274,6 +275,7 @@ def test_a_record_and_its_figure_are_written_both_or_neither(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # neither file, no temporary left behind
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_record_is_one_clear_message(tmp_path, monkeypatch, capsys):
     from .test_cli import TEST
 
@@ -385,6 +387,7 @@ def test_memory_refusals_name_the_settings(no_training):
         purify.sweep(tiny(**{"eval.n_eval": 10**9}), seeds=2)
 
 
+@pytest.mark.slow
 def test_row_config_gives_back_the_values_asked_for(tmp_path):
     res = purify.sweep(tiny(**{"train.steps": 4, "train.adv_start": 2}), grid={"lr": [0.1, 0.3]}, seeds=1)
     assert res.row_config(0).hp.lr == 0.1 and res.row_config(1).hp.lr == 0.3

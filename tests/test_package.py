@@ -29,6 +29,7 @@ def wheel(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_only_the_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -37,6 +38,7 @@ def test_the_wheel_holds_only_the_package(wheel):
     assert not any(n.startswith("tests/") for n in names)
 
 
+@pytest.mark.slow
 def test_the_wheel_runs_from_a_fresh_environment(wheel, tmp_path):
     env = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)

@@ -4,12 +4,14 @@ import re
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
@@ -27,6 +29,7 @@ def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
     assert final[3] > final[0] + 0.1, final
 
 
+@pytest.mark.slow
 def test_readme_transfer_example_runs_verbatim(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     code = next(b for b in blocks if "fit_and_evaluate" in b)

@@ -18,6 +18,8 @@ import purify
 from purify import attacks, landmarks
 from purify.data import sample
 
+pytestmark = pytest.mark.slow  # statistical checks of the science: seconds to a minute each
+
 SEEDS = 8
 SMALL = {
     "data.d": 32,

@@ -42,6 +42,7 @@ def _assert_same(a, b, exact=False):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_sharded_over_four_fake_devices_equals_one_device(reference, tmp_path):
     """6 runs on 4 devices: the chunk is padded to 8, the padding dropped."""
     out = tmp_path / "sharded.npz"
@@ -65,6 +66,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_under_jax_distributed_equal_one(reference, tmp_path):
     out, port = tmp_path / "dist.npz", str(_free_port())
     procs = [
@@ -100,6 +102,7 @@ def test_slices_and_merge_reproduce_the_unsliced_sweep(reference, tmp_path, monk
     _assert_same(merged, reference)
 
 
+@pytest.mark.slow
 def test_cli_slice_and_merge(tmp_path, capsys):
     tiny_cli = [
         "--seeds",
@@ -150,6 +153,7 @@ def _xla_bytes(cfg, c):
     return max(sizes)
 
 
+@pytest.mark.slow
 def test_chunk_size_chooser_respects_the_budget():
     """At two budgets, XLA's memory analysis of the chosen chunk fits; the per-network estimate
     stays within 1x..3x of XLA's per-network growth (safe, not wildly conservative)."""

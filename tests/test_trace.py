@@ -28,6 +28,7 @@ def test_what_is_measured_has_the_declared_axes(objective):
         assert state.trace[q.name].shape == (len(run.log_steps),) + trace.shape(q, sizes)
 
 
+@pytest.mark.slow
 def test_results_axes_and_plot_labels_come_from_the_declarations(tmp_path):
     cfg = tiny(**{"data.n_tasks": 2, "model.head": "trained"})
     res = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=1)

@@ -18,6 +18,7 @@ from .conftest import tiny
 TRACE = ("purity_nw", "rho_nw", "clean_acc", "robust_acc", "loss", "purity")
 
 
+@pytest.mark.slow
 def test_vmapped_row_equals_single_run():
     cfg = tiny()
     res = purify.sweep(cfg, grid={"tau": [0.0, 0.3], "lr": [0.05, 0.2]}, seeds=[3, 7])
@@ -34,6 +35,7 @@ def test_vmapped_row_equals_single_run():
     np.testing.assert_allclose(np.asarray(single.params["W"]), row["W_final"], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sweeping_hyperparameters_does_not_recompile():
     """One program per static config for noise-free sweeps and one for noisy ones (which skip
     drawing noise that would be multiplied by 0); at a fixed number of networks per chunk (a
@@ -53,6 +55,7 @@ def test_sweeping_hyperparameters_does_not_recompile():
     assert init._cache_size() == 1 and advance._cache_size() == 1 and observe._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_noise_free_program_gives_the_same_numbers():
     cfg = tiny()
     a = purify.sweep(cfg, grid={"noise": [0.0]}, seeds=2)  # noise-free program
@@ -61,6 +64,7 @@ def test_noise_free_program_gives_the_same_numbers():
         np.testing.assert_array_equal(a.sel(noise=0.0)[name], b[name])
 
 
+@pytest.mark.slow
 def test_advance_traces_once_across_hyperparameters_and_chunks():
     cfg = tiny()
     run = Run(cfg, chunk=10)
@@ -77,6 +81,7 @@ def test_advance_traces_once_across_hyperparameters_and_chunks():
             state = advance(state, task, jnp.int32(t0), jnp.int32(t1))
 
 
+@pytest.mark.slow
 def test_chunked_and_unchunked_sweeps_agree():
     cfg = tiny()
     a = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3)
@@ -85,6 +90,7 @@ def test_chunked_and_unchunked_sweeps_agree():
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_numbers():
     cfg = tiny()
     a = purify.sweep(cfg, seeds=2)
@@ -175,6 +181,7 @@ def test_other_training_attacks_run_and_change_training(attack, norm):
     assert not np.allclose(res["W_final"][0], res["W_final"][1])
 
 
+@pytest.mark.slow
 def test_snapshots_store_weights_where_asked():
     cfg = tiny(**{"train.snapshot_at": (0, 30, 60)})
     res = purify.sweep(cfg, seeds=2)
@@ -185,6 +192,7 @@ def test_snapshots_store_weights_where_asked():
     assert abs(norms.mean() - cfg.hp.init_scale) < 0.3 * cfg.hp.init_scale  # small Gaussian init
 
 
+@pytest.mark.slow
 def test_finite_training_set_and_multi_task():
     cfg = tiny(**{"data.n_train": 50, "data.n_tasks": 3, "model.head": "trained"})
     res = purify.sweep(cfg, seeds=2)
@@ -200,6 +208,7 @@ def test_finite_training_set_and_multi_task():
     assert float(dists.max()) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
     [
@@ -216,6 +225,7 @@ def test_model_variants_train(variant):
     assert (res["clean_acc"][..., -1] > 0.55).all(), res["clean_acc"][..., -1]
 
 
+@pytest.mark.slow
 def test_low_rank_adversarial_phase():
     """adv_rank = r: W frozen after the switch, the update W_eff - W_clean has rank r, and the
     clean phase is bit-identical to full-rank training."""
@@ -243,6 +253,7 @@ def test_segments_cover_every_step_once_and_cut_at_every_observation():
         assert {t for t in range(start + 1, 60) if t % 10 == 0} <= starts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack,norm", [("fgm", "l2"), ("fgm", "linf"), ("pgd", "l2")])
 def test_the_training_attack_raises_the_loss(attack, norm):
     """The training perturbation must ascend the loss: with its sign flipped (or pointing
