@@ -8,7 +8,7 @@ res.sel(tau=0.2).mean("seed")["purity_nw"]
 
 from .config import Config, ConfigError, DataConfig, EvalConfig, HParams, ModelConfig, TrainConfig
 from .data import SparseCoding, Task, make_task, sample
-from .downstream import DownstreamConfig, backbones, fit_and_evaluate
+from .downstream import Along, DownstreamConfig, backbones, fit_and_evaluate, fit_grid
 from .execute import SliceFinished, SweepInterrupted
 from .network import Architecture
 from .results import Results
@@ -19,6 +19,7 @@ from .train import Run, make_run
 __version__ = "0.1.0"
 
 __all__ = [
+    "Along",
     "Architecture",
     "Config",
     "ConfigError",
@@ -37,6 +38,7 @@ __all__ = [
     "auto_chunk_size",
     "backbones",
     "fit_and_evaluate",
+    "fit_grid",
     "make_run",
     "make_task",
     "merge_runs",

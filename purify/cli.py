@@ -15,12 +15,12 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from . import provenance
 from .benchmarks import CONFIGS, format_table, run_bench
 from .claims import confirmation_status
 from .config import Config, ConfigError, parse_value
 from .execute import SliceFinished, raise_on_sigterm
 from .files import NO_SPACE, atomic_write_json
-from .provenance import git_state
 from .records import RECORDS, compare_records, print_verdicts, save_figure
 from .registry import all_experiments, get
 from .runner import run_experiment
@@ -182,7 +182,7 @@ def cmd_figures(args) -> int:
 
     missing = []
     if args.rerun and Path(args.out or "figures").resolve() == Path("figures").resolve() and not args.allow_dirty:
-        state = git_state()
+        state = provenance.git_state()
         if state["dirty"]:
             raise ConfigError(
                 "--rerun into figures/ is not allowed from a dirty working tree: the committed records must name the "

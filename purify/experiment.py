@@ -19,7 +19,7 @@ from typing import Any
 
 from .claims import Claim
 from .config import Config, ConfigError
-from .downstream import fit_and_evaluate
+from .downstream import fit_and_evaluate, fit_grid
 from .sweeps import sweep
 
 # Every experiment reads one label vector (w*[0]); the one that trains several sets the count
@@ -138,6 +138,10 @@ class Context:
             checkpoint_seconds=self.checkpoint_seconds,
             **kwargs,
         )
+
+    def downstream_grid(self, cfg: Config, dc, M, axes: dict, **kwargs):
+        """`purify.downstream.fit_grid` (named axes, `Results`), resumable in this context's runs folder."""
+        return fit_grid(cfg, dc, M, axes, out_dir=self.runs_dir, run_slice=self.run_slice, **kwargs)
 
     def downstream(self, cfg: Config, dc, M, **kwargs):
         """`purify.downstream.fit_and_evaluate`, resumable in this context's runs folder."""

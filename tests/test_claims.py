@@ -194,10 +194,11 @@ def test_git_state_flags_a_dirty_tree_and_hashes_the_difference(tmp_path):
     assert two["dirty"] and two["diff_sha256"] != one["diff_sha256"]
 
 
-def test_figures_rerun_into_figures_refuses_a_dirty_tree(monkeypatch, capsys):
+def test_figures_rerun_into_figures_refuses_a_dirty_tree(monkeypatch, capsys, tmp_path):
     from purify import provenance
     from purify.cli import main
 
+    monkeypatch.chdir(tmp_path)  # were the refusal to fail, the rerun would write there, not into the repository
     monkeypatch.setattr(
         provenance, "git_state", lambda where=None: {"commit": "abc", "dirty": True, "diff_sha256": "d"}
     )

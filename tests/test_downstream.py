@@ -253,3 +253,55 @@ def test_reference_gaps_measure_what_the_default_evaluation_misses():
     assert gaps.shape == (8, 2)
     assert (gaps[:, 0] == 0).all(), gaps[:, 0]
     assert (gaps >= 0).all() and gaps[:, 1].mean() > 0.01, gaps[:, 1]
+
+
+def test_flatten_along_places_each_axis_where_the_grid_has_it():
+    """An argument along ('seed', 'task') of a (task, seed, lr) grid, flattened in C order: run
+    r = (t, s, l) gets value[s, t]; a constant passes through; a wrong axis or size is named."""
+    from purify.downstream import Along, flatten_along
+
+    axes = {"task": ["a", "b"], "seed": [10, 11, 12], "lr": [0.1, 0.2]}
+    value = np.arange(6).reshape(3, 2) * 10  # (seed, task)
+    flat = flatten_along(Along(("seed", "task"), value), axes)
+    t, s, _ = np.unravel_index(np.arange(12), (2, 3, 2))
+    np.testing.assert_array_equal(flat, value[s, t])
+    stacked = flatten_along(Along(("task",), {"W": np.ones((2, 4, 5)) * np.arange(2)[:, None, None]}), axes)
+    assert stacked["W"].shape == (12, 4, 5) and (stacked["W"][:, 0, 0] == t).all()
+    assert flatten_along(0.5, axes) == 0.5
+    with pytest.raises(ConfigError, match="must name distinct axes among"):
+        flatten_along(Along(("width",), np.ones(2)), axes)
+    with pytest.raises(ConfigError, match=r"leading axes \('seed',\) must have sizes \[3\]"):
+        flatten_along(Along(("seed",), np.ones(4)), axes)
+
+
+@pytest.mark.slow
+def test_fit_grid_is_fit_and_evaluate_on_named_axes():
+    """The grid's results are the flat fits reshaped: the same numbers, the axes named."""
+    from purify.downstream import Along, fit_grid
+
+    task, W = _backbone()
+    dc = DownstreamConfig(steps=10, n_max=128, n_val=64, n_test=64, batch=32, taus=(0.1, 0.2), eval_pgd_steps=2)
+    thetas = np.stack([np.ones(16), np.sign(np.arange(16) - 7.5)]).astype(np.float32)
+    lrs = np.asarray([0.01, 0.03], np.float32)
+    res = fit_grid(
+        CFG,
+        dc,
+        task.M,
+        {"task": ["ones", "half"], "seed": [3, 4], "lr": lrs},
+        seeds=Along(("seed",), np.asarray([3, 4])),
+        backbone={"W": W},
+        theta=Along(("task",), thetas),
+        beta=0.5,
+        n=128,
+        lr=Along(("lr",), lrs),
+    )
+    assert res.dims["robust"] == ("task", "seed", "lr", "radius") and res["robust"].shape == (2, 2, 2, 2)
+    assert res.dims["params/W"] == ("task", "seed", "lr", "neuron", "input")
+    t, s, l = np.unravel_index(np.arange(8), (2, 2, 2))
+    flat = fit_and_evaluate(
+        CFG, dc, task.M, seeds=np.asarray([3, 4])[s], backbone={"W": W}, beta=0.5, theta=thetas[t], n=128, lr=lrs[l]
+    )
+    np.testing.assert_array_equal(res["robust"].reshape(8, 2), flat["robust"])
+    np.testing.assert_array_equal(res["clean"].reshape(8), flat["clean"])
+    np.testing.assert_array_equal(res["params/v"].reshape(8, -1), flat["params"]["v"])
+    assert list(res.coords["task"]) == ["ones", "half"] and res.sel(task="half")["clean"].shape == (2, 2)

@@ -29,7 +29,7 @@ at once, resumable, and the reference attack of the gate), `tasks` (backbones, d
 tasks, Bayes accuracy, validation selection).
 """
 
-from .fitting import fit_and_evaluate, reference_gaps
+from .fitting import Along, fit_and_evaluate, fit_grid, flatten_along, reference_gaps
 from .program import (
     DOWN_ATTACKS,
     HEAD_INIT_NAMES,
@@ -55,11 +55,14 @@ __all__ = [
     "METHODS",
     "SPLITS",
     "TRAINED",
+    "Along",
     "DownstreamConfig",
     "backbones",
     "bayes_accuracy",
     "downstream_tasks",
     "fit_and_evaluate",
+    "fit_grid",
+    "flatten_along",
     "initial_params",
     "logits",
     "make_evaluate",

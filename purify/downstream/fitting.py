@@ -1,6 +1,7 @@
 """Many downstream fits at once: one jit(vmap) program over a flat run axis, chunk by chunk and
-resumable (`purify.execute`), every argument checked before it compiles; and the reference
-attack behind the 'attack converged' gate of downstream robust accuracies.
+resumable (`purify.execute`), every argument checked before it compiles; `fit_grid`, the same
+over named axes, returning `Results`; and the reference attack behind the 'attack converged'
+gate of downstream robust accuracies.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from ..evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
 from ..execute import execute
 from ..files import check_free_space, writable_folder
 from ..plan import make_plan
+from ..results import Results
 from ..store import ChunkStore, array_digest, fingerprint
 from .program import DownstreamConfig, _compiled, _evaluation_only, logits, run_keys, splits
 
@@ -235,3 +238,104 @@ def reference_gaps(
         p = {k: jnp.asarray(v[sl]) for k, v in params.items()}
         out.append(np.asarray(f(p, keys[sl], beta[sl], theta[sl], M)))
     return np.concatenate(out) if out else np.zeros((0, len(dc.taus)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Along:
+    """An argument of `fit_grid` that varies along named axes of the grid: `value`'s leading
+    axes are `dims` (in any order, a subset of the grid's), its trailing ones its own (a
+    backbone's (m, d), a task vector's (D,)). Any other argument is the same in every run."""
+
+    dims: tuple[str, ...]
+    value: Any
+
+
+# The axes of what a fit returns, after the grid's: robust accuracies per radius, by attack.
+OUTPUT_AXES = {"val_robust": ("radius",), "robust": ("radius",), "by_attack": ("radius", "attack")}
+PARAMETER_AXES = {**network.PARAM_AXES, "v": ("neuron",), "c": ()}
+
+
+def flatten_along(arg, axes: dict[str, Any], name: str = "argument") -> Any:
+    """An `Along` argument broadcast to the grid `axes` (name -> labels, in order) and flattened
+    into the grid's run axis (first axis slowest): what `fit_grid` hands `fit_and_evaluate`,
+    for code that vmaps its own function over the same runs. A constant is returned as is."""
+    return _on_grid(name, arg, {k: len(v) for k, v in axes.items()})
+
+
+def _on_grid(name: str, arg, axes: dict[str, int]) -> Any:
+    if not isinstance(arg, Along):
+        return arg
+    unknown = [d for d in arg.dims if d not in axes]
+    if unknown or len(set(arg.dims)) != len(arg.dims):
+        raise ConfigError(f"{name} along {arg.dims} is not allowed: must name distinct axes among {list(axes)}")
+
+    def place(a):
+        a = np.asarray(a)
+        lead = len(arg.dims)
+        if a.ndim < lead or tuple(a.shape[:lead]) != tuple(axes[d] for d in arg.dims):
+            raise ConfigError(
+                f"{name} of shape {a.shape} is not allowed: its leading axes {arg.dims} must have sizes "
+                f"{[axes[d] for d in arg.dims]}"
+            )
+        order = sorted(range(lead), key=lambda i: list(axes).index(arg.dims[i]))
+        a = np.transpose(a, order + list(range(lead, a.ndim)))
+        dims = [arg.dims[i] for i in order]
+        shape = [axes[d] if d in dims else 1 for d in axes]
+        a = a.reshape(tuple(shape) + a.shape[lead:])
+        full = np.broadcast_to(a, tuple(axes.values()) + a.shape[len(axes) :])
+        return full.reshape((-1,) + full.shape[len(axes) :])
+
+    return {k: place(v) for k, v in arg.value.items()} if isinstance(arg.value, dict) else place(arg.value)
+
+
+def fit_grid(
+    cfg: Config, dc: DownstreamConfig, M, axes: dict[str, Any], *, seeds, backbone, theta, **kwargs
+) -> Results:
+    """`fit_and_evaluate` over a grid of named axes: one run per grid point, every argument a
+    constant or `Along(dims, value)`, and the results with the grid's axes first.
+
+    Args:
+      axes: axis name -> its coordinate labels, in grid order (first slowest), e.g.
+        {"task": ["dense", "sparse"], "backbone": [0, 1], "seed": seeds, "lr": lrs}.
+      seeds, backbone, theta, and every keyword of `fit_and_evaluate` (beta, n, lr, ...):
+        constants, or `Along`.
+
+    Returns:
+      Results: 'clean', 'val_clean', 'failed' on the grid's axes; 'robust', 'val_robust'
+      (..., radius); 'by_attack' (..., radius, attack); 'params/<name>' the fitted parameters.
+
+    Example:
+      >>> res = fit_grid(cfg, dc, task.M, {"seed": [0, 1], "lr": [0.01, 0.03]},
+      ...                seeds=Along(("seed",), [0, 1]), backbone=Along(("seed",), bb),
+      ...                theta=theta, beta=cfg.hp.beta, n=256, lr=Along(("lr",), [0.01, 0.03]))
+      >>> res["clean"].shape  # (seed, lr)
+      (2, 2)
+    """
+    sizes = {name: len(labels) for name, labels in axes.items()}
+    if not sizes or min(sizes.values()) < 1:
+        raise ConfigError(f"axes={ {k: len(v) for k, v in axes.items()} } is not allowed: every axis needs a label")
+    runs = int(np.prod(list(sizes.values())))
+    flat = {
+        "seeds": _on_grid("seeds", seeds, sizes),
+        "backbone": _on_grid("backbone", backbone, sizes),
+        "theta": _on_grid("theta", theta, sizes),
+        **{k: _on_grid(k, v, sizes) for k, v in kwargs.items()},
+    }
+    if np.ndim(flat["seeds"]) == 0:
+        flat["seeds"] = np.full(runs, flat["seeds"])
+    out = fit_and_evaluate(cfg, dc, M, **flat)
+    lead = tuple(sizes)
+    arrays, dims = {}, {}
+    for name, a in out.items():
+        if name == "params":
+            for k, v in a.items():
+                arrays[f"params/{k}"] = v.reshape(tuple(sizes.values()) + v.shape[1:])
+                dims[f"params/{k}"] = lead + PARAMETER_AXES[k]
+            continue
+        arrays[name] = np.asarray(a).reshape(tuple(sizes.values()) + np.shape(a)[1:])
+        dims[name] = lead + OUTPUT_AXES.get(name, ())
+    coords = {name: np.asarray(labels) for name, labels in axes.items()}
+    coords["radius"] = np.asarray(dc.taus, np.float32)
+    coords["attack"] = np.asarray(attacks.ATTACK_NAMES)
+    meta = {"config": cfg.to_dict(), "down": dataclasses.asdict(dc), "swept": list(axes)}
+    return Results(arrays, dims, coords, {}, meta)

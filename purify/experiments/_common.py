@@ -15,7 +15,7 @@ import numpy as np
 from purify import downstream, metrics
 from purify.config import Config
 from purify.data import Task
-from purify.downstream import select_by_validation
+from purify.downstream import Along, select_by_validation
 from purify.evaluate import network_curves, reference_gaps
 from purify.experiment import ALWAYS_CONTROLLED, Context, Option
 from purify.landmarks import window
@@ -266,35 +266,16 @@ def probe(
     return ctx.downstream(cfg, dc, task.M, seeds=seeds, backbone=backbone, beta=cfg.hp.beta, theta=theta, **kw)
 
 
-def broadcast_backbone(backbone: dict, lead: tuple[int, ...], axes: tuple[int, ...]) -> dict:
-    """Each parameter of a backbone batch with its leading axes placed at `axes` of the run
-    grid `lead` and broadcast over the others, then flattened into one run axis."""
-    out = {}
-    for name, a in backbone.items():
-        a = np.asarray(a)
-        n_lead = a.ndim - (2 if name == "W" else 1)
-        shape = [1] * len(lead)
-        for ax, size in zip(axes, a.shape[:n_lead]):
-            shape[ax] = size
-        a = a.reshape(tuple(shape) + a.shape[n_lead:])
-        out[name] = np.broadcast_to(a, tuple(lead) + a.shape[len(lead) :]).reshape((-1,) + a.shape[len(lead) :])
-    return out
-
-
-def attack_gaps(cfg: Config, dc: downstream.DownstreamConfig, task: Task, out: dict, flat, seeds, theta) -> np.ndarray:
-    """(len(flat),): the reference attack's gap at the first radius (`downstream.reference_gaps`)
-    of the fitted runs `flat` (indices into the flat run axis) of a `probe` output `out`, whose
-    per-run seeds and task vectors were `seeds` and `theta` ((D,) or one per run)."""
-    flat = np.asarray(flat, int).ravel()
-    theta = np.asarray(theta)
+def attack_gaps(cfg: Config, dc: downstream.DownstreamConfig, task: Task, res: Results, index, theta) -> np.ndarray:
+    """(len,): the reference attack's gap at the first radius (`downstream.reference_gaps`) of the
+    fitted models of a `fit_grid` result at the grid points `index` (one index array per grid
+    axis, in the grid's order; its 'seed' axis labels the seeds), on task vectors `theta`: (D,)
+    for all, or one per point."""
+    index = tuple(np.asarray(i, int).ravel() for i in index)
+    seeds = np.asarray(res.coords["seed"])[index[list(res.meta["swept"]).index("seed")]]
+    params = {k.removeprefix("params/"): res[k][index] for k in res.arrays if k.startswith("params/")}
     return downstream.reference_gaps(
-        cfg,
-        dc,
-        task.M,
-        seeds=np.asarray(seeds)[flat],
-        params={name: a[flat] for name, a in out["params"].items()},
-        beta=cfg.hp.beta,
-        theta=theta[flat] if theta.ndim == 2 else theta,
+        cfg, dc, task.M, seeds=seeds, params=params, beta=cfg.hp.beta, theta=np.asarray(theta)
     )[:, 0]
 
 
@@ -310,32 +291,38 @@ def clean_heads(
     audit=(),
 ) -> tuple[dict, int]:
     """Clean linear heads on backbones {'W': (B, S, m, d), ...} for every task in `thetas` (name ->
-    (D,)), all in one flat run axis (task, backbone, seed, learning rate); per run the learning
-    rate with the best clean validation accuracy is kept. Returns {task: {'robust', 'clean',
-    'at_chance', 'collapsed', 'attack_gap'}} with (B, S) test accuracies (robust at the first
-    radius), the heads at chance (clean accuracy <= 0.6, or not finite), the collapsed ones
+    (D,)), on one grid (task, backbone, seed, learning rate); per (task, backbone, seed) the
+    learning rate with the best clean validation accuracy is kept. Returns {task: {'robust',
+    'clean', 'at_chance', 'collapsed', 'attack_gap'}} with (B, S) test accuracies (robust at the
+    first radius), the heads at chance (clean accuracy <= 0.6, or not finite), the collapsed ones
     (clean accuracy below COLLAPSED_BELOW, at chance included) and, for the kept heads on the
     backbones `audit` (indices into B), the reference attack's gap at the first radius
     (`downstream.reference_gaps`; NaN on the other backbones), and the number of non-finite fits."""
 
     names = list(thetas)
     B, S = backbone["W"].shape[:2]
-    D = len(thetas[names[0]])  # the number of features (d unless the dictionary is over-complete)
-    L, K = len(lrs), len(names)
-    shape = (K, B, S, L)
-    bb = broadcast_backbone(backbone, shape, (1, 2))
-    th = np.broadcast_to(np.stack([thetas[n] for n in names])[:, None, None, None], (*shape, D)).reshape(-1, D)
-    sd = np.broadcast_to(np.asarray(seeds)[None, None, :, None], shape).ravel()
-    lr = np.broadcast_to(np.asarray(lrs, np.float32), shape).ravel()
-    out = probe(ctx, cfg, dc, task, bb, sd, th, n=dc.n_max, lr=lr)
-    best, (robust, clean) = select_by_validation(
-        out["val_clean"].reshape(shape), out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape)
+    stack = np.stack([thetas[n] for n in names])  # (task, D)
+    seeds = np.asarray(seeds)
+    axes = {"task": names, "backbone": np.arange(B), "seed": seeds, "lr": np.asarray(lrs, np.float32)}
+    res = ctx.downstream_grid(
+        cfg,
+        dc,
+        task.M,
+        axes,
+        seeds=Along(("seed",), seeds),
+        backbone=Along(("backbone", "seed"), backbone),
+        theta=Along(("task",), stack),
+        beta=cfg.hp.beta,
+        n=dc.n_max,
+        lr=Along(("lr",), np.asarray(lrs, np.float32)),
     )
+    best, (robust, clean) = select_by_validation(res["val_clean"], res["robust"][..., 0], res["clean"])
+    K = len(names)
     gap = np.full((K, B, S), np.nan)
     audit = sorted({int(b) for b in audit})
     if audit:
         k, b, s = (a.ravel() for a in np.meshgrid(np.arange(K), np.asarray(audit), np.arange(S), indexing="ij"))
-        gap[k, b, s] = attack_gaps(cfg, dc, task, out, np.ravel_multi_index((k, b, s, best[k, b, s]), shape), sd, th)
+        gap[k, b, s] = attack_gaps(cfg, dc, task, res, (k, b, s, best[k, b, s]), stack[k])
     heads = {
         n: {
             "robust": robust[i],
@@ -346,7 +333,7 @@ def clean_heads(
         }
         for i, n in enumerate(names)
     }
-    return heads, int(out["failed"].sum())
+    return heads, int(res["failed"].sum())
 
 
 def end_to_end(ctx, cfg: Config, task: Task, thetas: dict, seeds) -> dict:

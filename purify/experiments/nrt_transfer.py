@@ -20,7 +20,7 @@ import numpy as np
 from purify import attacks, make_task, network
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
-from purify.downstream import downstream_tasks, logits, run_keys, select_by_validation, splits
+from purify.downstream import Along, downstream_tasks, flatten_along, logits, run_keys, select_by_validation, splits
 from purify.experiment import Context, Experiment, Option
 from purify.plotting import band
 from purify.trace import at_chance
@@ -30,9 +30,7 @@ from ._common import (
     N_DOWN,
     PRETRAIN_PRESETS,
     attack_gaps,
-    broadcast_backbone,
     down_config,
-    probe,
     supervised_backbones,
     with_test_preset,
 )
@@ -158,26 +156,41 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             taus=(eps,),
             discrepancy=method == "full+dm",
         )
-        shape = (N, S, L)
-        bb = broadcast_backbone(W0, shape, (1,))
-        sd = np.broadcast_to(seed_ids[None, :, None], shape).ravel()
-        n = np.broadcast_to(np.asarray(sizes)[:, None, None], shape).ravel()
-        out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=np.broadcast_to(lrs, shape).ravel(), lam=lam)
-        n_failed += int(out["failed"].sum())
+        axes = {"n": np.asarray(sizes), "seed": seed_ids, "lr": lrs}
+        fit = ctx.downstream_grid(
+            cfg,
+            dc,
+            task.M,
+            axes,
+            seeds=Along(("seed",), seed_ids),
+            backbone=Along(("seed",), W0),
+            theta=theta,
+            beta=cfg.hp.beta,
+            n=Along(("n",), np.asarray(sizes)),
+            lr=Along(("lr",), lrs),
+            lam=lam,
+        )
+        n_failed += int(fit["failed"].sum())
         extra = extra or _extra_metrics(cfg, dc, task, jnp.asarray(theta), eps)
-        pre = broadcast_backbone(bbs["clean"], shape, (1,))
-        ex = {k: np.asarray(v) for k, v in extra(out["params"], run_keys(sd), pre).items()}
+        # the extra metrics in one vmapped call over the grid's runs, as the fits were made
+        flat = {
+            k.removeprefix("params/"): v.reshape((N * S * L,) + v.shape[3:])
+            for k, v in fit.arrays.items()
+            if k.startswith("params/")
+        }
+        keys = run_keys(flatten_along(Along(("seed",), seed_ids), axes))
+        pre = flatten_along(Along(("seed",), bbs["clean"]), axes)
+        ex = {k: np.asarray(v).reshape(N, S, L) for k, v in extra(flat, keys, pre).items()}
         best, picked = select_by_validation(
-            out["val_clean"].reshape(shape),
-            out["clean"].reshape(shape),
-            out["robust"][:, 0].reshape(shape),
-            *(ex[k].reshape(shape) for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")),
+            fit["val_clean"],
+            fit["clean"],
+            fit["robust"][..., 0],
+            *(ex[k] for k in ("conf_clean", "conf_attacked", "acc_transfer", "acc_random")),
         )
         res[name] = dict(zip(("clean", "robust", "conf_clean", "conf_attacked", "acc_transfer", "acc_random"), picked))
         if name in AUDITED or method == "full+dm":  # the models whose robust accuracy a verdict reads
             ni, si = (a.ravel() for a in np.meshgrid(np.arange(N), np.arange(S), indexing="ij"))
-            flat = np.ravel_multi_index((ni, si, best[ni, si]), shape)
-            res[name]["attack_gap"] = attack_gaps(cfg, dc, task, out, flat, sd, theta).reshape(N, S)
+            res[name]["attack_gap"] = attack_gaps(cfg, dc, task, fit, (ni, si, best[ni, si]), theta).reshape(N, S)
 
     chance = {name: at_chance(np.nan_to_num(r["clean"], nan=0.0)) for name, r in res.items()}  # (N, S)
     statistics = []

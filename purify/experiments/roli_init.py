@@ -21,7 +21,7 @@ import numpy as np
 from purify import make_task
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.config import Config, ConfigError
-from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, downstream_tasks, select_by_validation
+from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, Along, downstream_tasks, select_by_validation
 from purify.experiment import Context, Experiment, Option
 
 from ._common import (
@@ -30,9 +30,7 @@ from ._common import (
     N_DOWN,
     PRETRAIN_PRESETS,
     attack_gaps,
-    broadcast_backbone,
     down_config,
-    probe,
     supervised_backbones,
     with_test_preset,
 )
@@ -118,16 +116,24 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                 steps=max(4, cfg.train.steps // int(o["steps_divisor"])),
                 probe_steps=max(4, cfg.train.steps // (2 * int(o["steps_divisor"]))),
             )
-            # flat run axis (backbone, size, seed, lr)
             shape = (B, N, S, L)
-            bb = broadcast_backbone(stacked, shape, (0, 2))
-            n = np.broadcast_to(np.asarray(sizes)[None, :, None, None], shape).ravel()
-            sd = np.broadcast_to(seed_ids[None, None, :, None], shape).ravel()
-            lr = np.broadcast_to(lrs, shape).ravel()
-            out = probe(ctx, cfg, dc, task, bb, sd, theta, n=n, lr=lr, probe_lr=float(o["probe_lr"]), tau=tau)
-            n_failed += int(out["failed"].sum())
-            val_r, val_c = out["val_robust"][:, 0].reshape(shape), out["val_clean"].reshape(shape)
-            tests = (out["robust"][:, 0].reshape(shape), out["clean"].reshape(shape))
+            fit = ctx.downstream_grid(
+                cfg,
+                dc,
+                task.M,
+                {"backbone": names, "n": np.asarray(sizes), "seed": seed_ids, "lr": lrs},
+                seeds=Along(("seed",), seed_ids),
+                backbone=Along(("backbone", "seed"), stacked),
+                theta=theta,
+                beta=cfg.hp.beta,
+                n=Along(("n",), np.asarray(sizes)),
+                lr=Along(("lr",), lrs),
+                probe_lr=float(o["probe_lr"]),
+                tau=tau,
+            )
+            n_failed += int(fit["failed"].sum())
+            val_r, val_c = fit["val_robust"][..., 0], fit["val_clean"]
+            tests = (fit["robust"][..., 0], fit["clean"])
             # the learning rate with the best validation robust accuracy among those that did not
             # collapse (validation clean accuracy >= COLLAPSED_BELOW); the original rule took the
             # best validation robust accuracy of all, which rewards near-constant predictors
@@ -139,8 +145,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                 b = np.asarray([names.index(n) for n in AUDITED_BACKBONES if n in names])
                 bi, ni_, si = (a.ravel() for a in np.meshgrid(b, np.arange(N), np.arange(S), indexing="ij"))
                 chosen = [np.ravel_multi_index((bi, ni_, si, sel[bi, ni_, si]), shape) for sel in (best, best_orig)]
-                union, inverse = np.unique(np.concatenate(chosen), return_inverse=True)
-                g = attack_gaps(cfg, dc, task, out, union, sd, theta)[inverse]
+                union, inverse = np.unique(np.concatenate(chosen), return_inverse=True)  # each model audited once
+                g = attack_gaps(cfg, dc, task, fit, np.unravel_index(union, shape), theta)[inverse]
                 gap[mi, hi][bi, ni_, si], gap_orig[mi, hi][bi, ni_, si] = g[: len(bi)], g[len(bi) :]
     ib, hb = {n: i for i, n in enumerate(names)}, {h: i for i, h in enumerate(inits)}
     h0 = hb.get("random", 0)  # the method comparisons use RanLI heads (the first init run, if RanLI is not)
