@@ -27,6 +27,15 @@ from purify.trace import at_chance
 # robust accuracy (fp-lowcomplexity, roli-init, and every clean head of `clean_heads`).
 COLLAPSED_BELOW = 0.75
 
+# Smallest effects of relevance that several claims declare, each written once: two accuracy
+# points is a robustness difference a reader would act on.
+ACC_EFFECT = 0.02
+ACC_DIFFERENCE = "two accuracy points: a robustness difference a reader would act on; below it the two are alike"
+ACC_GAIN_TRAININGS = (
+    "two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike"
+)
+ACC_GAIN_HEADS = "two accuracy points: a robustness gain a reader would act on; below it the two heads are alike"
+
 # The model families of the purification protocol, as claims name them.
 NETS = ("clean-trained net", "FGM-trained net")
 

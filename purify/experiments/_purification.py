@@ -19,7 +19,7 @@ from purify.experiment import Context
 from purify.landmarks import linear_robust_accuracy, window
 from purify.store import fingerprint
 
-from ._common import NETS, chance_runs, failed_runs, radius_grid
+from ._common import ACC_DIFFERENCE, ACC_EFFECT, ACC_GAIN_TRAININGS, NETS, chance_runs, failed_runs, radius_grid
 
 # -- dynamics: clean training, then FGM from the clean weights ----------------------------------
 
@@ -49,8 +49,8 @@ DYNAMICS_CLAIMS = (
         "FGM training raises {norm} robust accuracy at tau={tau:g} (final, adversarial - clean)",
         ">",
         0.0,
-        min_effect=0.02,
-        why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
+        min_effect=ACC_EFFECT,
+        why=ACC_GAIN_TRAININGS,
         models=NETS,
         resolution="accuracy difference",
         gates=("above chance", "trained", "attack converged"),
@@ -152,13 +152,12 @@ def dynamics(cfg: Config, seeds, ctx: Context) -> dict:
 
 # -- robustness: robust accuracy against the radius, beside the exact linear references ----------
 
-ACC = "two accuracy points: a robustness difference a reader would act on; below it the two are alike"
 ROBUSTNESS_CLAIMS = (
     Claim(
         "fgm-beats-clean",
         "FGM-trained net more robust than clean-trained at tau={tau:.3g} (inside the window)",
-        min_effect=0.02,
-        why=ACC,
+        min_effect=ACC_EFFECT,
+        why=ACC_DIFFERENCE,
         models=NETS,
         resolution="accuracy difference",
         gates=("above chance", "trained", "attack converged"),
@@ -166,8 +165,8 @@ ROBUSTNESS_CLAIMS = (
     Claim(
         "clean-beats-linear",
         "clean-trained net more robust than the best linear classifier at tau={tau:.3g}",
-        min_effect=0.02,
-        why=ACC,
+        min_effect=ACC_EFFECT,
+        why=ACC_DIFFERENCE,
         models=(NETS[0], "best linear classifier (exact)"),
         resolution="accuracy",
         gates=("above chance", "trained", "attack converged"),

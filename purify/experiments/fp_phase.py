@@ -19,14 +19,14 @@ from purify.evaluate import reference_gaps
 from purify.experiment import Context, Experiment, Option
 from purify.stats import mean_ci
 
-from ._common import chance_runs, failed_runs, with_test_preset
+from ._common import ACC_EFFECT, ACC_GAIN_TRAININGS, chance_runs, failed_runs, with_test_preset
 
 CLAIMS = (
     Claim(
         "gap-mid-window",
         "d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={tau:g} (mid-window)",
-        min_effect=0.02,
-        why="two accuracy points: a robustness gain a reader would act on; below it the two trainings are alike",
+        min_effect=ACC_EFFECT,
+        why=ACC_GAIN_TRAININGS,
         models=("clean-trained net", "FGM-trained net (per k, d and tau)"),
         resolution="accuracy difference",
         gates=("above chance", "trained", "attack converged"),

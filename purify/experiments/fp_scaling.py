@@ -45,6 +45,8 @@ from purify.plotting import band
 from purify.stats import mean_ci, slopes
 
 from ._common import (
+    ACC_DIFFERENCE,
+    ACC_EFFECT,
     DOWN_LRS,
     N_DOWN,
     NETS,
@@ -61,7 +63,6 @@ PATHS = ("k fixed", "k growing")
 
 # The claims and the trend each predicts. Family: every verdict of this experiment (Holm). Statistics are per seed; "at every d" takes the seed's
 # minimum over d, so one d where the effect is missing is enough to fail.
-ACC = "two accuracy points: a robustness difference a reader would act on; below it the two are alike"
 GATES = ("above chance", "trained")
 ATTACKED = (*GATES, "attack converged")  # claims that read a robust accuracy
 WHERE = "{where}: "  # the path (k fixed, k growing, or a superposition ratio) and its d's
@@ -78,8 +79,8 @@ CLAIMS = (
         "gap",
         WHERE + "the robust-accuracy gain of FGM over clean training at mid-window stays away from 0 at every d "
         "(minimum over d)",
-        min_effect=0.02,
-        why=ACC,
+        min_effect=ACC_EFFECT,
+        why=ACC_DIFFERENCE,
         models=NETS,
         resolution="accuracy difference",
         gates=ATTACKED,
@@ -88,8 +89,8 @@ CLAIMS = (
         "inheritance",
         WHERE + "a clean head inherits robustness from the FGM backbone at every d (robust accuracy, FGM minus "
         "clean backbone, new dense task; minimum over d)",
-        min_effect=0.02,
-        why=ACC,
+        min_effect=ACC_EFFECT,
+        why=ACC_DIFFERENCE,
         models=("clean linear head on the clean backbone", "clean linear head on the FGM backbone"),
         resolution="accuracy difference",
         gates=ATTACKED,

@@ -23,6 +23,8 @@ from purify.experiment import Context, Experiment, Option
 from purify.plotting import band
 
 from ._common import (
+    ACC_EFFECT,
+    ACC_GAIN_HEADS,
     CONTRASTIVE,
     CONTRASTIVE_VIEW_NOISES,
     DOWN_LRS,
@@ -52,8 +54,8 @@ CLAIMS = (
         "head-inherits",
         "{objective}, view noise σ={noise:g}, task '{task}': a clean head on the {attack}(τ={tau:g}) backbone is more "
         "robust than on the clean one",
-        min_effect=0.02,
-        why="two accuracy points: a robustness gain a reader would act on; below it the two heads are alike",
+        min_effect=ACC_EFFECT,
+        why=ACC_GAIN_HEADS,
         models=BACKBONES + HEADS,
         resolution="accuracy difference",
         gates=ATTACKED,

@@ -24,6 +24,8 @@ from purify.plotting import band
 from purify.stats import accuracy_resolution, verdict
 
 from ._common import (
+    ACC_EFFECT,
+    ACC_GAIN_HEADS,
     DOWN_LRS,
     N_DOWN,
     PRETRAIN_PRESETS,
@@ -48,14 +50,13 @@ def final_clean_accuracy(res) -> np.ndarray:
 
 
 HEADS = ("clean linear head on the clean backbone", "clean linear head on the FGM backbone")
-ACC_WHY = "two accuracy points: a robustness gain a reader would act on; below it the two heads are alike"
 GATES = ("above chance", "trained", "attack converged")
 CLAIMS = (
     Claim(
         "head-inherits",
         "task '{task}': a clean head on the FGM(τ={tau:g}) backbone is more robust than on the clean backbone",
-        min_effect=0.02,
-        why=ACC_WHY,
+        min_effect=ACC_EFFECT,
+        why=ACC_GAIN_HEADS,
         models=("clean-trained backbone", "FGM-trained backbone") + HEADS,
         resolution="accuracy difference",
         gates=GATES,
@@ -75,8 +76,8 @@ CLAIMS = (
     Claim(
         "variant-inherits",
         "{variant} pre-training: FGM backbone's clean head more robust than clean backbone's (task 'dense')",
-        min_effect=0.02,
-        why=ACC_WHY,
+        min_effect=ACC_EFFECT,
+        why=ACC_GAIN_HEADS,
         models=("multi-task or trainable-threshold backbone, clean and FGM",) + HEADS,
         resolution="accuracy difference",
         gates=GATES,
@@ -219,7 +220,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         )
     # where inheritance holds, descriptively (no claim): per (pre-training radius, adversarial
     # length) cell, the gain over the clean backbone decided as head-inherits would decide it
-    acc = {"min_effect": 0.02, "why": ACC_WHY, "resolution": accuracy_resolution(cfg.eval.n_eval, 2)}
+    acc = {"min_effect": ACC_EFFECT, "why": ACC_GAIN_HEADS, "resolution": accuracy_resolution(cfg.eval.n_eval, 2)}
     base = heads["dense"]["robust"][i_clean, last]
     cell = {}
     for i, t in enumerate(pre_taus):

@@ -25,6 +25,8 @@ from purify.downstream import HEAD_INIT_NAMES, HEAD_INITS, METHODS, Along, downs
 from purify.experiment import Context, Experiment, Option
 
 from ._common import (
+    ACC_DIFFERENCE,
+    ACC_EFFECT,
     BACKBONE_CONTROLS,
     COLLAPSED_BELOW,
     N_DOWN,
@@ -38,8 +40,8 @@ from ._common import (
 METHOD_NAMES = {"probe": "linear probe", "bias": "bias-only", "lowrank": "low-rank", "full": "full FT"}
 
 _acc = {
-    "min_effect": 0.02,
-    "why": "two accuracy points: a robustness difference a reader would act on; below it the two are alike",
+    "min_effect": ACC_EFFECT,
+    "why": ACC_DIFFERENCE,
     "resolution": "accuracy difference",
     "gates": ("above chance", "trained", "attack converged"),
 }
