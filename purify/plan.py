@@ -2,9 +2,9 @@
 
 A batch of R runs (a sweep's grid rows x seeds, or a batch of downstream fits) is cut into
 chunks of `chunk_size` runs; each chunk is one call of a `jit(vmap(...))` program whose run
-axis is sharded over the devices, so a chunk is padded (repeating its last run) to a multiple
-of the device count, and when there are several chunks every chunk has the same padded shape.
-A process of several (`jax.distributed`) or a job-array slice computes one contiguous block of
+axis is sharded over the devices, so a chunk is padded to a multiple of the device count (with
+the runs that follow it, the last run repeated at the end; padding outputs are dropped), and
+when there are several chunks every chunk has the same padded shape. A process of several (`jax.distributed`) or a job-array slice computes one contiguous block of
 the chunks.
 """
 
@@ -49,7 +49,8 @@ class Plan:
         return lo, min(lo + self.chunk_size, self.n_runs)
 
     def indices(self, c: int):
-        """The run index of every row of chunk c's padded call (the last run repeated)."""
+        """The run index of every row of chunk c's padded call: its own runs, then the runs that
+        follow (the last run repeated), whose outputs are dropped."""
         import numpy as np
 
         lo, _ = self.bounds(c)
