@@ -264,7 +264,7 @@ def test_help_explains_every_option():
 
 
 def test_broken_runs_give_invalid_verdicts_not_fails(tmp_path, capsys):
-    """lr = 1e6 diverges every run: no verdict may come out of them (it used to say 'fails'), and
+    """lr = 1e6 diverges every run: no verdict may come out of them (not even 'fails'), and
     the figure marks them."""
     args = ["run", "fp-dynamics", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TEST]
     with pytest.warns(RuntimeWarning, match="marked failed|at chance"):

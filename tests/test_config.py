@@ -113,7 +113,7 @@ def test_numpy_and_jax_scalars_are_numbers_everywhere():
     assert table["tau"].tolist() == grid_table(plain, {"tau": [0.0, 0.1], "beta": [0.5, 0.6]})[0]["tau"].tolist()
     seeds = seed_list([np.int64(0), np.int64(3)])
     assert fingerprint(typed, table, seeds, 2) == fingerprint(plain, table, seed_list([0, 3]), 2)
-    # used to fail in the fingerprint's JSON encoder (hp values share the tiny program of other tests)
+    # NumPy and JAX scalars in a grid reach the fingerprint's JSON encoder (hp values share the tiny program of other tests)
     res = purify.sweep(
         tiny().set(**{"model.width": np.int64(32), "hp.tau": np.float32(0.1)}), grid=grid, seeds=np.int64(2)
     )
