@@ -22,7 +22,7 @@ def settings_set_by_experiments(monkeypatch):
     values leave out the config's own value. Each must be declared in controls or derives."""
     import sys as _sys
 
-    from purify.config import HPARAM_NAMES, Config, plain
+    from purify.config import Config, plain, setting
     from purify.experiment import Context
 
     seen = set()
@@ -42,7 +42,7 @@ def settings_set_by_experiments(monkeypatch):
 
     def recording_sweep(self, cfg, grid=None, **kwargs):
         for key, values in (grid or {}).items():
-            name = f"hp.{key}" if key in HPARAM_NAMES else cfg.resolve(key, values)
+            name = setting(cfg.column(key, values))
             if cfg.get(name) not in [plain(v) for v in values]:
                 seen.add(name)
         return original_sweep(self, cfg, grid=grid, **kwargs)
