@@ -25,6 +25,7 @@ def random_net(norm_cfg=None):
     return margin, x, y[:, 0], task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 @pytest.mark.parametrize("tau", [0.0, 0.05, 0.7])
 def test_every_delta_is_inside_the_ball(norm, tau):
@@ -85,6 +86,7 @@ LINEAR_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fields,noise", LINEAR_CASES)
 def test_attacks_reproduce_the_linear_classifier_closed_form(fields, noise):
     """On f(x) = <M w*/|w*|, x> the worst l2 perturbation is -y tau u: FGM (one step), PGD and
@@ -120,6 +122,7 @@ def test_attacks_reproduce_the_linear_classifier_closed_form(fields, noise):
         assert abs(float(robust[0]) - exact) <= 1e-4 + near.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fields", [{"d": 64, "k": 4}, {"d": 64, "k": 5, "magnitude": "sign"}, {"d": 100, "k": 3, "magnitude": "sign"}]
 )
@@ -181,6 +184,7 @@ def test_apgd_checkpoints_follow_croce_and_hein():
     assert attacks.apgd_checkpoints(100) == (22, 41, 58, 70, 80, 87, 93, 99)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_strong_attack_stays_in_the_ball_and_beats_default_pgd(norm):
     margin, x, _, _ = random_net()

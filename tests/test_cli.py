@@ -263,6 +263,7 @@ def test_help_explains_every_option():
                 assert action.help, f"purify {name} {action.option_strings or action.dest} has no help text"
 
 
+@pytest.mark.slow
 def test_broken_runs_give_invalid_verdicts_not_fails(tmp_path, capsys):
     """lr = 1e6 diverges every run: no verdict may come out of them (not even 'fails'), and
     the figure marks them."""

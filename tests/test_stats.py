@@ -83,6 +83,7 @@ def test_many_seed_noise_is_inconclusive_at_the_right_rate():
     assert 0.015 < outcomes.count("holds") / 2000 < 0.04  # one-sided 2.5% false positives
 
 
+@pytest.mark.slow
 def test_holm_controls_the_family_wise_error():
     """20 true nulls per family: without correction a family has a false 'holds' far more often
     than 2.5%; after Holm at most about that often."""

@@ -189,6 +189,7 @@ def test_keep_params_false_drops_final_weights():
     assert "W_final" not in res and "purity_nw" in res
 
 
+@pytest.mark.slow
 def test_a_sweep_on_another_task_is_not_resumed_from_disk(tmp_path):
     """The resume fingerprint covers the task: a downstream task's sweep must not reuse another's runs."""
     cfg = tiny(**{"train.steps": 20, "train.adv_start": 10})
