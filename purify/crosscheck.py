@@ -19,10 +19,10 @@ exactly its prediction. A prediction is robust only if it is correct and survive
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .compilation import program
 from .config import ConfigError
 
 FOOLBOX_VERSION = "3.3.4"
@@ -60,7 +60,7 @@ def foolbox_accuracy(logit_fn, x, y, taus, norm: str, steps: int = 200) -> np.nd
     """Robust accuracy (n_tau,) of the binary model logit_fn: (n, d) -> (n,) on inputs x (n, d)
     with labels y (n,) in {-1, +1}, under every attack of `foolbox_attacks(norm, steps)`."""
     fb = require_foolbox()
-    two = jax.jit(lambda v: jnp.stack([jnp.zeros(v.shape[0], v.dtype), logit_fn(v)], -1))
+    two = program(lambda v: jnp.stack([jnp.zeros(v.shape[0], v.dtype), logit_fn(v)], -1))
     model = fb.JAXModel(two, bounds=(-BOUND, BOUND))
     x, labels = jnp.asarray(x), (jnp.asarray(y) > 0).astype(jnp.int32)
     taus = [float(t) for t in taus]

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .compilation import program
 from .config import DataConfig
 
 
@@ -63,7 +64,7 @@ def make_task(cfg: DataConfig) -> Task:
     return (_draw_task if cfg.dictionary != "sphere" else _draw_task.__wrapped__)(cfg)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(program, static_argnums=0)
 def _draw_task(cfg: DataConfig) -> Task:
     k_dict, k_label = jax.random.split(jax.random.key(cfg.task_seed), 2)
     M = make_dictionary(cfg.dictionary, cfg.d, k_dict, cfg.n_features)

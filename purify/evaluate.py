@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import attacks, landmarks
+from .compilation import program
 from .config import Config
 from .data import Task, sample
 from .results import Results
@@ -50,7 +51,7 @@ def network_curves(cfg: Config, res: Results, task: Task, taus, t: int = 0) -> d
     kd, ka = jnp.stack(kd), jnp.stack(ka)
     per_run = lambda name: jnp.asarray(np.broadcast_to(np.asarray(res.hp[name]).reshape(-1, 1), (H, S)))
     over_seeds = jax.vmap(one, in_axes=(0, 0, 0, 0, 0))
-    f = jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None, 0, 0)))
+    f = program(jax.vmap(over_seeds, in_axes=(0, None, None, 0, 0)))
     clean, robust, by_attack = f(params, kd, ka, per_run("noise"), per_run("beta"))
     return {"clean": np.asarray(clean), "robust": np.asarray(robust), "by_attack": np.asarray(by_attack)}
 
@@ -80,7 +81,7 @@ def landmark_curves(cfg: Config, task: Task, seeds, taus, noise: float, beta: fl
         return out
 
     kd, ka = zip(*(eval_keys(s) for s in seeds))
-    out = jax.jit(jax.vmap(one))(jnp.stack(kd), jnp.stack(ka))
+    out = program(jax.vmap(one))(jnp.stack(kd), jnp.stack(ka))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -114,5 +115,5 @@ def reference_gaps(cfg: Config, res: Results, task: Task, taus, rows, n: int = R
     kd, ka = zip(*(eval_keys(s) for s in res.coords["seed"]))
     kd, ka = jnp.stack(kd), jnp.stack(ka)
     per_run = lambda name: jnp.asarray(np.broadcast_to(np.asarray(res.hp[name])[rows].reshape(-1, 1), (len(rows), S)))
-    f = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0)), in_axes=(0, None, None, 0, 0)))
+    f = program(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0)), in_axes=(0, None, None, 0, 0)))
     return np.asarray(f(params, kd, ka, per_run("noise"), per_run("beta")))

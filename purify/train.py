@@ -31,6 +31,7 @@ import optax
 from flax import struct
 
 from . import attacks, contrastive, network, trace
+from .compilation import program
 from .config import Config, HParams, hparams_of
 from .data import Task, sample
 
@@ -285,14 +286,6 @@ class Programs(NamedTuple):
     observe: Any  # (state, task, t) -> state, donating state; finalize is observe at t = steps
 
 
-def compiler_options() -> dict | None:
-    """XLA options for the training programs: on CPU, LLVM at -O1 instead of -O3. A new config's
-    programs compile about 30% sooner; the numbers are the same bit for bit (no fast-math, so
-    LLVM reorders no float operation) and the step time is unchanged (the matmuls are library
-    calls; `purify bench` measures both). Other platforms keep XLA's defaults."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-
-
 @functools.lru_cache(maxsize=32)
 def compiled(
     cfg: Config,
@@ -304,8 +297,7 @@ def compiled(
     """The programs of a static config (see `Run` for the options), cached so that a repeated
     call with the same config (a REPL session) never recompiles."""
     run = Run(cfg, chunk, noise_free, per_run_adv_start, log_steps)
-    opts = compiler_options()
-    init = jax.jit(jax.vmap(run.init, in_axes=(0, 0, None, 0)), compiler_options=opts)
-    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None, None)), donate_argnums=0, compiler_options=opts)
-    observe = jax.jit(jax.vmap(run.observe, in_axes=(0, None, None)), donate_argnums=0, compiler_options=opts)
+    init = program(jax.vmap(run.init, in_axes=(0, 0, None, 0)), quick=True)
+    advance = program(jax.vmap(run.advance, in_axes=(0, None, None, None)), donate_argnums=0, quick=True)
+    observe = program(jax.vmap(run.observe, in_axes=(0, None, None)), donate_argnums=0, quick=True)
     return Programs(run, init, advance, observe)

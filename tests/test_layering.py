@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).parents[1] / "purify"
 
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = (
-    ("attacks", "metrics", "stats", "provenance", "contrastive"),
+    ("attacks", "metrics", "stats", "provenance", "contrastive", "compilation"),
     ("config", "claims"),
     ("data", "network", "plan", "crosscheck", "files", "grid"),
     ("landmarks", "trace", "representation", "baselines"),

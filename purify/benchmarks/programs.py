@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from purify.compilation import program
 from purify.config import HPARAM_NAMES, Config
 from purify.data import make_task
 from purify.sweeps import sweep
-from purify.train import Run, compiler_options
+from purify.train import Run
 
 LOOP_NETWORKS = 1024  # the sequential JAX loop times at most this many networks
 CONFIGS = {
@@ -88,7 +89,7 @@ def vmapped_program(cfg: Config, n: int, steps: int) -> VmappedProgram:
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     state = _states(run, cfg, n, task)
-    advance = jax.jit(jax.vmap(run.advance, in_axes=(0, None, None, None)), compiler_options=compiler_options())
+    advance = program(jax.vmap(run.advance, in_axes=(0, None, None, None)), quick=True)
     t = time.perf_counter()
     span = (jnp.int32(2), jnp.int32(2 + steps))
     compiled = advance.lower(state, task, *span).compile()
@@ -113,7 +114,7 @@ def measure_sequential(cfg: Config, n: int, steps: int) -> float:
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     hp = {name: jnp.float32(getattr(cfg.hp, name)) for name in HPARAM_NAMES}
-    advance = jax.jit(run.advance, compiler_options=compiler_options())
+    advance = program(run.advance, quick=True)
     states = [jax.jit(run.init)(jax.random.key(i), hp, task) for i in range(n)]
     span = (jnp.int32(2), jnp.int32(2 + steps))
     jax.block_until_ready(advance(states[0], task, *span))

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .. import attacks, network
+from ..compilation import program
 from ..config import SEED_MAX, Config, ConfigError, DataConfig, _float
 from ..evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
 from ..execute import execute
@@ -209,7 +210,7 @@ def _compiled_reference(data: DataConfig, dc: DownstreamConfig, arch: network.Ar
         )
         return default - strong
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+    return program(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
 
 def reference_gaps(

@@ -15,6 +15,7 @@ import optax
 
 from .. import attacks, network
 from ..attacks import EvalSpec
+from ..compilation import program
 from ..config import NORMS, ConfigError, DataConfig, _choice, _float, _int
 from ..data import Task, sample
 
@@ -237,12 +238,12 @@ def make_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architec
 
 @functools.lru_cache(maxsize=64)
 def _compiled_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    return jax.jit(jax.vmap(make_fit(data, dc, arch), in_axes=(0, 0, 0, 0, None, 0, 0)))
+    return program(jax.vmap(make_fit(data, dc, arch), in_axes=(0, 0, 0, 0, None, 0, 0)))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    return jax.jit(jax.vmap(make_evaluate(data, dc, arch), in_axes=(0, 0, 0, 0, None)))
+    return program(jax.vmap(make_evaluate(data, dc, arch), in_axes=(0, 0, 0, 0, None)))
 
 
 def _evaluation_only(dc: DownstreamConfig) -> DownstreamConfig:

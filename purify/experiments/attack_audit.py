@@ -29,6 +29,7 @@ import numpy as np
 
 from purify import attacks, landmarks, make_task, network
 from purify.claims import Claim, statistic
+from purify.compilation import program
 from purify.config import Config
 from purify.crosscheck import FOOLBOX_VERSION, foolbox_accuracy, foolbox_attacks, require_foolbox
 from purify.data import Task, sample
@@ -83,7 +84,7 @@ def audit(model, params, data_fn, seeds, spec: attacks.EvalSpec, u_fn, steps: in
 
     xs, ys, us = zip(*((*data_fn(i), u_fn(i)) for i in range(len(seeds))))
     keys = jnp.stack([jax.random.fold_in(eval_keys(int(s))[1], 0xA0D) for s in seeds])
-    default, strong = jax.jit(jax.vmap(one))(params, jnp.stack(xs), jnp.stack(ys), jnp.stack(us), keys)
+    default, strong = program(jax.vmap(one))(params, jnp.stack(xs), jnp.stack(ys), jnp.stack(us), keys)
     third = None
     if foolbox:
         per_seed = [jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(len(seeds))]

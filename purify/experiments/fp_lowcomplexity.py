@@ -21,6 +21,7 @@ import numpy as np
 
 from purify import attacks, baselines, make_task, sample
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
+from purify.compilation import program
 from purify.config import Config
 from purify.evaluate import (
     REFERENCE_N,
@@ -126,7 +127,7 @@ def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: f
 
     seed_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
     kd, ka = (jnp.stack(k) for k in zip(*(eval_keys(s) for s in seeds)))
-    f = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)), in_axes=(None, None, None, 0)))
+    f = program(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)), in_axes=(None, None, None, 0)))
     clean, robust, gap, params = f(seed_keys, kd, ka, jnp.asarray([0.0, cfg.hp.tau]))
     flat = {jax.tree_util.keystr(path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(params)}
     return np.asarray(clean), np.asarray(robust), np.asarray(gap), flat

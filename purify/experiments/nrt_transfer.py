@@ -19,6 +19,7 @@ import numpy as np
 
 from purify import attacks, make_task, network
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
+from purify.compilation import program
 from purify.config import Config, ConfigError
 from purify.downstream import Along, downstream_tasks, flatten_along, logits, run_keys, select_by_validation, splits
 from purify.experiment import Context, Experiment, Option
@@ -111,7 +112,7 @@ def _extra_metrics(cfg: Config, dc, task, theta, eps):
             "acc_random": (y * f(x + attacks.random_start(k2, x.shape, eps, dc.norm)) > 0).mean(),
         }
 
-    return jax.jit(jax.vmap(one))
+    return program(jax.vmap(one))
 
 
 def run(cfg: Config, seeds, ctx: Context) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 
 from purify import make_task, network
 from purify.claims import Claim, statistic
+from purify.compilation import program
 from purify.config import Config
 from purify.downstream import run_keys, splits
 from purify.experiment import Context, Experiment, Option
@@ -89,7 +90,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     arch, beta = network.Architecture.of(cfg), cfg.hp.beta
     u = task.label_directions[0]
     keys = run_keys(seed_ids)
-    report = jax.jit(
+    report = program(
         jax.vmap(
             lambda bb, v, c, x, y, k, e: per_sample_report(
                 arch,
