@@ -25,13 +25,14 @@ from . import trace, train
 from .assembly import assemble
 from .config import Config, ConfigError, HParams
 from .data import Task, make_task
-from .execute import DeferredInterrupt, SliceFinished, SweepInterrupted, execute
+from .engine import Chunk, run_chunk
+from .execute import SliceFinished, SweepInterrupted, execute
 from .files import check_free_space, writable_folder
 from .grid import Group, grid_table, resolve, seed_list
 from .memory import auto_chunk_size, check_chunk_memory, network_bytes, written_bytes
 from .plan import make_plan
 from .results import Results, warn_failed
-from .store import ChunkStore, flat_state, merge_runs, restore_state
+from .store import ChunkStore, merge_runs
 from .store import fingerprint as _hash
 
 __all__ = [
@@ -74,55 +75,33 @@ def _task_digest(task: Task) -> str:
 CHUNK_ARRAYS = frozenset({q.name for q in trace.QUANTITIES} | {"failed_step", "snapshots", "W_final"})
 
 
-def _run_chunk(fns, keys, hp, adv_start, task, n_steps, step_chunk, work=None):
-    """Train one chunk of runs to the end, resuming from `work`'s checkpoint when there is one
-    and checkpointing through it (see purify.execute.ChunkWork); None: no checkpoints."""
+def training_chunk(fns: train.Programs, keys, hp, adv_start, task, step_chunk: int) -> Chunk:
+    """A chunk of training runs as the engine runs it: `fns` bound to its keys, hyper-parameters,
+    switch steps and task (every leaf on the keys' sharding)."""
     run, init, advance, observe = fns
-    # Every leaf of the state leads with the run axis. XLA may hand some back replicated (P()),
-    # equivalent on one device but a different cache key: pin them all to the keys' sharding so
-    # every call of `advance` sees the same input and traces once.
-    on_runs = keys.sharding
-    state, start = jax.device_put(init(keys, hp, task, adv_start), on_runs), 0
-    ckpt = work.resume() if work is not None else None
-    if ckpt is not None:
-        restored = restore_state(state, ckpt)
-        if restored is None:
-            work.reject("it does not fit this chunk's state")
-        else:
-            state, start = jax.device_put(restored, on_runs), int(ckpt["__done__"])
-    # (state, steps done) change together in one assignment, so an interrupt never separates them.
-    # A state saved at step t has not been observed at t yet: the rerun observes it first.
-    current = (state, start)
-    try:
-        with DeferredInterrupt() as interrupt:
-            for t0, t1 in run.segments(start, step_chunk):
-                state = current[0]
-                if t0 in run.observe_at:
-                    state = jax.device_put(observe(state, task, jnp.int32(t0)), on_runs)
-                state = jax.device_put(advance(state, task, jnp.int32(t0), jnp.int32(t1)), on_runs)
-                current = (state, t1)
-                if t1 % step_chunk and t1 != n_steps:
-                    continue  # a cut at a log step inside a step call
-                if work is not None and work.active:
-                    jax.block_until_ready(current[0].failed_step)
-                    work.advanced(current[1], lambda s=current[0]: flat_state(s))
-                interrupt.check()
-    except KeyboardInterrupt:
-        state = current[0]
-        # after a second Ctrl-C the state handed to the call in flight may be donated (deleted):
-        # then the last checkpoint stands
-        alive = not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
-        if work is not None and alive:
-            work.done = current[1]
-            work.interrupted(flat_state(state))
-        raise
-    state = observe(current[0], task, jnp.int32(n_steps))
-    out = {k: np.asarray(v) for k, v in state.trace.items()}
-    out["failed_step"] = np.asarray(state.failed_step)
-    out["snapshots"] = np.asarray(state.snapshots)
-    for name, value in state.params.items():
-        out[f"{name}_final"] = np.asarray(value)
-    return out
+    n_steps = run.cfg.train.steps
+
+    def outputs(state) -> dict:
+        out = {k: np.asarray(v) for k, v in state.trace.items()}
+        out["failed_step"] = np.asarray(state.failed_step)
+        out["snapshots"] = np.asarray(state.snapshots)
+        out.update({f"{name}_final": np.asarray(value) for name, value in state.params.items()})
+        return out
+
+    return Chunk(
+        init=lambda: init(keys, hp, task, adv_start),
+        advance=lambda state, t0, t1: advance(state, task, jnp.int32(t0), jnp.int32(t1)),
+        observe=lambda state, t: observe(state, task, jnp.int32(t)),
+        segments=lambda start: run.segments(start, step_chunk),
+        steps=n_steps,
+        outputs=outputs,
+        observe_at=run.observe_at,
+        # a cut at a log step inside a step call is no place for a checkpoint
+        checkpoint_after=lambda t1: t1 % step_chunk == 0 or t1 == n_steps,
+        # XLA may hand some leaves back replicated (P()), equivalent on one device but a
+        # different cache key: pinning them all to the keys' sharding makes `advance` trace once
+        sharding=keys.sharding,
+    )
 
 
 def sweep(
@@ -273,7 +252,7 @@ def _sweep_group(
         keys = jax.device_put(jax.vmap(jax.random.key)(jnp.asarray(run_seed[idx])), on_runs)
         hp = jax.device_put(HParams(**{n: jnp.asarray(v[idx]) for n, v in run_hp.items()}), on_runs)
         adv = jax.device_put(jnp.asarray(run_adv[idx]), on_runs)
-        return _run_chunk(fns, keys, hp, adv, task_on_mesh, steps, step_chunk, work)
+        return run_chunk(training_chunk(fns, keys, hp, adv, task_on_mesh, int(step_chunk)), work)
 
     flat = execute(
         plan,

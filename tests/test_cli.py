@@ -192,8 +192,8 @@ def test_figures_rerun_starts_from_scratch(tmp_path, monkeypatch, capsys):
     out = tmp_path / "fig"
     assert main(["run", "fp-dynamics", "--seeds", "2", "--out", str(out), "--runs", str(tmp_path / "runs"), *TEST]) == 0
     calls = []
-    real = sweep_mod._run_chunk
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sweep_mod.run_chunk
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.chdir(tmp_path)  # the default runs/ folder would hold the finished chunks
     assert main(["figures", "--rerun", "--preset", "test", "--out", str(out), "--only", "fp-dynamics"]) == 0
     assert calls  # trained again

@@ -395,7 +395,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(tmp_path, monkeypa
         lock.unlink()
 
     threading.Timer(1.5, holder_finishes).start()
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: pytest.fail("computed a chunk another process holds"))
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: pytest.fail("computed a chunk another process holds"))
     with caplog.at_level("INFO", logger="purify"):
         again = purify.sweep(cfg, seeds=2, out_dir=tmp_path)
     assert f"being computed by process {os.getppid()}" in caplog.text and "waiting" in caplog.text

@@ -23,6 +23,7 @@ LAYERS = (
     ("results",),
     ("store", "evaluate", "assembly"),
     ("execute",),
+    ("engine",),  # the one loop every program runs in
     ("sweeps", "downstream"),
     ("__init__",),  # the flat public API over the modules above
     ("experiment",),  # the protocol an experiment implements

@@ -180,8 +180,8 @@ def test_a_chunk_from_other_code_is_set_aside_and_recomputed(tmp_path, monkeypat
     chunk = next(tmp_path.glob("*/runs_*.npz"))
     monkeypatch.setattr(store, "source_digest", lambda: "0123456789abcdef")  # the package after an edit
     calls = []
-    real = sweep_mod._run_chunk
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sweep_mod.run_chunk
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     with pytest.warns(RuntimeWarning, match=f"outdated chunk file {chunk} .*computed by other code"):
         again = purify.sweep(cfg, seeds=2, out_dir=tmp_path)
     assert calls == [1] and chunk.with_name(chunk.name + ".damaged").exists()
@@ -206,7 +206,7 @@ def test_a_chunk_saved_without_parameters_serves_a_call_that_wants_them(tmp_path
     cfg = tiny(**{"train.steps": 20, "train.adv_start": 10})
     lean = purify.sweep(cfg, seeds=2, out_dir=tmp_path, keep_params=False)
     assert "W_final" not in lean
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: pytest.fail("recomputed a saved chunk"))
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: pytest.fail("recomputed a saved chunk"))
     assert purify.sweep(cfg, seeds=2, out_dir=tmp_path)["W_final"].shape == (1, 2, 32, 16)
 
 

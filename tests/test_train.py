@@ -107,8 +107,8 @@ def test_resume_skips_finished_chunks(tmp_path, monkeypatch):
     assert len(files) == 4
     files[2].unlink()
     calls = []
-    real = sweep_mod._run_chunk
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sweep_mod.run_chunk
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=2, chunk_size=1, out_dir=tmp_path)
     assert len(calls) == 1  # only the deleted chunk ran again
     for name in TRACE:
@@ -117,7 +117,7 @@ def test_resume_skips_finished_chunks(tmp_path, monkeypatch):
 
 def test_interrupt_keeps_finished_chunks(tmp_path, monkeypatch):
     cfg = tiny()
-    real = sweep_mod._run_chunk
+    real = sweep_mod.run_chunk
     calls = []
 
     def flaky(*a, **k):
@@ -126,7 +126,7 @@ def test_interrupt_keeps_finished_chunks(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(sweep_mod, "_run_chunk", flaky)
+    monkeypatch.setattr(sweep_mod, "run_chunk", flaky)
     with pytest.raises(purify.SweepInterrupted) as err:
         purify.sweep(cfg, seeds=3, chunk_size=1, out_dir=tmp_path)
     steps = cfg.train.steps  # the message counts steps, the progress bar's unit: 3 chunks x steps

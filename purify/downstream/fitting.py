@@ -20,13 +20,14 @@ from jax.sharding import PartitionSpec as P
 from .. import attacks, network
 from ..compilation import program
 from ..config import SEED_MAX, Config, ConfigError, DataConfig, _float
+from ..engine import run_chunk
 from ..evaluate import REFERENCE_N, REFERENCE_RESTARTS, REFERENCE_STEPS
 from ..execute import execute
 from ..files import check_free_space, writable_folder
 from ..plan import make_plan
 from ..results import Results
 from ..store import ChunkStore, array_digest, fingerprint
-from .program import DownstreamConfig, _compiled, _evaluation_only, logits, run_keys, splits
+from .program import DownstreamConfig, FitInputs, FitProgram, _evaluation_only, fit_chunk, logits, run_keys, splits
 
 
 def _seed_array(seeds) -> np.ndarray:
@@ -149,7 +150,6 @@ def fit_and_evaluate(
     backbone = {k: _broadcast(f"backbone[{k!r}]", v, (n_runs, *shapes[k])) for k, v in backbone.items()}
     # only the latent model matters downstream: configs that differ elsewhere share programs
     data = dataclasses.replace(cfg.data, n_tasks=1, n_train=None, task_seed=0, label="rademacher")
-    fit, evaluate = _compiled(data, dc, arch)
     keys = run_keys(seeds)
     M = jnp.asarray(M)
     devices = list(devices or jax.local_devices())
@@ -172,21 +172,24 @@ def fit_and_evaluate(
     on_runs = NamedSharding(mesh, P("runs"))
 
     def compute(idx, work):
-        put = lambda tree: jax.device_put(tree, on_runs)
-        p = fit(
-            put(keys[idx]),
-            put({k: v[idx] for k, v in backbone.items()}),
-            put(beta[idx]),
-            put(theta[idx]),
-            M,
-            put(n_arr[idx]),
-            put({k: v[idx] for k, v in hp.items()}),
+        inputs = FitInputs(
+            keys[idx],
+            {k: v[idx] for k, v in backbone.items()},
+            beta[idx],
+            theta[idx],
+            n_arr[idx],
+            {k: v[idx] for k, v in hp.items()},
         )
-        e = {k: np.asarray(v) for k, v in evaluate(p, put(keys[idx]), put(beta[idx]), put(theta[idx]), M).items()}
-        e.update({f"params/{k}": np.asarray(v) for k, v in p.items()})
-        return e
+        return run_chunk(fit_chunk(data, dc, arch, jax.device_put(inputs, on_runs), M, on_runs), work)
 
-    flat = execute(plan, ChunkStore(out_dir, fingerprint(spec)), compute, slice_mode=run_slice is not None)
+    flat = execute(
+        plan,
+        ChunkStore(out_dir, fingerprint(spec)),
+        compute,
+        per_chunk=FitProgram(data, dc, arch).steps,
+        unit="step",
+        slice_mode=run_slice is not None,
+    )
     result = {k: v for k, v in flat.items() if not k.startswith("params/")}
     result["params"] = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
     finite = np.stack([np.isfinite(a.reshape(n_runs, -1)).all(-1) for a in result["params"].values()]).all(0)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .. import attacks, network
@@ -18,6 +20,7 @@ from ..attacks import EvalSpec
 from ..compilation import program
 from ..config import NORMS, ConfigError, DataConfig, _choice, _float, _int
 from ..data import Task, sample
+from ..engine import Chunk
 
 METHODS = ("probe", "bias", "lowrank", "full")
 HEAD_INITS = ("random", "robust", "standard")  # RanLI, RoLI, StLI
@@ -127,25 +130,33 @@ def splits(key: jax.Array, data: DataConfig, theta: jax.Array, M: jax.Array, dc:
     return out
 
 
-def _stage(
-    arch,
-    params,
-    W_pre,
-    train,
-    n,
-    hp,
-    key,
-    beta,
-    dc: DownstreamConfig,
-    trained: tuple[str, ...],
-    attack: str,
-    steps: int,
-    lr,
-):
-    """`steps` Adam steps on minibatches of the first n training samples, training `trained`."""
+class Stage(NamedTuple):
+    """One stage of a fit: Adam, started afresh, on the `trained` parameters for `steps` steps,
+    each on a minibatch of the run's first n training samples under `attack`, at learning rate
+    hp[`lr`], with the stage's own key (split `key_index` of the run's key)."""
+
+    name: str
+    trained: tuple[str, ...]
+    attack: str
+    steps: int
+    lr: str
+    key_index: int
+
+
+def stages(dc: DownstreamConfig) -> tuple[Stage, ...]:
+    """The stages of a fit: the probing stage of RoLI / StLI (RanLI has none), then fine-tuning."""
+    tune = Stage("fine-tune", TRAINED[dc.method], dc.attack, dc.steps, "lr", 3)
+    if dc.head_init == "random":
+        return (tune,)
+    attack = dc.init_attack if dc.head_init == "robust" else "none"
+    return (Stage("probe", TRAINED["probe"], attack, dc.probe_steps, "probe_lr", 2), tune)
+
+
+def _stage_steps(arch, params, W_pre, train, n, hp, key, beta, dc: DownstreamConfig, stage: Stage, t0, t1):
+    """Steps t0 .. t1 - 1 (counted within `stage`) of the stage, from Adam's initial state."""
     x_all, y_all = train
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
-    mask = {k: jnp.asarray(k in trained, jnp.float32) for k in params}
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=hp[stage.lr])
+    mask = {k: jnp.asarray(k in stage.trained, jnp.float32) for k in params}
 
     def loss(p, x, y, x_clean):
         ell = jax.nn.softplus(-y * logits(arch, p, x, beta)).mean()
@@ -165,50 +176,129 @@ def _stage(
         idx = jax.random.randint(jax.random.fold_in(k, 0), (dc.batch,), 0, n)
         x, y = x_all[idx], y_all[idx]
         xa = x
-        if attack != "none":
+        if stage.attack != "none":
             objective = lambda v: -y * logits(arch, p, v, beta)
             xa = x + attacks.training_delta(
-                attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1)
+                stage.attack, objective, x, hp["tau"], dc.norm, dc.pgd_steps, jax.random.fold_in(k, 1)
             )
         g = jax.grad(loss)(p, xa, y, x)
         g = jax.tree.map(lambda gi, mi: gi * mi, g, mask)
         u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
 
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(t0, t1))
     return params
+
+
+class FitState(NamedTuple):
+    """A downstream run's state: the model's parameters (see `initial_params`) and, once
+    observed at the end, its evaluation (`make_evaluate`'s scores; zeros before)."""
+
+    params: dict
+    scores: dict
+
+
+class FitInputs(NamedTuple):
+    """What a downstream run is fitted from, per run (leading run axis when batched): its key,
+    the backbone {'W': (m, d), ['b': (m,)]}, beta, the task vector theta (D,), its sample size
+    n and the hyper-parameters {'lr', 'probe_lr', 'tau', 'lam'}."""
+
+    key: jax.Array
+    backbone: dict
+    beta: jax.Array
+    theta: jax.Array
+    n: jax.Array
+    hp: dict
+
+
+class FitProgram:
+    """A downstream fit as a program of the engine (`purify.engine`): `init` draws the head and
+    the update, `advance(state, inputs, M, t0, t1)` runs steps t0 .. t1 - 1 of the fit (the
+    stages back to back: probing, then fine-tuning; a segment never crosses a stage, and each
+    stage starts Adam afresh), `observe(state, inputs, M)` evaluates at the end. Each is pure
+    and vmappable over runs; `compiled` holds their jit(vmap) over a leading run axis (the
+    dictionary M shared)."""
+
+    def __init__(self, data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+        self.data, self.dc, self.arch = data, dc, arch
+        self.stages = stages(dc)
+        ends = [0]
+        for st in self.stages:
+            ends.append(ends[-1] + st.steps)
+        self.starts, self.steps = tuple(ends[:-1]), ends[-1]
+
+    def keys(self, key: jax.Array):
+        """(data, init, probe, tune) keys of a run."""
+        return jax.random.split(key, 4)
+
+    def init(self, inputs: FitInputs, M: jax.Array) -> FitState:
+        params = initial_params(self.keys(inputs.key)[1], inputs.backbone, self.dc.rank)
+        return FitState(params, _zero_scores(len(self.dc.taus)))
+
+    def stage_at(self, t0: int) -> int:
+        """The stage that step t0 belongs to."""
+        return max(i for i, s in enumerate(self.starts) if s <= t0)
+
+    def segments(self, start: int) -> list[tuple[int, int]]:
+        """One call per stage (or the rest of the stage `start` falls in)."""
+        ends = [s + st.steps for s, st in zip(self.starts, self.stages)]
+        return [(max(start, s), e) for s, e in zip(self.starts, ends) if e > max(start, s)]
+
+    def advance_stage(self, i: int):
+        """advance(state, inputs, M, t0, t1) within stage i (t0, t1 counted from the fit's start)."""
+        stage, first = self.stages[i], self.starts[i]
+
+        def advance(state: FitState, inputs: FitInputs, M, t0, t1):
+            keys = self.keys(inputs.key)
+            train, _, _ = splits(keys[0], self.data, inputs.theta, M, self.dc, which=(0,))
+            params = _stage_steps(
+                self.arch,
+                state.params,
+                inputs.backbone["W"],
+                train,
+                inputs.n,
+                inputs.hp,
+                keys[stage.key_index],
+                inputs.beta,
+                self.dc,
+                stage,
+                t0 - first,
+                t1 - first,
+            )
+            return FitState(params, state.scores)
+
+        return advance
+
+    def observe(self, state: FitState, inputs: FitInputs, M) -> FitState:
+        scores = make_evaluate(self.data, _evaluation_only(self.dc), self.arch)(
+            state.params, inputs.key, inputs.beta, inputs.theta, M
+        )
+        return FitState(state.params, scores)
+
+
+def _zero_scores(n_tau: int) -> dict:
+    z = jnp.zeros((), jnp.float32)
+    return {
+        "val_clean": z,
+        "val_robust": jnp.zeros((n_tau,), jnp.float32),
+        "clean": z,
+        "robust": jnp.zeros((n_tau,), jnp.float32),
+        "by_attack": jnp.zeros((n_tau, len(attacks.ATTACK_NAMES)), jnp.float32),
+    }
 
 
 def make_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
     """fit(key, backbone {'W': (m, d), ['b': (m,)]}, beta, theta (d,), M (d, d), n, hp) -> params,
-    pure and vmappable. hp: {'lr', 'probe_lr', 'tau', 'lam'} scalars (tau: the radius of every
-    training attack)."""
+    pure and vmappable: the `FitProgram`'s stages in one function. hp: {'lr', 'probe_lr',
+    'tau', 'lam'} scalars (tau: the radius of every training attack)."""
+    program_ = FitProgram(data, dc, arch)
 
     def fit(key, backbone, beta, theta, M, n, hp):
-        k_data, k_init, k_probe, k_tune = jax.random.split(key, 4)
-        train, _, _ = splits(k_data, data, theta, M, dc, which=(0,))
-        params = initial_params(k_init, backbone, dc.rank)
-        W = backbone["W"]
-        if dc.head_init != "random":
-            attack = dc.init_attack if dc.head_init == "robust" else "none"
-            params = _stage(
-                arch,
-                params,
-                W,
-                train,
-                n,
-                hp,
-                k_probe,
-                beta,
-                dc,
-                TRAINED["probe"],
-                attack,
-                dc.probe_steps,
-                hp["probe_lr"],
-            )
-        return _stage(
-            arch, params, W, train, n, hp, k_tune, beta, dc, TRAINED[dc.method], dc.attack, dc.steps, hp["lr"]
-        )
+        inputs = FitInputs(key, backbone, beta, theta, n, hp)
+        state = program_.init(inputs, M)
+        for i, (t0, t1) in enumerate(program_.segments(0)):
+            state = program_.advance_stage(program_.stage_at(t0))(state, inputs, M, t0, t1)
+        return state.params
 
     return fit
 
@@ -236,16 +326,6 @@ def make_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architec
     return evaluate
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_fit(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    return program(jax.vmap(make_fit(data, dc, arch), in_axes=(0, 0, 0, 0, None, 0, 0)))
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_evaluate(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    return program(jax.vmap(make_evaluate(data, dc, arch), in_axes=(0, 0, 0, 0, None)))
-
-
 def _evaluation_only(dc: DownstreamConfig) -> DownstreamConfig:
     """dc with every fitting setting at a fixed value: evaluation depends only on the held-out
     splits and the evaluation settings, so every method and head init shares one program."""
@@ -264,9 +344,44 @@ def _evaluation_only(dc: DownstreamConfig) -> DownstreamConfig:
     )
 
 
-def _compiled(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
-    """The jit(vmap) fit and evaluate programs (one evaluate program for every fit setting)."""
-    return _compiled_fit(data, dc, arch), _compiled_evaluate(data, _evaluation_only(dc), arch)
+@functools.lru_cache(maxsize=64)
+def _compiled_init(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    return program(jax.vmap(FitProgram(data, dc, arch).init, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled_advance(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture, t0: int, t1: int):
+    fit = FitProgram(data, dc, arch)
+    advance = fit.advance_stage(fit.stage_at(t0))
+    return program(jax.vmap(lambda state, inputs, M: advance(state, inputs, M, t0, t1), in_axes=(0, 0, None)))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_observe(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture):
+    # evaluation depends only on the held-out splits and the evaluation settings: one program
+    # for every method and head init
+    return program(jax.vmap(FitProgram(data, _evaluation_only(dc), arch).observe, in_axes=(0, 0, None)))
+
+
+def fit_chunk(data: DataConfig, dc: DownstreamConfig, arch: network.Architecture, inputs: FitInputs, M, sharding=None):
+    """A chunk of downstream runs (`inputs` with a leading run axis, M shared) as the engine
+    runs it: outputs the scores and the fitted parameters ('params/<name>')."""
+    fit = FitProgram(data, dc, arch)
+
+    def outputs(state: FitState) -> dict:
+        out = {k: np.asarray(v) for k, v in state.scores.items()}
+        out.update({f"params/{k}": np.asarray(v) for k, v in state.params.items()})
+        return out
+
+    return Chunk(
+        init=lambda: _compiled_init(data, dc, arch)(inputs, M),
+        advance=lambda state, t0, t1: _compiled_advance(data, dc, arch, t0, t1)(state, inputs, M),
+        observe=lambda state, t: _compiled_observe(data, dc, arch)(state, inputs, M),
+        segments=fit.segments,
+        steps=fit.steps,
+        outputs=outputs,
+        sharding=sharding,
+    )
 
 
 def run_keys(seeds) -> jax.Array:
