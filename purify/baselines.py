@@ -16,6 +16,9 @@ seeds by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -58,27 +61,60 @@ def ntk(cfg: Config, key: jax.Array, beta: float):
     return {"W": theta0["W"]}, logits
 
 
+class BaselineState(NamedTuple):
+    """A baseline's training state: its parameters and Adam's state."""
+
+    params: Any
+    opt_state: Any
+
+
+class Schedule:
+    """The network's schedule for a baseline, as a program of the engine (`purify.engine`):
+    Adam at `lr`, clean until cfg.train.adv_start, then FGM at the run's radius tau.
+
+    model(key_init) -> (params, logits) builds the baseline (its random features drawn from
+    key_init, so every call rebuilds the same model); key_data draws the minibatches.
+    `init(key_init, tau)`, `advance(state, key_init, key_data, tau, t0, t1)` are pure and
+    vmappable; `segments` cuts nothing (the schedule is one call)."""
+
+    def __init__(self, cfg: Config, task: Task, model: Callable, lr: float):
+        self.cfg, self.task, self.model, self.opt = cfg, task, model, optax.adam(lr)
+        self.steps = cfg.train.steps
+
+    def init(self, key_init: jax.Array) -> BaselineState:
+        params, _ = self.model(key_init)
+        return BaselineState(params, self.opt.init(params))
+
+    def segments(self, start: int) -> list[tuple[int, int]]:
+        return [(start, self.steps)] if start < self.steps else []
+
+    def advance(self, state: BaselineState, key_init, key_data, tau, t0: int, t1: int) -> BaselineState:
+        tc, logits = self.cfg.train, self.model(key_init)[1]
+
+        def step(carry, t):
+            p, s = carry
+            x, _, y = sample(jax.random.fold_in(key_data, t), self.cfg.data, self.task, tc.batch, self.cfg.hp.noise)
+            y = y[:, 0]
+
+            def loss(p, x):
+                return jax.nn.softplus(-y * logits(p, x)).mean()
+
+            def adv(x):
+                objective = lambda v: jax.nn.softplus(-y * logits(p, v))
+                return x + attacks.training_delta("fgm", objective, x, tau, tc.norm, 0, None)
+
+            x = jax.lax.cond(t >= tc.adv_start, adv, lambda x: x, x)
+            g = jax.grad(loss)(p, x)
+            u, s = self.opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (params, opt_state), _ = jax.lax.scan(step, tuple(state), jnp.arange(t0, t1))
+        return BaselineState(params, opt_state)
+
+
 def train(cfg: Config, task: Task, logits, params, key: jax.Array, tau: float, lr: float):
-    """The network's schedule for a baseline: clean until adv_start, then FGM at `tau`."""
-    tc = cfg.train
-    opt = optax.adam(lr)
-
-    def step(carry, t):
-        p, s = carry
-        x, _, y = sample(jax.random.fold_in(key, t), cfg.data, task, tc.batch, cfg.hp.noise)
-        y = y[:, 0]
-
-        def loss(p, x):
-            return jax.nn.softplus(-y * logits(p, x)).mean()
-
-        def adv(x):
-            objective = lambda v: jax.nn.softplus(-y * logits(p, v))
-            return x + attacks.training_delta("fgm", objective, x, tau, tc.norm, 0, None)
-
-        x = jax.lax.cond(t >= tc.adv_start, adv, lambda x: x, x)
-        g = jax.grad(loss)(p, x)
-        u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), None
-
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(tc.steps))
-    return params
+    """The whole schedule in one function: a baseline with parameters `params` and `logits`
+    trained from key (its minibatches) at radius tau; returns the trained parameters."""
+    schedule = Schedule(cfg, task, lambda _: (params, logits), lr)
+    state = BaselineState(params, schedule.opt.init(params))
+    return schedule.advance(state, None, key, tau, 0, schedule.steps).params

@@ -23,6 +23,7 @@ from purify import attacks, baselines, make_task, sample
 from purify.claims import SET_AFTER_RESULTS, Claim, statistic
 from purify.compilation import program
 from purify.config import Config
+from purify.engine import Chunk, run_chunk
 from purify.evaluate import (
     REFERENCE_N,
     REFERENCE_RESTARTS,
@@ -105,16 +106,17 @@ def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: f
     audit_spec = eval_spec(cfg, (audit_tau,))
     n_ref = min(REFERENCE_N, ec.n_eval)
 
-    def one(seed_key, kd, ka, tau):
-        k_init, k_data = jax.random.split(jax.random.fold_in(seed_key, 1000 + index))
-        params, logits = build(name, cfg, k_init)
-        params = baselines.train(cfg, task, logits, params, k_data, tau, lr)
+    schedule = baselines.Schedule(cfg, task, lambda key: build(name, cfg, key), lr)
+    logits = lambda key_init: build(name, cfg, key_init)[1]
+
+    def evaluate(params, key_init, kd, ka):
+        f = logits(key_init)
         x, _, y = sample(kd, cfg.data, task, ec.n_eval, cfg.hp.noise)
-        margin = lambda v: y[:, 0] * logits(params, v)
+        margin = lambda v: y[:, 0] * f(params, v)
         clean, robust, _ = attacks.robust_accuracy(margin, x, y[:, 0], task.label_directions[0], ka, spec)
         xs, ys = x[:n_ref], y[:n_ref, 0]
         default, strong = attacks.audited_accuracy(
-            lambda v: ys * logits(params, v),
+            lambda v: ys * f(params, v),
             xs,
             ys,
             task.label_directions[0],
@@ -123,14 +125,39 @@ def baseline_curves(cfg: Config, task, name: str, index: int, seeds, taus, lr: f
             REFERENCE_STEPS,
             REFERENCE_RESTARTS,
         )
-        return clean, robust, (default - strong)[0], params
+        return clean, robust, (default - strong)[0]
 
+    # runs: (training, seed) = (clean, adversarial) x seeds, the same seed keys in both trainings
     seed_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
+    k_init, k_data = jax.vmap(lambda k: tuple(jax.random.split(jax.random.fold_in(k, 1000 + index))))(seed_keys)
     kd, ka = (jnp.stack(k) for k in zip(*(eval_keys(s) for s in seeds)))
-    f = program(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, None)), in_axes=(None, None, None, 0)))
-    clean, robust, gap, params = f(seed_keys, kd, ka, jnp.asarray([0.0, cfg.hp.tau]))
-    flat = {jax.tree_util.keystr(path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(params)}
-    return np.asarray(clean), np.asarray(robust), np.asarray(gap), flat
+    taus_run = jnp.asarray([0.0, cfg.hp.tau])
+    # outer axis: the training (its radius), inner: the seed
+    init = program(jax.vmap(jax.vmap(schedule.init), in_axes=None, axis_size=2))
+    advance = program(
+        jax.vmap(
+            jax.vmap(lambda st, ki, kt, tau: schedule.advance(st, ki, kt, tau, 0, schedule.steps), (0, 0, 0, None)),
+            (0, None, None, 0),
+        )
+    )
+    measure = program(jax.vmap(jax.vmap(evaluate), (0, None, None, None)))
+
+    def outputs(state):
+        clean, robust, gap = measure(state.params, k_init, kd, ka)
+        return {"clean": clean, "robust": robust, "gap": gap, "params": state.params}
+
+    out = run_chunk(
+        Chunk(
+            init=lambda: init(k_init),
+            advance=lambda state, t0, t1: advance(state, k_init, k_data, taus_run),
+            observe=lambda state, t: state,  # measured once, at the end (`outputs`)
+            segments=schedule.segments,
+            steps=schedule.steps,
+            outputs=outputs,
+        )
+    )
+    flat = {jax.tree_util.keystr(path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(out["params"])}
+    return np.asarray(out["clean"]), np.asarray(out["robust"]), np.asarray(out["gap"]), flat
 
 
 def save_baselines(ctx: Context, cfg: Config, seeds, params: dict) -> str | None:
