@@ -305,3 +305,48 @@ def test_fit_grid_is_fit_and_evaluate_on_named_axes():
     np.testing.assert_array_equal(res["clean"].reshape(8), flat["clean"])
     np.testing.assert_array_equal(res["params/v"].reshape(8, -1), flat["params"]["v"])
     assert list(res.coords["task"]) == ["ones", "half"] and res.sel(task="half")["clean"].shape == (2, 2)
+
+
+@pytest.mark.slow
+def test_an_interrupted_fit_resumes_after_its_probing_stage_with_the_same_numbers(tmp_path, monkeypatch):
+    """A downstream chunk runs in the engine: a Ctrl-C during fine-tuning keeps the checkpoint
+    written after the probing stage, and the rerun fine-tunes from it (never probing again) to
+    the numbers of an uninterrupted fit."""
+    from purify.downstream import program as prog
+
+    task, W = _backbone()
+    dc = DownstreamConfig(
+        method="full",
+        head_init="robust",
+        steps=12,
+        probe_steps=8,
+        n_max=64,
+        n_val=32,
+        n_test=32,
+        batch=16,
+        taus=(0.1,),
+        eval_pgd_steps=2,
+    )
+    kw = {"seeds": [0, 1], "backbone": {"W": W}, "beta": 0.5, "theta": np.ones(16), "n": 64, "lr": 0.01, "tau": 0.1}
+    whole = fit_and_evaluate(CFG, dc, task.M, **kw)
+    real, calls, stop = prog._compiled_advance, [], [True]
+
+    def interrupted(data, dc_, arch, t0, t1):
+        calls.append(t0)
+        if t0 == dc.probe_steps and stop[0]:
+            raise KeyboardInterrupt
+        return real(data, dc_, arch, t0, t1)
+
+    monkeypatch.setattr(prog, "_compiled_advance", interrupted)
+    with pytest.raises((KeyboardInterrupt, purify.SweepInterrupted)):
+        fit_and_evaluate(CFG, dc, task.M, out_dir=tmp_path, **kw)
+    assert calls == [0, dc.probe_steps]
+    assert len(list(tmp_path.rglob("*.ckpt.npz"))) == 1
+    calls.clear()
+    stop[0] = False
+    resumed = fit_and_evaluate(CFG, dc, task.M, out_dir=tmp_path, **kw)
+    assert calls == [dc.probe_steps]  # the probing stage came from the checkpoint
+    for name in ("clean", "robust", "val_robust"):
+        np.testing.assert_array_equal(resumed[name], whole[name])
+    np.testing.assert_array_equal(resumed["params"]["W"], whole["params"]["W"])
+    assert not list(tmp_path.rglob("*.ckpt.npz"))
