@@ -97,7 +97,7 @@ def test_slices_and_merge_reproduce_the_unsliced_sweep(reference, tmp_path, monk
         assert done.value.computed == 1
         dirs.append(d)
     assert purify.merge_runs(dirs, tmp_path / "all") == 3
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a, **k: pytest.fail("a merged chunk was recomputed"))
+    monkeypatch.setattr(sweep_mod, "run_chunk", lambda *a, **k: pytest.fail("a merged chunk was recomputed"))
     merged = purify.sweep(tiny(), grid={"tau": [0.0, 0.3]}, seeds=3, chunk_size=2, out_dir=tmp_path / "all")
     _assert_same(merged, reference)
 
