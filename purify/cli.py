@@ -39,6 +39,11 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _batching(text: str) -> str | int:
+    """--batching's value: a name, or a group size (validated by `train.run_group`)."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -128,6 +133,7 @@ def cmd_run(args) -> int:
             overwrite=args.overwrite,
             checkpoint_seconds=args.checkpoint_every,
             confirm=args.confirm,
+            batching=_batching(args.batching),
         )
     except SliceFinished as done:
         print(f"purify: {done}")
@@ -521,6 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="networks per compiled call (default: as many as fit half the memory; checked against the memory)",
+    )
+    pr.add_argument(
+        "--batching",
+        default="vmap",
+        metavar="HOW",
+        help="how a compiled call batches its networks: vmap (the default: one vmap over the chunk), auto (groups "
+        "of networks scanned on a single CPU device, faster there; same numbers to float rounding), groups, or a "
+        "group size N",
     )
     pr.add_argument(
         "--checkpoint-every",

@@ -126,6 +126,7 @@ class Context:
     chunk_size: int | None = None
     run_slice: tuple[int, int] | None = None
     checkpoint_seconds: float = 60.0
+    batching: str | int = "vmap"
 
     def sweep(self, cfg: Config, **kwargs):
 
@@ -136,6 +137,7 @@ class Context:
             chunk_size=self.chunk_size,
             run_slice=self.run_slice,
             checkpoint_seconds=self.checkpoint_seconds,
+            batching=self.batching,
             **kwargs,
         )
 

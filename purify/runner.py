@@ -18,6 +18,7 @@ from .records import RECORD_BYTES, Record, _exploratory_part, _read_json, output
 from .registry import get
 from .store import recording_folders
 from .sweeps import check_chunk_memory
+from .train import run_group
 
 
 def run_experiment(
@@ -34,6 +35,7 @@ def run_experiment(
     checkpoint_seconds: float = 60.0,
     redirect_to: str | Path | None = None,
     confirm: bool = False,
+    batching: str | int = "vmap",
 ) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
 
@@ -79,6 +81,7 @@ def run_experiment(
         runs_dir = writable_folder(runs_dir, "runs")
     if chunk_size is not None:
         check_chunk_memory(cfg, chunk_size)
+    run_group(cfg, 1, 1, batching)  # its own error before anything trains
     ctx = Context(
         runs_dir=Path(runs_dir) if runs_dir else None,
         progress=progress and jax.process_index() == 0,
@@ -86,6 +89,7 @@ def run_experiment(
         chunk_size=chunk_size,
         run_slice=run_slice,
         checkpoint_seconds=checkpoint_seconds,
+        batching=batching,
     )
     previous = _read_json(Path(out) / f"{exp.id}.json")
     exploratory = _exploratory_part(previous, preset, seeds, overrides) if confirm else None
@@ -122,7 +126,7 @@ def run_experiment(
         "config": cfg.to_dict(),
         "controls": {k: (v if isinstance(v, str) else f"exp.{v[0]}: {v[1]}") for k, v in exp.controlled().items()},
         "derives": dict(exp.derives),
-        "provenance": provenance(),
+        "provenance": {**provenance(), "batching": batching},
         "wall_seconds": round(time.time() - t0, 2),
         **body,
     }

@@ -1,5 +1,6 @@
 """Every bad input fails up front with the parameter, its value and what is allowed."""
 
+import jax
 import pytest
 
 import purify
@@ -118,3 +119,21 @@ def test_numpy_and_jax_scalars_are_numbers_everywhere():
         tiny().set(**{"model.width": np.int64(32), "hp.tau": np.float32(0.1)}), grid=grid, seeds=np.int64(2)
     )
     assert res.hp["beta"].tolist() == pytest.approx([0.5, 0.6, 0.5, 0.6])
+
+
+@pytest.mark.parametrize("bad", ["fast", 0, -2, 1.5, True])
+def test_a_bad_batching_is_refused_before_anything_compiles(bad, monkeypatch):
+    monkeypatch.setattr(purify.train, "compiled", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(purify.ConfigError, match=r"batching=.* is not allowed: must be one of 'auto', 'vmap'"):
+        purify.sweep(purify.Config(), seeds=1, batching=bad)
+
+
+def test_the_batching_rule():
+    from purify.train import CPU_GROUP, run_group
+
+    cfg = purify.Config()
+    assert run_group(cfg, 64, 1, "vmap") == 1
+    assert run_group(cfg, 64, 1, 8) == 8 and run_group(cfg, 4, 1, 8) == 4
+    assert run_group(cfg, 64, 1, "groups") == CPU_GROUP and run_group(cfg, 3, 1, "groups") == 3
+    assert run_group(cfg, 64, 1, "auto") == (CPU_GROUP if jax.default_backend() == "cpu" else 1)
+    assert run_group(cfg, 64, 4, "auto") == 1  # several devices: the run axis is sharded, not scanned

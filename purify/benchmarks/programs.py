@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from purify.compilation import program
+from purify.compilation import over_runs, program
 from purify.config import HPARAM_NAMES, Config
 from purify.data import make_task
 from purify.sweeps import sweep
@@ -85,11 +85,13 @@ class VmappedProgram(NamedTuple):
     networks: int
 
 
-def vmapped_program(cfg: Config, n: int, steps: int) -> VmappedProgram:
+def vmapped_program(cfg: Config, n: int, steps: int, group: int = 1) -> VmappedProgram:
+    """n networks' `advance` in one program, batched as `sweep` batches them: groups of `group`
+    runs (`compilation.over_runs`; 1: a plain vmap)."""
     run = Run(cfg, chunk=steps, noise_free=True)
     task = make_task(cfg.data)
     state = _states(run, cfg, n, task)
-    advance = program(jax.vmap(run.advance, in_axes=(0, None, None, None)), quick=True)
+    advance = program(over_runs(run.advance, group), quick=True)
     t = time.perf_counter()
     span = (jnp.int32(2), jnp.int32(2 + steps))
     compiled = advance.lower(state, task, *span).compile()

@@ -22,6 +22,7 @@ import os
 import jax
 
 from purify.provenance import provenance
+from purify.train import run_group
 
 from .profiling import format_profile, profile_config
 from .programs import (
@@ -57,8 +58,11 @@ def run_bench(
     for size in sizes:
         cfg = bench_config(size, steps)
         n = int(networks[size])
-        program = vmapped_program(cfg, n, steps)
+        # the batching `sweep` chooses here (`purify.train.run_group`), and a plain vmap beside it
+        group = run_group(cfg, n, len(jax.local_devices()))
+        program = vmapped_program(cfg, n, steps, group)
         vm = measure_vmapped(program)
+        plain = vm if group == 1 else measure_vmapped(vmapped_program(cfg, n, steps, 1))
         # One network after another costs n times one network, so the loops time a prefix of
         # at most LOOP_NETWORKS networks and scale linearly; the JSON records how many were timed.
         n_seq, n_torch = min(n, LOOP_NETWORKS), min(n, TORCH_NETWORKS)
@@ -82,7 +86,9 @@ def run_bench(
                 "batch": cfg.train.batch,
                 "networks": n,
                 "steps": steps,
+                "runs_per_operation": group,
                 "network_steps_per_s": n * steps / vm["seconds"],
+                "vmap_network_steps_per_s": n * steps / plain["seconds"],
                 "achieved_flops": flops,
                 "matmul_flops": peak,
                 "fraction_of_matmul": flops / peak,
@@ -114,7 +120,9 @@ def format_table(result: dict) -> str:
     head = [
         "config",
         "networks",
+        "group",
         "net-steps/s",
+        "vmap n-s/s",
         "GFLOP/s",
         "matmul GFLOP/s",
         "of matmul",
@@ -133,7 +141,9 @@ def format_table(result: dict) -> str:
         cells = [
             r["config"],
             r["networks"],
+            r.get("runs_per_operation", 1),
             f"{r['network_steps_per_s']:.1f}",
+            f"{r.get('vmap_network_steps_per_s', r['network_steps_per_s']):.1f}",
             f"{r['achieved_flops'] / 1e9:.1f}",
             f"{r['matmul_flops'] / 1e9:.1f}",
             f"{100 * r['fraction_of_matmul']:.0f}%",
