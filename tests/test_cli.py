@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import purify.train
 from purify.cli import main
 from purify.landmarks import window
 from purify.registry import all_experiments
@@ -341,3 +342,12 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     flags = {v["claim_id"]: v["post_hoc"] for v in again["verdicts"]}
     assert flags == {"fgm-beats-clean": True, "clean-beats-linear": False, "attacks-exact-on-linear": False}
     assert again["exploratory"]["seeds"] == [0, 1]  # still the exploratory verdicts, carried forward
+
+
+@pytest.mark.parametrize("bad", ["fast", "0"])
+def test_a_bad_batching_is_refused_with_its_value(bad, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(purify.train, "compiled", lambda *a, **k: pytest.fail("compiled"))
+    assert main(["run", "fp-dynamics", *TEST, "--out", str(tmp_path), "--no-resume", "--batching", bad]) == 2
+    err = capsys.readouterr().err
+    assert f"batching={bad!r}" in err or f"batching={int(bad)!r}" in err
+    assert "must be one of 'auto', 'vmap', 'groups' or an integer >= 1" in err
