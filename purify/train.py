@@ -287,7 +287,6 @@ class Programs(NamedTuple):
     observe: Any  # (state, task, t) -> state, donating state; finalize is observe at t = steps
 
 
-@functools.lru_cache(maxsize=32)
 def compiled(
     cfg: Config,
     chunk: int,
@@ -297,13 +296,24 @@ def compiled(
     group: int = 1,
 ) -> Programs:
     """The programs of a static config (see `Run` for the options), cached so that a repeated
-    call with the same config (a REPL session) never recompiles. group: runs per batched
-    operation in `advance` and `observe` (`compilation.over_runs`; 1: plain vmap)."""
+    call with the same config (a REPL session) never recompiles, however its arguments are
+    spelled (positional, keyword or defaulted). group: runs per batched operation in `advance`
+    and `observe` (`compilation.over_runs`; 1: plain vmap)."""
+    steps = None if log_steps is None else tuple(int(t) for t in log_steps)
+    return _programs(cfg, int(chunk), bool(noise_free), bool(per_run_adv_start), steps, int(group))
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(cfg, chunk, noise_free, per_run_adv_start, log_steps, group) -> Programs:
     run = Run(cfg, chunk, noise_free, per_run_adv_start, log_steps)
     init = program(jax.vmap(run.init, in_axes=(0, 0, None, 0)), quick=True)
     advance = program(over_runs(run.advance, group), donate_argnums=0, quick=True)
     observe = program(over_runs(run.observe, group), donate_argnums=0, quick=True)
     return Programs(run, init, advance, observe)
+
+
+compiled.cache_info = _programs.cache_info
+compiled.cache_clear = _programs.cache_clear
 
 
 BATCHINGS = ("auto", "vmap", "groups")

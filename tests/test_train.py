@@ -35,6 +35,18 @@ def test_vmapped_row_equals_single_run():
     np.testing.assert_allclose(np.asarray(single.params["W"]), row["W_final"], rtol=1e-4, atol=1e-6)
 
 
+def test_the_program_cache_does_not_depend_on_how_its_arguments_are_spelled():
+    """A REPL call with defaulted or keyword arguments finds the programs a sweep built
+    positionally (an lru_cache alone keys on the spelling, and would compile them again)."""
+    cfg = tiny()
+    compiled.cache_clear()
+    built = compiled(cfg, 3, True, False, None, 1)
+    assert compiled(cfg, 3, True) is built
+    assert compiled(cfg, chunk=3, noise_free=True, group=1, log_steps=None) is built
+    assert compiled(cfg, 3, True, group=2) is not built
+    assert compiled.cache_info().misses == 2
+
+
 @pytest.mark.slow
 def test_sweeping_hyperparameters_does_not_recompile():
     """One program per static config for noise-free sweeps and one for noisy ones (which skip
