@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from . import provenance
-from .benchmarks import CONFIGS, format_table, run_bench
+from .benchmarks import CONFIGS, format_scaling, format_table, plot_scaling, run_bench, run_scaling
 from .claims import confirmation_status
 from .config import Config, ConfigError, parse_value
 from .execute import SliceFinished, raise_on_sigterm
@@ -156,6 +156,10 @@ def cmd_bench(args) -> int:
     for c in sizes:
         if c not in CONFIGS:
             raise ConfigError(f"--configs {c!r} is not allowed: must be among {sorted(CONFIGS)}")
+    if args.max_networks is not None and args.max_networks < 1:
+        raise ConfigError(f"--max-networks {args.max_networks} is not allowed: must be an integer >= 1")
+    if args.scaling:
+        return _bench_scaling(args, sizes)
     networks = None
     if args.networks:
         networks = {c: args.networks for c in sizes}
@@ -173,6 +177,26 @@ def cmd_bench(args) -> int:
     path = Path(args.out) / f"bench-{jax.devices()[0].platform}.json"
     atomic_write_json(path, result)
     print(f"wrote {path}")
+    return 0
+
+
+def _bench_scaling(args, sizes) -> int:
+    import jax
+
+    platform = jax.devices()[0].platform
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for size in sizes:
+        stem = Path(args.out) / f"scaling-{platform}-{size}"
+
+        def save(result, stem=stem):
+            atomic_write_json(stem.with_suffix(".json"), result)
+            plot_scaling(result, stem.with_suffix(".png"))
+
+        result = run_scaling(
+            size, steps=args.steps, max_networks=args.max_networks, torch=not args.no_torch, on_point=save
+        )
+        print(format_scaling(result))
+        print(f"wrote {stem}.json and {stem}.png")
     return 0
 
 
@@ -570,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--no-latency", action="store_true", help="skip the compile-latency row (first vs second call)")
     pb.add_argument(
         "--no-profile", action="store_true", help="skip the profile of where each config's step spends its time"
+    )
+    pb.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead of the table: network-steps/s for 1, 2, 4, ... networks per config "
+        "(JSON and log-log figure scaling-<platform>-<config>.*)",
+    )
+    pb.add_argument(
+        "--max-networks",
+        type=int,
+        default=None,
+        help="--scaling's largest network count (default: 256 on CPU; on an accelerator, what fits its memory)",
     )
     pb.add_argument("--out", default="figures", help="folder for bench-<platform>.json (default: figures)")
     pb.set_defaults(func=cmd_bench)

@@ -332,13 +332,10 @@ def run_group(cfg: Config, chunk_size: int, n_devices: int, batching: str | int 
         raise ConfigError(
             f"batching={batching!r} is not allowed: must be one of {', '.join(map(repr, BATCHINGS))} or an integer >= 1"
         )
-    if batching == "vmap":
+    if batching == "vmap" or (batching == "auto" and (jax.default_backend() != "cpu" or n_devices > 1)):
         return 1
-    if not isinstance(batching, str):
-        return int(min(batching, chunk_size))
-    if batching == "auto" and (jax.default_backend() != "cpu" or n_devices > 1):
-        return 1
-    return int(min(chunk_size, CPU_GROUP))
+    group = CPU_GROUP if isinstance(batching, str) else int(batching)
+    return group if group < chunk_size else 1  # one group of the whole chunk is the plain vmap
 
 
 # Networks per group on XLA:CPU. Timed on 2 cores (net-steps/s, FGM training, 50 steps per

@@ -111,13 +111,16 @@ def test_over_runs_in_groups_is_vmap_for_any_group_and_padding():
 @pytest.mark.slow
 def test_grouped_training_agrees_with_vmap():
     """Groups of runs scanned give a plain vmap's numbers to float rounding (bit for bit at some
-    sizes, not all: the cpu preset's fp-dynamics moves in the seventh digit), so the default
-    stays the vmap that made the committed records."""
+    sizes, not all: the cpu preset's fp-dynamics moves in the seventh digit), so `purify run`
+    keeps the vmap that made the committed records; `sweep`'s default `auto` is groups here."""
     for settings in ({}, {"data.d": 64, "data.k": 4, "model.width": 256, "train.batch": 128}):
         cfg = tiny(**{"train.steps": 20, "train.adv_start": 10, **settings})
-        vm = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3)
+        vm = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3, batching="vmap")
         assert vm.meta["provenance"]["batching"] == "vmap"
-        for group in (2, 4):
+        auto = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3)
+        assert auto.meta["provenance"]["batching"] == "auto"
+        for group, gr in [(2, None), (4, None), ("auto", auto)]:
+            gr = gr or purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3, batching=group)
             gr = purify.sweep(cfg, grid={"tau": [0.0, 0.3]}, seeds=3, batching=group)
             for name in ("W_final", "purity_nw", "clean_acc", "robust_acc", "loss"):
                 np.testing.assert_allclose(

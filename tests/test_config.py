@@ -133,7 +133,8 @@ def test_the_batching_rule():
 
     cfg = purify.Config()
     assert run_group(cfg, 64, 1, "vmap") == 1
-    assert run_group(cfg, 64, 1, 8) == 8 and run_group(cfg, 4, 1, 8) == 4
-    assert run_group(cfg, 64, 1, "groups") == CPU_GROUP and run_group(cfg, 3, 1, "groups") == 3
+    # a group as large as the chunk is one vmap over it
+    assert run_group(cfg, 64, 1, 8) == 8 and run_group(cfg, 4, 1, 8) == 1 and run_group(cfg, 8, 1, 8) == 1
+    assert run_group(cfg, 64, 1, "groups") == CPU_GROUP and run_group(cfg, 3, 1, "groups") == 1
     assert run_group(cfg, 64, 1, "auto") == (CPU_GROUP if jax.default_backend() == "cpu" else 1)
     assert run_group(cfg, 64, 4, "auto") == 1  # several devices: the run axis is sharded, not scanned

@@ -376,7 +376,9 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(tmp_path, monkeypa
 
     cfg = tiny()
     table = sweep_mod.grid_table(cfg, None)[0]
-    folder = tmp_path / sweep_mod.fingerprint(cfg, table, np.arange(2), 2, purify.make_task(cfg.data))
+    folder = tmp_path / sweep_mod.fingerprint(
+        cfg, table, np.arange(2), 2, purify.make_task(cfg.data), purify.train.run_group(cfg, 2, 1)
+    )
     folder.mkdir()
     chunk, lock = folder / "runs_0000000-0000002.npz", folder / "runs_0000000-0000002.lock"
     dead = subprocess.run(

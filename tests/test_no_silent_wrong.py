@@ -293,7 +293,9 @@ def test_a_full_disk_at_the_record_is_one_clear_message(tmp_path, monkeypatch, c
 
 def _lock_for(tmp_path, cfg):
     table = sweep_mod.grid_table(cfg, None)[0]
-    folder = tmp_path / sweep_mod.fingerprint(cfg, table, np.arange(2), 2, purify.make_task(cfg.data))
+    folder = tmp_path / sweep_mod.fingerprint(
+        cfg, table, np.arange(2), 2, purify.make_task(cfg.data), purify.train.run_group(cfg, 2, 1)
+    )
     folder.mkdir(parents=True)
     return folder / "runs_0000000-0000002.lock"
 

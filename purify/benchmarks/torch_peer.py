@@ -117,7 +117,7 @@ def torch_vmap_step(torch, cfg: Config, batch, loss):
 
     every_network = vmap(one_network)
 
-    @torch.compile(fullgraph=True)
+    @torch.compile(fullgraph=True, dynamic=False)
     def step(W):
         z, y = batch(W.shape[0])
         return every_network(W, z, y)
@@ -142,6 +142,10 @@ def torch_vmap_peer(cfg: Config, n: int) -> TorchPeer | None:
         torch, dev, sync, batch, loss = _torch_problem(cfg)
     except ImportError:
         return None
+    # a fresh compile per network count: shapes stay static (a shape seen second would get a
+    # dynamic-shape graph) and a curve of many counts never reaches dynamo's recompile limit,
+    # past which it would fall back to eager without saying so
+    torch._dynamo.reset()
     step = torch_vmap_step(torch, cfg, batch, loss)
     W = _init_weights(torch, cfg, n, dev)
     t = time.perf_counter()
