@@ -141,12 +141,14 @@ def plot_scaling(result: dict, path) -> None:
         ax.plot(ns, ys, marker="o", ms=3.5, label=LABELS[k], **styles.get(k, {}))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("networks trained at once (N)")
     ax.set_ylabel("network-steps per second (higher is faster)")
     dev = result["provenance"]["device"]
     ax.set_title(
         f"Throughput against N: {result['config']} config (d {result['d']}, width {result['width']}, "
-        f"batch {result['batch']}, FGM)\n{dev['kind']} ({dev['platform']})",
+        f"batch {result['batch']}, FGM)\n{dev['kind']} ({dev['platform']}, {dev['count']} device(s)); "
+        "the dashed loop trains one network at a time",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
