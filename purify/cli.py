@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batching",
         default="vmap",
         metavar="HOW",
-        help="how a compiled call batches its networks: vmap (the default: one vmap over the chunk), auto (groups "
+        help="how a compiled call batches its networks: vmap (the default, which made every committed record: one "
+        "vmap over the chunk), auto (sweep()'s default: groups "
         "of networks scanned on a single CPU device, faster there; same numbers to float rounding), groups, or a "
         "group size N",
     )
