@@ -99,16 +99,16 @@ def run_scaling(
         result["networks"].append(n)
         if torch and tv is None:
             result["torch"] = "absent (pip install -e '.[torch]')"
-        if limit is not None and 2 * n * plain["bytes_per_network"] > 0.8 * limit:
+        full = limit is not None and 2 * n * plain["bytes_per_network"] > 0.8 * limit
+        if full:
             result["stopped_by"] = f"memory: {2 * n} networks would need over 80% of the device's {limit / 1e9:.1f} GB"
-            break
-        if 2 * n > max_networks:
+        elif 2 * n > max_networks:
             result["stopped_by"] = f"max_networks={max_networks}"
         if on_point:
             on_point(result)
+        if full:
+            break
         n *= 2
-    if on_point:
-        on_point(result)
     return result
 
 
@@ -131,14 +131,23 @@ def plot_scaling(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
     ns = result["networks"]
     styles = {"sequential_jax": {"color": "0.4", "ls": "--"}, "torch_vmap_compile": {"color": "C3"}}
+    labels = dict(LABELS)
+    grouped = [p for p in result["points"] if p["runs_per_operation"] > 1]
+    if grouped:
+        g = grouped[0]
+        labels["jax_default"] += f": groups of {g['runs_per_operation']} from N = {g['networks']}"
+    measured = [p["networks"] for p in result["points"] if p["sequential_measured"]]
+    if measured and measured[-1] < ns[-1]:
+        labels["sequential_jax"] += f" (measured to N = {measured[-1]}, then carried on)"
     for k in IMPLEMENTATIONS:
         ys = [p[k] for p in result["points"]]
         if all(y is None for y in ys):
             continue
-        ax.plot(ns, ys, marker="o", ms=3.5, label=LABELS[k], **styles.get(k, {}))
+        marks = len(measured) if k == "sequential_jax" else len(ys)  # markers only where measured
+        ax.plot(ns, ys, marker="o", ms=3.5, markevery=list(range(marks)), label=labels[k], **styles.get(k, {}))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(ns, [str(n) for n in ns])
@@ -152,7 +161,7 @@ def plot_scaling(result: dict, path) -> None:
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)  # below: no line hidden
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
