@@ -95,6 +95,7 @@ BIAS_MODES = ("relative", "fixed", "trainable")
 HEADS = ("fixed", "trained")
 ATTACKS = ("none", "fgm", "pgd", "surrogate")
 NORMS = ("l2", "linf")
+FULL_AT = ("every", "final")
 OBJECTIVES = ("supervised", "infonce", "spectral")
 
 
@@ -284,6 +285,15 @@ class EvalConfig:
     The robust prediction is correct only if it is correct clean and under every attack: FGM,
     PGD (pgd_steps steps, step 2.5 tau / pgd_steps, `restarts` random starts) and the
     dense-direction attack -y tau M w*/|w*| (l2) or -y tau sign(M w*) (linf).
+
+    full_at: the log points measured with that full evaluation. 'every' (the default, and
+    every committed record); 'final': only the last one (step train.steps), every earlier one
+    with a light evaluation, the same attacks with PGD at light_pgd_steps steps and
+    light_restarts starts. A weaker PGD reads high, so a light point is marked: the traced
+    `full_eval` is 1 at a full point and 0 at a light one, and plots draw light points open.
+    The PGD costs pgd_steps x restarts input gradients per example and radius at every log
+    point, most of a short sweep's time with the defaults; 'final' cuts it to light_pgd_steps x
+    light_restarts and leaves the final numbers bit for bit as 'every' gives them.
     """
 
     n_eval: int = 1024
@@ -291,6 +301,9 @@ class EvalConfig:
     norm: str = "l2"
     pgd_steps: int = EvalSpec.pgd_steps
     restarts: int = EvalSpec.restarts
+    full_at: str = "every"
+    light_pgd_steps: int = 5
+    light_restarts: int = 1
 
     def validate(self) -> None:
         _int("eval.n_eval", self.n_eval, lo=1)
@@ -301,11 +314,24 @@ class EvalConfig:
         _choice("eval.norm", self.norm, NORMS)
         _int("eval.pgd_steps", self.pgd_steps, lo=1)
         _int("eval.restarts", self.restarts, lo=1)
+        _choice("eval.full_at", self.full_at, FULL_AT)
+        _int("eval.light_pgd_steps", self.light_pgd_steps, lo=1)
+        _int("eval.light_restarts", self.light_restarts, lo=1)
+        if self.full_at != "every":  # the light evaluation is the weaker one, or it is not light
+            if self.light_pgd_steps > self.pgd_steps:
+                _fail("eval.light_pgd_steps", self.light_pgd_steps, f"must be <= eval.pgd_steps = {self.pgd_steps}")
+            if self.light_restarts > self.restarts:
+                _fail("eval.light_restarts", self.light_restarts, f"must be <= eval.restarts = {self.restarts}")
 
     @property
     def spec(self):
         """The attack settings of the evaluation (an `attacks.EvalSpec`)."""
         return EvalSpec(tuple(float(t) for t in self.taus), self.norm, self.pgd_steps, self.restarts)
+
+    @property
+    def light_spec(self):
+        """The attack settings at the log points of a light evaluation (see `full_at`)."""
+        return EvalSpec(tuple(float(t) for t in self.taus), self.norm, self.light_pgd_steps, self.light_restarts)
 
 
 @struct.dataclass

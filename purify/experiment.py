@@ -27,6 +27,8 @@ from .sweeps import sweep
 ALWAYS_CONTROLLED = {
     "data.n_tasks": "the experiment reads one task; several tasks are inh-supervised's exp.n_tasks",
     "train.objective": "the protocol trains on the labels; contrastive pre-training is inh-contrastive and inh-nodes",
+    "eval.full_at": "figures and verdicts read robust accuracy over training, so every log point gets the full "
+    "evaluation ('every')",
 }
 # The smallest evaluation set an experiment's verdicts may rest on.
 MIN_N_EVAL = 256

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import Config
 from .trace import LABELS
 
 
@@ -83,6 +84,28 @@ def band(ax, x, runs, label=None, color=None, kind="minmax", flagged=None, **kw)
     return line
 
 
+def light_points(res, metric: str) -> np.ndarray:
+    """(time,) True at the log points where `metric` comes from the light evaluation of some
+    run (`EvalConfig.full_at`); all False for a metric no attack measures."""
+    n = len(res.steps)
+    if metric not in ("robust_acc", "attack_acc") or "full_eval" not in res.arrays:
+        return np.zeros(n, bool)
+    full = np.asarray(res["full_eval"], float).reshape(-1, n)
+    return np.any(full == 0, axis=0)
+
+
+def _pgd(res, prefix: str) -> str:
+    """'PGD s steps x r start(s)' of the (light_) evaluation, each value as every row has it."""
+    base = Config.from_dict(res.config).eval
+
+    def values(name):
+        column = res.hp.get(f"eval.{prefix}{name}")
+        vals = np.unique(np.asarray(column)) if column is not None else [getattr(base, prefix + name)]
+        return "/".join(f"{int(v)}" for v in vals)
+
+    return f"PGD {values('pgd_steps')} steps × {values('restarts')} start(s)"
+
+
 def plot_metric(res, metric: str, ax=None, label_by: str | None = None, radius: float | None = None, **kw):
     """Mean over seeds with a min-max band over training steps, one line per hyper-parameter row."""
     import matplotlib.pyplot as plt
@@ -104,17 +127,24 @@ def plot_metric(res, metric: str, ax=None, label_by: str | None = None, radius: 
     if "seed" not in dims:
         arr = arr[:, None]
     names = [label_by] if label_by else (res.meta.get("swept") or [])
+    light = light_points(r, metric)
     for h in range(arr.shape[0]):
         vals = {n: np.atleast_1d(r.hp[n])[h] for n in names}
         label = ", ".join(f"{n}={v:g}" for n, v in vals.items()) or None
-        band(ax, r.steps, arr[h], label=label, **kw)
+        line = band(ax, r.steps, arr[h], label=label, **kw)
+        if line is not None and light.any():
+            x, y = line.get_data()
+            ax.plot(x[light], y[light], "o", ms=4, mfc="white", mec=line.get_color(), zorder=3)
     ax.set_xscale("symlog", linthresh=max(1, int(r.steps[1]) if len(r.steps) > 1 else 1))
     ax.set_xlabel("SGD step (symlog scale)")
     ax.set_ylabel(LABELS.get(metric, metric))
     n_seeds = arr.shape[1]
     band_of = "min-max" if kw.get("kind", "minmax") == "minmax" else "± 1 std"
+    light_note = f"\nopen circles: light evaluation, {_pgd(res, 'light_')} (reads high)\nthe rest: {_pgd(res, '')}"
+    light_note = light_note if light.any() else ""
     ax.set_title(
-        f"{LABELS.get(metric, metric)}{at} over training\nmean of {n_seeds} seed(s), band: {band_of} over seeds",
+        f"{LABELS.get(metric, metric)}{at} over training\nmean of {n_seeds} seed(s), band: {band_of} over seeds"
+        + light_note,
         fontsize=9,
     )
     if any(n for n in names):

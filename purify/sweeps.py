@@ -83,7 +83,7 @@ CHUNK_ARRAYS = frozenset({q.name for q in trace.QUANTITIES} | {"failed_step", "s
 def training_chunk(fns: train.Programs, keys, hp, adv_start, task, step_chunk: int) -> Chunk:
     """A chunk of training runs as the engine runs it: `fns` bound to its keys, hyper-parameters,
     switch steps and task (every leaf on the keys' sharding)."""
-    run, init, advance, observe = fns
+    run, init, advance, observe, observe_light = fns
     n_steps = run.cfg.train.steps
 
     def outputs(state) -> dict:
@@ -96,7 +96,7 @@ def training_chunk(fns: train.Programs, keys, hp, adv_start, task, step_chunk: i
     return Chunk(
         init=lambda: init(keys, hp, task, adv_start),
         advance=lambda state, t0, t1: advance(state, task, jnp.int32(t0), jnp.int32(t1)),
-        observe=lambda state, t: observe(state, task, jnp.int32(t)),
+        observe=lambda state, t: (observe_light if t in run.light_at else observe)(state, task, jnp.int32(t)),
         segments=lambda start: run.segments(start, step_chunk),
         steps=n_steps,
         outputs=outputs,

@@ -58,15 +58,17 @@ class Quantity:
 class Probe:
     """The measurements of one run's current weights, each computed at most once per log point.
 
-    run: the `train.Run`; state: its `RunState`; task: the data task; t: the step (traced).
+    run: the `train.Run`; state: its `RunState`; task: the data task; t: the step (traced);
+    light: attack with the light evaluation (`EvalConfig.full_at`) instead of the full one.
     """
 
-    def __init__(self, run, state, task, t):
+    def __init__(self, run, state, task, t, light: bool = False):
         self.run, self.state, self.task, self.t = run, state, task, t
         self.cfg = run.cfg
         self.params = state.params
         self.beta = state.hp.beta
-        self.spec = run.cfg.eval.spec
+        self.light = bool(light)
+        self.spec = run.cfg.eval.light_spec if self.light else run.cfg.eval.spec
 
     @cached_property
     def W(self) -> jax.Array:
@@ -200,6 +202,15 @@ QUANTITIES: tuple[Quantity, ...] = (
         "accuracy under each attack",
         "fraction correct under FGM, PGD and the dense attack",
         lambda p: p.attacked[2],
+        supervised=True,
+    ),
+    Quantity(
+        "full_eval",
+        (),
+        "full evaluation (1) or light (0)",
+        "1 where robust_acc and attack_acc come from the full evaluation (eval.pgd_steps x eval.restarts), "
+        "0 where from the light one (eval.light_pgd_steps x eval.light_restarts: reads high)",
+        lambda p: jnp.float32(0.0 if p.light else 1.0),
         supervised=True,
     ),
 )

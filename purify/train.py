@@ -195,14 +195,15 @@ class Run:
         adv_start = jnp.asarray(self.cfg.train.adv_start if adv_start is None else adv_start, jnp.int32)
         return RunState(params, opt_state, streams, hp, buffers, snaps, jnp.int32(-1), adv_start, train_set)
 
-    def measure(self, state: RunState, task: Task, t: jax.Array) -> dict:
-        """Every quantity of purify.trace at the current weights (one row of the trace)."""
-        return trace.measure(trace.Probe(self, state, task, t))
+    def measure(self, state: RunState, task: Task, t: jax.Array, light: bool = False) -> dict:
+        """Every quantity of purify.trace at the current weights (one row of the trace);
+        light: attacked with the light evaluation (`EvalConfig.full_at`)."""
+        return trace.measure(trace.Probe(self, state, task, t, light))
 
-    def record(self, state: RunState, task: Task, t: jax.Array) -> RunState:
+    def record(self, state: RunState, task: Task, t: jax.Array, light: bool = False) -> RunState:
         """Write the metrics at step t into its trace slot (t must be a log step)."""
         idx = jnp.searchsorted(jnp.asarray(self.log_steps), t)
-        row = self.measure(state, task, t)
+        row = self.measure(state, task, t, light)
         buffers = {k: state.trace[k].at[idx].set(row[k]) for k in state.trace}
         healthy = trace.healthy(row, state.params["W"])
         bad = jnp.where((state.failed_step < 0) & ~healthy, t.astype(jnp.int32), state.failed_step)
@@ -217,12 +218,21 @@ class Run:
         """The steps at which `observe` records something: log steps and snapshot steps."""
         return frozenset(int(t) for t in self.log_steps) | frozenset(int(t) for t in self.snapshot_at)
 
-    def observe(self, state: RunState, task: Task, t: jax.Array) -> RunState:
+    @functools.cached_property
+    def light_at(self) -> frozenset[int]:
+        """The log steps measured with the light evaluation (`observe(..., light=True)`): with
+        eval.full_at = 'final' every one before the last step, else none."""
+        if self.cfg.eval.full_at == "every":
+            return frozenset()
+        return frozenset(int(t) for t in self.log_steps if t < self.cfg.train.steps)
+
+    def observe(self, state: RunState, task: Task, t: jax.Array, light: bool = False) -> RunState:
         """Record the trace at step t if it is a log step and the weights if it is a snapshot
         step (before step t's update). A program of its own, called from Python between
-        `advance` calls: inside the training loop it doubled what the compiler had to build."""
+        `advance` calls: inside the training loop it doubled what the compiler had to build.
+        light (static): attack with the light evaluation; the caller picks it at `light_at`."""
         is_log = jnp.any(jnp.asarray(self.log_steps) == t)
-        state = jax.lax.cond(is_log, lambda s: self.record(s, task, t), lambda s: s, state)
+        state = jax.lax.cond(is_log, lambda s: self.record(s, task, t, light), lambda s: s, state)
         if len(self.snapshot_at):
             is_snap = jnp.any(jnp.asarray(self.snapshot_at) == t)
             state = jax.lax.cond(is_snap, lambda s: self.snapshot(s, t), lambda s: s, state)
@@ -269,7 +279,7 @@ class Run:
         state = self.init(key, hp, task)
         for t0, t1 in self.segments(0, step_chunk or self.chunk):
             if t0 in self.observe_at:
-                state = self.observe(state, task, jnp.int32(t0))
+                state = self.observe(state, task, jnp.int32(t0), t0 in self.light_at)
             state = self.advance(state, task, jnp.int32(t0), jnp.int32(t1))
         return self.finalize(state, task)
 
@@ -285,6 +295,7 @@ class Programs(NamedTuple):
     init: Any  # (keys, hp, task, adv_start) -> state
     advance: Any  # (state, task, t0, t1) -> state, donating state
     observe: Any  # (state, task, t) -> state, donating state; finalize is observe at t = steps
+    observe_light: Any  # the same with the light evaluation, at run.light_at (compiled on first use)
 
 
 def compiled(
@@ -309,7 +320,9 @@ def _programs(cfg, chunk, noise_free, per_run_adv_start, log_steps, group) -> Pr
     init = program(jax.vmap(run.init, in_axes=(0, 0, None, 0)), quick=True)
     advance = program(over_runs(run.advance, group), donate_argnums=0, quick=True)
     observe = program(over_runs(run.observe, group), donate_argnums=0, quick=True)
-    return Programs(run, init, advance, observe)
+    light = functools.partial(run.observe, light=True)
+    observe_light = program(over_runs(light, group), donate_argnums=0, quick=True)
+    return Programs(run, init, advance, observe, observe_light)
 
 
 compiled.cache_info = _programs.cache_info

@@ -37,6 +37,10 @@ BAD = [
     ({"hp.noise": float("nan")}, "hp.noise=nan", "finite"),
     ({"eval.taus": (0.1, -0.2)}, "eval.taus[]=-0.2", ">= 0"),
     ({"eval.restarts": 0}, "eval.restarts=0", ">= 1"),
+    ({"eval.full_at": "sometimes"}, "eval.full_at='sometimes'", "'final'"),
+    ({"eval.light_pgd_steps": 0}, "eval.light_pgd_steps=0", ">= 1"),
+    ({"eval.full_at": "final", "eval.light_pgd_steps": 30}, "eval.light_pgd_steps=30", "<= eval.pgd_steps = 20"),
+    ({"eval.full_at": "final", "eval.light_restarts": 5}, "eval.light_restarts=5", "<= eval.restarts = 4"),
 ]
 
 

@@ -117,6 +117,14 @@ def test_bad_options_fail_before_anything_trains(exp_id, option, value, message,
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("exp_id", experiment_ids())
+def test_no_experiment_takes_a_light_evaluation(exp_id):
+    # its figures and verdicts read robust accuracy over training: a light log point would enter them
+    with pytest.raises(ConfigError) as err:
+        get(exp_id).config("test", {"eval.full_at": "final"})
+    assert f"eval.full_at='final' is not allowed for {exp_id}" in str(err.value) and "'every'" in str(err.value)
+
+
 def test_a_single_value_is_a_list_of_one_and_numpy_scalars_are_numbers():
     import numpy as np
 

@@ -23,6 +23,8 @@ def test_readme_repl_example_runs_verbatim(tmp_path, monkeypatch):
     assert avg.dims["robust_acc"] == ("hparam", "time", "radius")
     assert (tmp_path / "purity.png").exists() and (tmp_path / "runs" / "tau-sweep.npz").exists()
     assert back.dims == res.dims
+    # the full evaluation at the last log point only, and the Results say so
+    assert (res["full_eval"][..., -1] == 1).all() and (res["full_eval"][..., :-1] == 0).all()
     # regression guard (a scientific hypothesis, not a property of the code): the largest
     # training radius purifies more than clean training
     final = avg["purity_nw"][:, -1]

@@ -77,6 +77,21 @@ def test_plot_draws_one_band_per_row(res):
         res.plot("purity")  # per-neuron: choose a neuron first
 
 
+def test_plot_marks_the_log_points_of_a_light_evaluation():
+    settings = {"eval.light_pgd_steps": 2, "eval.full_at": "final"}
+    res = purify.sweep(tiny(**settings), grid={"tau": [0.0, 0.3]}, seeds=2)
+    ax = res.plot("robust_acc")
+    open_circles = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(open_circles) == 2 and all(line.get_markerfacecolor() == "white" for line in open_circles)
+    light = res["full_eval"][0, 0] == 0
+    np.testing.assert_array_equal(open_circles[0].get_xdata(), res.steps[light])
+    assert len(res.steps) - 1 == light.sum()  # every log point but the last
+    assert "light evaluation, PGD 2 steps × 1 start(s) (reads high)" in ax.get_title()
+    assert "the rest: PGD 3 steps × 1 start(s)" in ax.get_title()
+    assert "light" not in res.plot("purity_nw").get_title()  # no attack measures purity
+    assert "light" not in purify.sweep(tiny(), grid={"tau": [0.3]}, seeds=2).plot("robust_acc").get_title()
+
+
 def test_repr_shows_swept_values_as_written(res):
     assert "'tau': [0.0, 0.2, 0.4]" in repr(res)  # not 0.20000000298023224
 

@@ -35,6 +35,38 @@ def test_vmapped_row_equals_single_run():
     np.testing.assert_allclose(np.asarray(single.params["W"]), row["W_final"], rtol=1e-4, atol=1e-6)
 
 
+LIGHT = {"eval.pgd_steps": 6, "eval.restarts": 2, "eval.light_pgd_steps": 1, "eval.light_restarts": 1}
+ATTACKED = ("robust_acc", "attack_acc", "full_eval")
+
+
+def test_a_light_evaluation_before_the_last_log_point_moves_no_other_number():
+    grid = {"tau": [0.0, 0.3]}
+    every = purify.sweep(tiny(**LIGHT), grid=grid, seeds=3)
+    final = purify.sweep(tiny(**LIGHT, **{"eval.full_at": "final"}), grid=grid, seeds=3)
+    assert every.dims["full_eval"] == ("hparam", "seed", "time")
+    assert (every["full_eval"] == 1).all()
+    assert (final["full_eval"][..., :-1] == 0).all() and (final["full_eval"][..., -1] == 1).all()
+    for name in final.arrays:  # what no attack measures is the same program's number, bit for bit
+        if name not in ATTACKED:
+            np.testing.assert_array_equal(final[name], every[name], err_msg=name)
+    for name in ATTACKED[:2]:  # and the last log point is the full evaluation itself
+        np.testing.assert_array_equal(final[name][:, :, -1], every[name][:, :, -1], err_msg=name)
+    # a PGD of 1 step and 1 start reads high: on average over runs and light points, never below
+    # the full one's, and the PGD column (attack 1) strictly above it somewhere
+    light, full = final["attack_acc"][:, :, :-1], every["attack_acc"][:, :, :-1]
+    assert final["robust_acc"][:, :, :-1].mean() >= every["robust_acc"][:, :, :-1].mean()
+    assert light[..., 1].mean() > full[..., 1].mean()
+    # an unbatched run picks the same evaluation at each log point
+    cfg = tiny(**LIGHT, **{"eval.full_at": "final"})
+    single = jax.jit(Run(cfg).__call__)(
+        jax.random.key(2), {**dataclasses.asdict(cfg.hp), "tau": 0.3}, purify.make_task(cfg.data)
+    )
+    np.testing.assert_array_equal(np.asarray(single.trace["full_eval"]), final["full_eval"][1, 2])
+    np.testing.assert_allclose(
+        np.asarray(single.trace["robust_acc"]).squeeze(), final["robust_acc"][1, 2].squeeze(), atol=1e-6
+    )
+
+
 def test_the_program_cache_does_not_depend_on_how_its_arguments_are_spelled():
     """A REPL call with defaulted or keyword arguments finds the programs a sweep built
     positionally (an lru_cache alone keys on the spelling, and would compile them again)."""
@@ -58,12 +90,12 @@ def test_sweeping_hyperparameters_does_not_recompile():
     purify.sweep(cfg, grid={"tau": [0.2, 0.5], "lr": [0.3]}, seeds=[5, 9])
     purify.sweep(cfg, grid={"beta": [0.3], "init_scale": [0.05]}, seeds=4)
     assert compiled.cache_info().misses == 1
-    _, init, advance, observe = compiled(cfg, 3, True, False, None)
+    _, init, advance, observe, _ = compiled(cfg, 3, True, False, None)
     assert init._cache_size() == 1 and advance._cache_size() == 1 and observe._cache_size() == 1
     purify.sweep(cfg, grid={"noise": [0.1, 0.2]}, seeds=2)
     purify.sweep(cfg, grid={"noise": [0.0, 0.3], "tau": [0.1]}, seeds=[3, 4])
     assert compiled.cache_info().misses == 2
-    _, init, advance, observe = compiled(cfg, 3, False, False, None)
+    _, init, advance, observe, _ = compiled(cfg, 3, False, False, None)
     assert init._cache_size() == 1 and advance._cache_size() == 1 and observe._cache_size() == 1
 
 
