@@ -303,18 +303,25 @@ class EvalSpec:
 
 
 def attacked_correct(
-    margin: Objective, x: jax.Array, y: jax.Array, tau: jax.Array, u: jax.Array, key: jax.Array, spec: EvalSpec
+    margin: Objective,
+    x: jax.Array,
+    y: jax.Array,
+    tau: jax.Array,
+    u: jax.Array,
+    key: jax.Array,
+    spec: EvalSpec,
+    step_size: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Clean correctness (n,) and correctness under each of ATTACK_NAMES (3, n) at radius tau.
 
-    `margin(x)` is y f(x) for one task's labels y (n,); u is the unit dense-attack direction.
-    The robust prediction of example i is correct iff clean[i] and all(attacked[:, i]): robust
-    accuracy is the minimum over attacks.
+    `margin(x)` is y f(x) for one task's labels y (n,); u is the unit dense-attack direction;
+    step_size: PGD's (default 2.5 tau / spec.pgd_steps). The robust prediction of example i is
+    correct iff clean[i] and all(attacked[:, i]): robust accuracy is the minimum over attacks.
     """
     adversary = lambda v: -margin(v)
     deltas = (
         fgm(adversary, x, tau, spec.norm),
-        pgd(adversary, x, tau, spec.norm, spec.pgd_steps, key=key, restarts=spec.restarts),
+        pgd(adversary, x, tau, spec.norm, spec.pgd_steps, key=key, restarts=spec.restarts, step_size=step_size),
         dense_direction(y, tau, u, spec.norm),
     )
     clean = margin(x) > 0
@@ -359,11 +366,23 @@ def robust_accuracy(
 
     Robust accuracy at tau is the fraction of examples correct clean and under every attack of
     ATTACK_NAMES: the minimum over attacks, taken per example. Radius i uses fold_in(key, i).
+    Several radii run through one loop body (`lax.map`), so a program holds one copy of the
+    attacks whatever the number of radii; each radius and PGD step size enters as the float32
+    its Python value rounds to, the numbers a separate program per radius gives.
     """
-    robust, by_attack = [], []
     clean = margin(x) > 0
-    for i, tau in enumerate(spec.taus):
-        _, hit = attacked_correct(margin, x, y, tau, u, jax.random.fold_in(key, i), spec)
-        robust.append((clean & hit.all(0)).mean())
-        by_attack.append(hit.mean(-1))
-    return clean.mean(), jnp.stack(robust), jnp.stack(by_attack)
+
+    def at(i, tau, step_size=None):
+        _, hit = attacked_correct(margin, x, y, tau, u, jax.random.fold_in(key, i), spec, step_size)
+        return (clean & hit.all(0)).mean(), hit.mean(-1)
+
+    if len(spec.taus) == 1:
+        robust, by_attack = at(0, spec.taus[0])
+        return clean.mean(), robust[None], by_attack[None]
+    radii = (
+        jnp.arange(len(spec.taus)),
+        jnp.asarray(spec.taus, jnp.float32),
+        jnp.asarray([2.5 * t / spec.pgd_steps for t in spec.taus], jnp.float32),  # pgd's default, in float64 first
+    )
+    robust, by_attack = jax.lax.map(lambda r: at(*r), radii)
+    return clean.mean(), robust, by_attack

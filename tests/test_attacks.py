@@ -61,6 +61,24 @@ def test_pgd_is_at_least_as_strong_as_fgm_on_a_network():
     assert float(m_pgd.mean()) <= float(m_fgm.mean()) + 1e-6
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_radii_in_one_loop_give_each_radius_its_own_programs_numbers(norm):
+    # robust_accuracy runs several radii through one lax.map body; each must equal, bit for bit,
+    # the attacks compiled for that radius alone (Python float tau, PGD step 2.5 tau / steps)
+    margin, x, y, task = random_net()
+    u, key = task.label_directions[0], jax.random.key(3)
+    spec = attacks.EvalSpec((0.0, 0.1, 0.35, 0.7), norm, 4, 2)
+    clean, robust, by_attack = jax.jit(lambda k: attacks.robust_accuracy(margin, x, y, u, k, spec))(key)
+    for i, tau in enumerate(spec.taus):
+        alone = jax.jit(
+            lambda k, i=i, tau=tau: attacks.attacked_correct(margin, x, y, tau, u, jax.random.fold_in(k, i), spec)
+        )
+        c, hit = alone(key)
+        assert float(robust[i]) == float((c & hit.all(0)).mean()), (tau, robust)
+        np.testing.assert_array_equal(by_attack[i], hit.mean(-1))
+    assert float(clean) == float(c.mean()) and robust[0] > robust[-1]  # the attacks bite
+
+
 def test_restarts_keep_the_best_per_example():
     margin, x, _, _ = random_net()
     adv = lambda v: -margin(v)
