@@ -109,12 +109,124 @@ def oracle_params(cfg: DataConfig, task: Task, beta: float, t: int = 0) -> dict:
     return {"W": task.M.T, "a": task.w_star[t][:, None], "b": jnp.full((d,), beta * cfg.min_magnitude)}
 
 
+def oracle_flip_radius(values, helps, b: float, off_support: int) -> np.ndarray:
+    """The exact smallest l2 perturbation that flips the oracle pure network on an example
+    (orthonormal M, Rademacher w*, noise 0): (n,), 0 where the oracle is already wrong.
+
+    With orthonormal M a perturbation delta is u = M^T delta in feature coordinates, |u| = |delta|,
+    and the oracle's margin y f = sum_j s_j phi_b(z_j + u_j) (s_j = y w*_j) is separable: each
+    coordinate's largest harm as a function of a = |u_j| is piecewise linear with slope 0 or 1:
+
+        hurting feature (s_j z_j < 0):   a                        (push it further out)
+        helping feature (s_j z_j > 0):   min(a, c_j), or a - 2b   (c_j = |z_j| - b: shrink it to
+                                                                   the dead zone, or cross it)
+        inactive feature (z_j = 0):      max(a - b, 0)            (switch a unit on)
+
+    The smallest |u| reaching harm m (the clean margin) is found exactly: for each choice of
+    pieces the problem min sum a_j^2 subject to sum (a_j - o_j) >= m on boxes o_j <= a_j <= u_j
+    is solved by water-filling (one common level), and the choices are enumerated: every
+    hurting and helping feature is used; the helping features that cross are the smallest ones
+    (an exchange argument), r = 0 .. h of them; q = 0 .. off_support inactive units at one level.
+
+    Args:
+      values: (n, k) the active z_j of each example.
+      helps: (n, k) bool, whether s_j z_j > 0 (the feature's unit pushes towards the label).
+      b: the units' threshold beta z_min.
+      off_support: D - k, the inactive features an attack can switch on.
+
+    Returns:
+      (n,) float64 flip radii.
+
+    Example:
+      >>> oracle_flip_radius(np.ones((1, 3)), np.array([[True, True, False]]), 0.5, 0)
+      array([0.28867513])
+    """
+    values, helps = np.abs(np.asarray(values, np.float64)), np.asarray(helps, bool)
+    c = values - b  # each unit's contribution |z_j| - b (> 0 when beta z_min < |z_j|)
+    out = np.empty(len(values))
+    for i, (ci, hi) in enumerate(zip(c, helps)):
+        m = ci[hi].sum() - ci[~hi].sum()
+        if m <= 0:
+            out[i] = 0.0
+            continue
+        helping = np.sort(ci[hi])
+        n_hurt = int((~hi).sum())
+        best, qs = np.inf, np.arange(off_support + 1)
+        for r in range(len(helping) + 1):  # the r smallest helping features cross the dead zone
+            # pieces (offset, upper): hurting (0, inf); shrinking (0, c_j); crossing (2b, inf)
+            lo = np.concatenate([np.zeros(n_hurt), np.zeros(len(helping) - r), np.full(r, 2 * b)])
+            hi_ = np.concatenate([np.full(n_hurt, np.inf), helping[r:], np.full(r, np.inf)])
+            best = min(best, float(_water_fill(m, lo, hi_, b, qs).min()))
+        out[i] = best
+    return out
+
+
+def _water_fill(m: float, lo: np.ndarray, hi: np.ndarray, b: float, qs: np.ndarray) -> np.ndarray:
+    """For each q in qs: min sqrt(sum a^2) over the pieces (lo, hi) and q more pieces (b, inf)
+    with harm sum (a - lo) = m over the used pieces, at one common level lam (a piece is used
+    while lam > its offset). The harm is piecewise linear in lam, with breakpoints at the
+    offsets and caps: the level is read off exactly between two of them."""
+    points = np.unique(np.concatenate([lo, hi[np.isfinite(hi)], [b]]))
+    base = np.clip(np.minimum(points[:, None], hi) - lo, 0.0, None).sum(-1)  # (P,)
+    harm = base[None, :] + qs[:, None] * np.clip(points - b, 0.0, None)[None, :]  # (Q, P)
+    # the slope beyond the last breakpoint: uncapped pieces, the q units included
+    slope = np.isinf(hi).sum() + qs * (b <= points[-1])
+    j = np.argmax(harm >= m, axis=1)
+    reached = harm[np.arange(len(qs)), j] >= m
+    j0 = np.maximum(j - 1, 0)
+    p0, p1 = points[j0], points[j]
+    v0, v1 = harm[np.arange(len(qs)), j0], harm[np.arange(len(qs)), j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.where(j == 0, points[0], p0 + (m - v0) * (p1 - p0) / (v1 - v0))
+        beyond = points[-1] + (m - harm[:, -1]) / slope
+    lam = np.where(reached, inside, np.where(slope > 0, beyond, np.inf))
+    finite = np.isfinite(lam)
+    lam = np.where(finite, lam, 0.0)
+    cost = (np.where(lo[None, :] < lam[:, None], np.minimum(lam[:, None], hi[None, :]), 0.0) ** 2).sum(-1)
+    cost = cost + qs * np.where(b < lam, lam, 0.0) ** 2
+    return np.where(finite, np.sqrt(cost), np.inf)
+
+
+def oracle_robust_accuracy(cfg: DataConfig, beta: float, taus, n: int = 4096, seed: int = 0) -> np.ndarray:
+    """The oracle pure network's exact l2 robust accuracy at each radius (noise 0): (n_tau,).
+
+    With `sign` magnitudes every example with the same number of helping features is the same
+    problem up to symmetry, so the value is a finite sum over the binomial law of that number:
+    exact. With `uniform` magnitudes the flip radius is exact per example (`oracle_flip_radius`)
+    on n examples drawn from `seed` (a Monte Carlo estimate of the population value, standard
+    error at most 0.5/sqrt(n)). Needs an orthonormal dictionary, Rademacher w* and exact-k
+    supports (the oracle's head is w*, its units M^T).
+    """
+    if not cfg.orthonormal or cfg.label != "rademacher" or cfg.sparsity != "exact_k":
+        raise ValueError(
+            "the oracle's exact robust accuracy needs an orthonormal dictionary, data.label='rademacher' and "
+            f"data.sparsity='exact_k', got {cfg.dictionary!r}, {cfg.label!r}, {cfg.sparsity!r}"
+        )
+    taus = np.atleast_1d(np.asarray(taus, np.float64))
+    k, b, off = cfg.k, float(beta) * cfg.min_magnitude, cfg.n_features - cfg.k
+    if cfg.magnitude == "sign":
+        # p helping features: the label is the majority sign, so p > k/2 (k is odd)
+        ps = np.arange((k + 1) // 2, k + 1)
+        weights = np.asarray([math.comb(k, int(p)) for p in ps], np.float64) * 2.0 / 2**k
+        helps = np.arange(k)[None, :] < ps[:, None]
+        radius = oracle_flip_radius(np.ones((len(ps), k)), helps, b, off)
+        return np.asarray([(weights * (radius > t)).sum() for t in taus])
+    rng = np.random.default_rng(seed)
+    z = rng.choice([-1.0, 1.0], (n, k)) * rng.uniform(1.0, 2.0, (n, k)) / math.sqrt(k)
+    w = rng.choice([-1.0, 1.0], (n, k))
+    y = np.sign((w * z).sum(-1))  # exact ties have probability 0
+    radius = oracle_flip_radius(z, (y[:, None] * w * z) > 0, b, off)
+    return np.asarray([(radius > t).mean() for t in taus])
+
+
 __all__ = [
     "linear_logits",
     "linear_margin",
     "linear_robust_accuracy",
     "linear_robust_accuracy_empirical",
+    "oracle_flip_radius",
     "oracle_logits",
     "oracle_params",
+    "oracle_robust_accuracy",
     "window",
 ]
