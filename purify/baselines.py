@@ -9,6 +9,9 @@ seeds by the caller.
 - polynomial of degree <= p (random-features approximation): f(x) = sum_{q=1..p} sum_j a_qj
   (<r_j, x>/s)^q with r_j ~ N(0, I/d) fixed and s the typical size of <r_j, x>; the q = 1 term
   keeps odd functions (the labels are odd in x) within reach of even p.
+- quadratic (exact degree <= 2): f(x) = x^T A x + <v, x> + c, every polynomial of degree <= 2
+  in x (1 + d + d(d + 1)/2 dimensions: 2145 at d = 64; A's antisymmetric part is inert), with
+  no random-feature approximation.
 - NTK: f_lin(x; theta) = f(x; theta0) + <grad_theta f(x; theta0), theta - theta0> for the
   two-layer network of the config at a standard-scale init (|w_i| ~ 1: the NTK regime), theta
   its first layer.
@@ -45,6 +48,30 @@ def polynomial(cfg: Config, key: jax.Array, degree: int, n_features: int | None 
 
     params = {"a": jnp.zeros((degree * m,)), "c": jnp.zeros(())}
     return params, lambda p, x: features(x) @ p["a"] + p["c"]
+
+
+def quadratic(cfg: Config, key: jax.Array):
+    """The exact degree <= 2 model f(x) = x^T A x / s + <v, x> + c (key unused: nothing random).
+
+    s = the typical |x|^2 (1.5^2 for uniform magnitudes) keeps the quadratic term of order 1 at
+    init scale, as the random-features polynomial's scale does.
+
+    Returns:
+      (params, logits): params {'A': (d, d), 'v': (d,), 'c': ()}, all zero; logits(params, x (n, d)) -> (n,).
+
+    Example:
+      >>> params, f = quadratic(cfg, jax.random.key(0))
+      >>> f({**params, "c": jnp.ones(())}, jnp.ones((2, cfg.data.d)))
+      Array([1., 1.], dtype=float32)
+    """
+    d = cfg.data.d
+    params = {"A": jnp.zeros((d, d)), "v": jnp.zeros((d,)), "c": jnp.zeros(())}
+    scale = 1.5**2
+
+    def logits(p, x):
+        return jnp.einsum("ni,ij,nj->n", x, p["A"], x) / scale + x @ p["v"] + p["c"]
+
+    return params, logits
 
 
 def ntk(cfg: Config, key: jax.Array, beta: float):

@@ -219,7 +219,39 @@ def oracle_robust_accuracy(cfg: DataConfig, beta: float, taus, n: int = 4096, se
     return np.asarray([(radius > t).mean() for t in taus])
 
 
+def exact_robust_accuracies(cfg: DataConfig, beta: float, taus, n: int = 16384) -> dict[str, list[float]]:
+    """The two exact landmarks at each radius, as a record holds them: 'oracle_robust_exact'
+    (`oracle_robust_accuracy`; exact with `sign` magnitudes, a Monte Carlo estimate of exact
+    per-example radii with `uniform` ones) and 'linear_robust_exact' (`linear_robust_accuracy`)."""
+    taus = [float(t) for t in np.atleast_1d(taus)]
+    return {
+        "oracle_robust_exact": oracle_robust_accuracy(cfg, beta, taus, n=n).tolist(),
+        "linear_robust_exact": [linear_robust_accuracy(cfg, t) for t in taus],
+    }
+
+
+def headroom(cfg: DataConfig, beta: float) -> tuple[float, float]:
+    """With `sign` magnitudes (k odd): the radii (lo, hi) between which the linear classifier has
+    lost every example of margin |<w*, z>| = 1 while the oracle still holds every example: lo =
+    1/sqrt(d), hi = the oracle's smallest flip radius ((1 - beta)/sqrt(k) for beta > 1/(k + 1)).
+    The window exists where lo < hi; inside it the linear classifier's robust accuracy is
+    1 - 2 C(k, (k+1)/2) / 2^k and the oracle's is 1."""
+    if cfg.magnitude != "sign" or cfg.sparsity != "exact_k" or not cfg.orthonormal or cfg.label != "rademacher":
+        raise ValueError(
+            "headroom is exact for data.magnitude='sign', exact_k sparsity, an orthonormal dictionary and "
+            f"Rademacher w*; got {cfg.magnitude!r}, {cfg.sparsity!r}, {cfg.dictionary!r}, {cfg.label!r}"
+        )
+    k = cfg.k
+    ps = np.arange((k + 1) // 2, k + 1)
+    radius = oracle_flip_radius(
+        np.ones((len(ps), k)), np.arange(k)[None, :] < ps[:, None], float(beta), cfg.n_features - k
+    )
+    return 1.0 / math.sqrt(cfg.d), float(radius.min())
+
+
 __all__ = [
+    "exact_robust_accuracies",
+    "headroom",
     "linear_logits",
     "linear_margin",
     "linear_robust_accuracy",

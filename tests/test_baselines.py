@@ -3,6 +3,7 @@ import pytest
 """Low-complexity baselines: the NTK model's attack against its closed form, a known polynomial fit."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -62,6 +63,42 @@ def test_polynomial_baseline_fits_xor_labels_that_a_linear_model_cannot():
     acc_lin = fit(*baselines.linear(cfg, jax.random.key(1)))
     assert acc_poly > 0.9, acc_poly
     assert acc_lin < 0.6, acc_lin
+
+
+def test_the_quadratic_model_spans_exactly_the_polynomials_of_degree_two():
+    """Its logits are linear in its parameters; their Jacobian over many inputs has rank
+    1 + d + d(d + 1)/2 (the monomials of degree <= 2), and it fits a random quadratic exactly."""
+    d = 6
+    cfg = tiny(**{"data.d": d, "data.k": 2})
+    params, f = baselines.quadratic(cfg, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (400, d))
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    J = np.asarray(jax.jacobian(lambda theta: f(unravel(theta), x))(flat), np.float64)
+    assert np.linalg.matrix_rank(J, tol=1e-6 * np.abs(J).max()) == 1 + d + d * (d + 1) // 2
+    B = np.asarray(jax.random.normal(jax.random.key(2), (d, d)))
+    target = np.einsum("ni,ij,nj->n", np.asarray(x), B, np.asarray(x)) + np.asarray(x) @ np.arange(d) - 1.0
+    coef, *_ = np.linalg.lstsq(J, target, rcond=None)
+    np.testing.assert_allclose(J @ coef, target, atol=1e-6 * np.abs(target).max())
+    # the random-features polynomial of degree 2 spans at most 2 m directions, not all of them
+    _, g = baselines.polynomial(cfg, jax.random.key(0), degree=2, n_features=4)
+    p0, _ = baselines.polynomial(cfg, jax.random.key(0), degree=2, n_features=4)
+    flat_p, unravel_p = jax.flatten_util.ravel_pytree(p0)
+    Jp = np.asarray(jax.jacobian(lambda theta: g(unravel_p(theta), x))(flat_p), np.float64)
+    assert np.linalg.matrix_rank(Jp) <= 2 * 4 + 1 < 1 + d + d * (d + 1) // 2
+
+
+def test_the_quadratic_model_fits_xor_labels():
+    cfg = tiny(**{"data.d": 8, "data.k": 2})
+    x = jax.random.normal(jax.random.key(0), (4096, 8))
+    y = jnp.sign(x[:, 0] * x[:, 1])
+    params, logits = baselines.quadratic(cfg, jax.random.key(1))
+    opt = optax.adam(0.05)
+    state = opt.init(params)
+    step = jax.jit(lambda p, s: opt.update(jax.grad(lambda p: jax.nn.softplus(-y * logits(p, x)).mean())(p), s, p))
+    for _ in range(300):
+        u, state = step(params, state)
+        params = optax.apply_updates(params, u)
+    assert float((jnp.sign(logits(params, x)) == y).mean()) > 0.95
 
 
 def test_baseline_training_runs_the_schedule():

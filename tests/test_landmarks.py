@@ -101,6 +101,19 @@ def test_with_sign_magnitudes_the_oracle_holds_up_to_one_minus_beta_over_sqrt_k(
     assert above == pytest.approx(1 - 2 * math.comb(k, (k + 1) // 2) / 2**k, abs=1e-12)
 
 
+def test_headroom_is_the_window_between_the_linear_and_the_oracle_edges():
+    cfg = DataConfig(d=64, k=5, magnitude="sign")
+    lo, hi = landmarks.headroom(cfg, 0.6)
+    assert lo == pytest.approx(1 / 8) and hi == pytest.approx(0.4 / math.sqrt(5))
+    inside = [lo * 1.001, hi * 0.999]
+    exact = landmarks.exact_robust_accuracies(cfg, 0.6, inside)
+    assert exact["oracle_robust_exact"] == [1.0, 1.0]
+    assert exact["linear_robust_exact"] == pytest.approx([1 - 20 / 32] * 2)
+    assert landmarks.linear_robust_accuracy(cfg, lo * 0.999) == 1.0  # below lo the linear classifier holds too
+    with pytest.raises(ValueError, match="sign"):
+        landmarks.headroom(DataConfig(d=64, k=4), 0.6)
+
+
 def test_uniform_magnitudes_agree_with_the_per_example_radius_of_sign_values():
     """The Monte Carlo path and the exact sum agree where both apply (sign values as an input)."""
     rng = np.random.default_rng(2)
