@@ -142,7 +142,12 @@ def oracle_flip_radius(values, helps, b: float, off_support: int) -> np.ndarray:
       array([0.28867513])
     """
     values, helps = np.abs(np.asarray(values, np.float64)), np.asarray(helps, bool)
-    c = values - b  # each unit's contribution |z_j| - b (> 0 when beta z_min < |z_j|)
+    if values.size and values.min() <= b:
+        raise ValueError(
+            f"b={b!r} is not allowed: must be below every active |z_j| (smallest {values.min():.6g}); "
+            "a unit silent on its own feature is not the oracle (beta must be < 1)"
+        )
+    c = values - b  # each unit's contribution |z_j| - b > 0
     out = np.empty(len(values))
     for i, (ci, hi) in enumerate(zip(c, helps)):
         m = ci[hi].sum() - ci[~hi].sum()

@@ -127,6 +127,13 @@ def test_uniform_magnitudes_agree_with_the_per_example_radius_of_sign_values():
         assert (r > t).mean() == pytest.approx(landmarks.oracle_robust_accuracy(cfg, b, [t])[0], abs=0.03)
 
 
+def test_a_threshold_at_or_above_a_feature_is_refused():
+    with pytest.raises(ValueError, match="b=1.0"):
+        landmarks.oracle_flip_radius(np.ones((1, 3)), np.ones((1, 3), bool), 1.0, 5)
+    with pytest.raises(ValueError, match="beta must be < 1"):
+        landmarks.oracle_robust_accuracy(DataConfig(d=16, k=3, magnitude="sign"), 1.0, [0.1])
+
+
 def test_the_oracle_needs_an_orthonormal_dictionary_and_rademacher_labels():
     with pytest.raises(ValueError, match="orthonormal"):
         landmarks.oracle_robust_accuracy(DataConfig(dictionary="sphere", features=128), 0.6, [0.1])
