@@ -239,8 +239,8 @@ def headroom(cfg: DataConfig, beta: float) -> tuple[float, float]:
     """With `sign` magnitudes (k odd): the radii (lo, hi) between which the linear classifier has
     lost every example of margin |<w*, z>| = 1 while the oracle still holds every example: lo =
     1/sqrt(d), hi = the oracle's smallest flip radius ((1 - beta)/sqrt(k) for beta > 1/(k + 1)).
-    The window exists where lo < hi; inside it the linear classifier's robust accuracy is
-    1 - 2 C(k, (k+1)/2) / 2^k and the oracle's is 1."""
+    The window exists where lo < hi; inside it the oracle's robust accuracy is 1 and the linear
+    classifier's at most 1 - 2 C(k, (k+1)/2) / 2^k (its value from lo to 3/sqrt(d))."""
     if cfg.magnitude != "sign" or cfg.sparsity != "exact_k" or not cfg.orthonormal or cfg.label != "rademacher":
         raise ValueError(
             "headroom is exact for data.magnitude='sign', exact_k sparsity, an orthonormal dictionary and "
