@@ -210,11 +210,7 @@ def oracle_robust_accuracy(cfg: DataConfig, beta: float, taus, n: int = 4096, se
     taus = np.atleast_1d(np.asarray(taus, np.float64))
     k, b, off = cfg.k, float(beta) * cfg.min_magnitude, cfg.n_features - cfg.k
     if cfg.magnitude == "sign":
-        # p helping features: the label is the majority sign, so p > k/2 (k is odd)
-        ps = np.arange((k + 1) // 2, k + 1)
-        weights = np.asarray([math.comb(k, int(p)) for p in ps], np.float64) * 2.0 / 2**k
-        helps = np.arange(k)[None, :] < ps[:, None]
-        radius = oracle_flip_radius(np.ones((len(ps), k)), helps, b, off)
+        weights, radius = _sign_cases(k, b, off)
         return np.asarray([(weights * (radius > t)).sum() for t in taus])
     rng = np.random.default_rng(seed)
     z = rng.choice([-1.0, 1.0], (n, k)) * rng.uniform(1.0, 2.0, (n, k)) / math.sqrt(k)
@@ -222,6 +218,15 @@ def oracle_robust_accuracy(cfg: DataConfig, beta: float, taus, n: int = 4096, se
     y = np.sign((w * z).sum(-1))  # exact ties have probability 0
     radius = oracle_flip_radius(z, (y[:, None] * w * z) > 0, b, off)
     return np.asarray([(radius > t).mean() for t in taus])
+
+
+def _sign_cases(k: int, b: float, off_support: int) -> tuple[np.ndarray, np.ndarray]:
+    """With `sign` magnitudes an example is, up to symmetry, its number p of helping features
+    (p > k/2: the label is the majority sign, k odd): each p's probability and flip radius."""
+    ps = np.arange((k + 1) // 2, k + 1)
+    weights = np.asarray([math.comb(k, int(p)) for p in ps], np.float64) * 2.0 / 2**k
+    helps = np.arange(k)[None, :] < ps[:, None]
+    return weights, oracle_flip_radius(np.ones((len(ps), k)), helps, b, off_support)
 
 
 def exact_robust_accuracies(cfg: DataConfig, beta: float, taus, n: int = 16384) -> dict[str, list[float]]:
@@ -246,11 +251,7 @@ def headroom(cfg: DataConfig, beta: float) -> tuple[float, float]:
             "headroom is exact for data.magnitude='sign', exact_k sparsity, an orthonormal dictionary and "
             f"Rademacher w*; got {cfg.magnitude!r}, {cfg.sparsity!r}, {cfg.dictionary!r}, {cfg.label!r}"
         )
-    k = cfg.k
-    ps = np.arange((k + 1) // 2, k + 1)
-    radius = oracle_flip_radius(
-        np.ones((len(ps), k)), np.arange(k)[None, :] < ps[:, None], float(beta), cfg.n_features - k
-    )
+    _, radius = _sign_cases(cfg.k, float(beta), cfg.n_features - cfg.k)
     return 1.0 / math.sqrt(cfg.d), float(radius.min())
 
 
