@@ -38,8 +38,12 @@ import numpy as np
 from . import stats
 
 # The development seeds: every committed exploratory record uses seeds below 1000, and so does
-# every test. The confirmatory block starts far above them; --confirm uses its first n seeds.
+# every test. The confirmatory blocks start far above them, one block per confirmation round:
+# round r draws --confirm's n seeds from CONFIRMATORY_START + r * ROUND_STRIDE on. A claim
+# declared or changed after an experiment's round-r seeds were seen is confirmed on round r + 1
+# (the experiment's `confirmation_round`), never again on seeds whose results shaped it.
 CONFIRMATORY_START = 1_000_000
+ROUND_STRIDE = 1_000_000
 DEVELOPMENT_SEEDS_BELOW = 1000
 
 # Every claim declared so far was written, with its threshold and smallest effect, after the
@@ -304,23 +308,44 @@ def decide(
     return out
 
 
-def confirmatory_seeds(n: int) -> list[int]:
-    """The first n seeds of the confirmatory block."""
-    return list(range(CONFIRMATORY_START, CONFIRMATORY_START + int(n)))
+def confirmatory_seeds(n: int, round: int = 0) -> list[int]:
+    """The first n seeds of confirmation round `round`'s block.
+
+    >>> confirmatory_seeds(2), confirmatory_seeds(2, round=1)
+    ([1000000, 1000001], [2000000, 2000001])
+    """
+    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        raise ValueError(f"round={round!r} is not allowed: must be an integer >= 0")
+    if n > ROUND_STRIDE:
+        raise ValueError(f"n={n!r} is not allowed: a round holds at most {ROUND_STRIDE} seeds")
+    start = CONFIRMATORY_START + round * ROUND_STRIDE
+    return list(range(start, start + int(n)))
 
 
-def confirmation_status(claims: Sequence[Claim], record: dict | None) -> dict[str, str]:
-    """Per claim id: 'confirmed' (a confirmatory verdict under this declaration), 'changed since
-    confirmation' (post hoc: its hash differs from the confirmatory one), or 'exploratory only'."""
-    conf = {}
+def seeds_round(seeds: Sequence[int]) -> int | None:
+    """The confirmation round whose block holds every one of `seeds`; None for development
+    seeds or seeds from several blocks."""
+    rounds = {(int(s) - CONFIRMATORY_START) // ROUND_STRIDE if s >= CONFIRMATORY_START else None for s in seeds}
+    return rounds.pop() if len(rounds) == 1 else None
+
+
+def confirmation_status(claims: Sequence[Claim], record: dict | None, round: int = 0) -> dict[str, str]:
+    """Per claim id: 'confirmed' (a confirmatory verdict under this declaration, on the seeds of
+    confirmation round `round`), 'confirmed on round r, awaiting round `round`' (its declaration
+    is unchanged but the experiment moved to a fresh block), 'changed since confirmation' (post
+    hoc: its hash differs from the confirmatory one), or 'exploratory only'."""
+    conf, seen = {}, 0
     if record and record.get("phase") == "confirmatory":
         conf = {v["claim_id"]: v["claim_hash"] for v in record.get("verdicts", []) if "claim_id" in v}
+        seen = seeds_round(record.get("seeds", []))
     out = {}
     for c in claims:
         if c.id not in conf:
             out[c.id] = "exploratory only"
-        elif conf[c.id] == c.digest():
-            out[c.id] = "confirmed"
-        else:
+        elif conf[c.id] != c.digest():
             out[c.id] = "changed since confirmation"
+        elif seen != round:
+            out[c.id] = f"confirmed on round {seen}, awaiting round {round}"
+        else:
+            out[c.id] = "confirmed"
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import provenance
 from .benchmarks import CONFIGS, format_scaling, format_table, plot_scaling, run_bench, run_scaling
-from .claims import confirmation_status
+from .claims import confirmation_status, confirmatory_seeds, seeds_round
 from .config import Config, ConfigError, parse_value
 from .execute import SliceFinished, raise_on_sigterm
 from .files import NO_SPACE, atomic_write_json
@@ -382,7 +382,9 @@ def verdicts_table(records_dir: Path) -> str:
             text += f" ({why_invalid(v['invalid_reason'])})"
         if v.get("claim_id") in current and v.get("claim_hash") != current[v["claim_id"]]:
             return text + " (declared differently since: post hoc)"
-        return text + (" (post hoc)" if v.get("post_hoc") and v.get("phase") == "confirmatory" else "")
+        if v.get("phase") == "confirmatory":
+            text += (f" (round {v['round']})" if v["round"] else "") + (" (post hoc)" if v.get("post_hoc") else "")
+        return text
 
     def number(v):
         if v is None or v.get("exact") or not all(map(math.isfinite, [v["mean"], *v["ci95"]])):
@@ -390,7 +392,7 @@ def verdicts_table(records_dir: Path) -> str:
         return f"{v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
 
     header = (
-        "| experiment | claim | exploratory (seeds 0..S−1, post hoc) | confirmatory (seeds 1000000..) | "
+        "| experiment | claim | exploratory (seeds 0..S−1, post hoc) | confirmatory (fresh seeds; round 0 unless named) | "
         "confirmatory mean [95% CI] | exploratory mean [95% CI] |"
     )
     lines = [
@@ -410,7 +412,7 @@ def verdicts_table(records_dir: Path) -> str:
         confirmatory = record["verdicts"] if record.get("phase") == "confirmatory" else []
         exploratory = (record.get("exploratory") or {}).get("verdicts", []) if confirmatory else record["verdicts"]
         for v in confirmatory:
-            v["phase"] = "confirmatory"
+            v["phase"], v["round"] = "confirmatory", seeds_round(record["seeds"])
         rows = max(len(confirmatory), len(exploratory))
         for i in range(rows):
             c = confirmatory[i] if i < len(confirmatory) else None
@@ -442,8 +444,12 @@ def cmd_claims(args) -> int:
     for exp in exps:
         path = RECORDS / f"{exp.id}.json"
         record = read_record(path) if path.exists() else None
-        status = confirmation_status(exp.claims, record)
-        print(f"{exp.id} [{exp.claim}]: {len(exp.claims)} claim(s)")
+        status = confirmation_status(exp.claims, record, exp.confirmation_round)
+        first = confirmatory_seeds(1, exp.confirmation_round)[0]
+        print(
+            f"{exp.id} [{exp.claim}]: {len(exp.claims)} claim(s); --confirm draws confirmation round "
+            f"{exp.confirmation_round} (seeds {first}..)"
+        )
         for c in exp.claims:
             edge = c.threshold + (c.min_effect if c.direction == ">" else -c.min_effect)
             rule = (
@@ -521,8 +527,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, seeds: bool = True, runs: bo
         p.add_argument(
             "--confirm",
             action="store_true",
-            help="run on the confirmatory seeds (1000000 on), which no development run touched, with the claims "
-            "frozen as declared; the record keeps the exploratory verdicts beside the confirmatory ones",
+            help="run on the confirmatory seeds of the experiment's confirmation round (round 0: 1000000 on, round 1: "
+            "2000000 on, ...), which no development run touched, with the claims frozen as declared; the record "
+            "keeps the exploratory verdicts beside the confirmatory ones",
         )
 
 

@@ -174,6 +174,9 @@ class Experiment:
     # What the experiment asserts, declared as data (`purify.claims`): `run` returns a
     # "statistics" list of `claims.statistic(...)` instances and the runner decides them.
     claims: tuple[Claim, ...] = ()
+    # The block of fresh seeds `--confirm` draws (`purify.claims.confirmatory_seeds`): raised by
+    # one whenever a claim is declared or changed after this round's seeds were seen.
+    confirmation_round: int = 0
 
     def find_claim(self, claim_id: str) -> Claim:
         for c in self.claims:

@@ -39,8 +39,8 @@ def run_experiment(
 ) -> dict:
     """Run one experiment and write <out>/<id>.json and <out>/<id>.png. Returns the JSON dict.
 
-    confirm: run on the confirmatory seeds (`purify.claims.CONFIRMATORY_START` on), which no
-    development run touched, with the claims as declared now; the record's verdicts are then
+    confirm: run on the confirmatory seeds of the experiment's `confirmation_round`
+    (`purify.claims.confirmatory_seeds`), which no development run touched, with the claims as declared now; the record's verdicts are then
     the confirmatory ones, and the exploratory verdicts of the record it replaces (same preset,
     seed count and overrides) are kept beside them under "exploratory".
 
@@ -61,7 +61,7 @@ def run_experiment(
             f"seeds={seeds!r} is not allowed: must be an integer >= 2 (bands and intervals need several seeds)"
         )
     seeds = int(seeds)
-    seed_ids = confirmatory_seeds(seeds) if confirm else list(range(seeds))
+    seed_ids = confirmatory_seeds(seeds, exp.confirmation_round) if confirm else list(range(seeds))
     if out is None:
         out, note = output_folder(
             exp_id,

@@ -115,7 +115,7 @@ def test_a_claim_changed_after_confirmation_is_post_hoc():
     moved = dataclasses.replace(GAIN, min_effect=0.01)
     (w,) = decide((moved,), stat, n_eval=1024, phase="confirmatory", frozen={"gain": GAIN.digest()})
     assert w["post_hoc"] and GAIN.digest() in w["post_hoc_reason"] and moved.digest() in w["post_hoc_reason"]
-    record = {"phase": "confirmatory", "verdicts": [v]}
+    record = {"phase": "confirmatory", "seeds": claims.confirmatory_seeds(4), "verdicts": [v]}
     assert confirmation_status((GAIN,), record) == {"gain": "confirmed"}
     assert confirmation_status((moved,), record) == {"gain": "changed since confirmation"}
     assert confirmation_status((GAIN,), {"phase": "exploratory", "verdicts": [v]}) == {"gain": "exploratory only"}
@@ -145,19 +145,56 @@ def test_families_are_adjusted_separately():
     assert [v["family"] for v in out] == ["one", "two"] and all(v["family_size"] == 1 for v in out)
 
 
-def test_the_confirmatory_block_is_disjoint_from_every_development_seed():
+def test_the_confirmatory_blocks_are_disjoint_from_each_other_and_every_development_seed():
     assert claims.confirmatory_seeds(3) == [CONFIRMATORY_START, CONFIRMATORY_START + 1, CONFIRMATORY_START + 2]
     assert CONFIRMATORY_START >= DEVELOPMENT_SEEDS_BELOW
+    big = claims.ROUND_STRIDE
+    assert claims.confirmatory_seeds(big)[-1] < claims.confirmatory_seeds(1, round=1)[0]
+    assert claims.seeds_round(claims.confirmatory_seeds(5, round=2)) == 2 and claims.seeds_round([0, 1]) is None
+    assert claims.seeds_round([CONFIRMATORY_START, CONFIRMATORY_START + big]) is None  # two blocks: no round
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="round="):
+            claims.confirmatory_seeds(2, round=bad)
+    with pytest.raises(ValueError, match="at most"):
+        claims.confirmatory_seeds(big + 1)
     from pathlib import Path
 
     for path in sorted(Path("figures").glob("*.json")):
         record = json.loads(path.read_text())
         seeds = record.get("seeds") or []
         if record.get("phase") == "confirmatory":
-            assert min(seeds) >= CONFIRMATORY_START, path
+            assert claims.seeds_round(seeds) is not None, path
             assert max(record["exploratory"]["seeds"]) < DEVELOPMENT_SEEDS_BELOW, path
         else:
             assert all(s < DEVELOPMENT_SEEDS_BELOW for s in seeds), path
+
+
+def test_no_claim_changed_after_its_rounds_seeds_were_seen():
+    """A committed confirmatory record on an experiment's current round was decided under the
+    claims declared now, every one of them: a claim declared or changed since must move the
+    experiment to the next round (fresh seeds), not be re-decided on seeds that shaped it."""
+    from pathlib import Path
+
+    from purify.registry import all_experiments
+
+    for exp_id, exp in all_experiments().items():
+        path = Path("figures") / f"{exp_id}.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("phase") != "confirmatory":
+            continue
+        seen = claims.seeds_round(record["seeds"])
+        assert exp.confirmation_round >= seen, exp_id
+        if exp.confirmation_round == seen:
+            declared = {c.id: c.digest() for c in exp.claims}
+            assert {k: c["hash"] for k, c in record["claims"].items()} == declared, exp_id
+
+
+def test_confirmation_status_names_the_round():
+    stat = [statistic("gain", VALUES, gates={"trained": ALL}, tau=0.25)]
+    (v,) = decide((GAIN,), stat, n_eval=1024, phase="confirmatory")
+    record = {"phase": "confirmatory", "seeds": claims.confirmatory_seeds(4), "verdicts": [v]}
+    assert confirmation_status((GAIN,), record, round=0) == {"gain": "confirmed"}
+    assert confirmation_status((GAIN,), record, round=1) == {"gain": "confirmed on round 0, awaiting round 1"}
 
 
 # -- provenance: the dirty flag ------------------------------------------------------------------

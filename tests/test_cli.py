@@ -342,6 +342,13 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     flags = {v["claim_id"]: v["post_hoc"] for v in again["verdicts"]}
     assert flags == {"fgm-beats-clean": True, "clean-beats-linear": False, "attacks-exact-on-linear": False}
     assert again["exploratory"]["seeds"] == [0, 1]  # still the exploratory verdicts, carried forward
+    # the honest way to change a claim: the next confirmation round, a fresh block, nothing post hoc
+    nxt = dataclasses.replace(module.EXPERIMENT, claims=moved, confirmation_round=1)
+    monkeypatch.setattr(module, "EXPERIMENT", nxt)
+    assert main([*args, "--confirm"]) == 0
+    fresh = json.loads((tmp_path / "fp-robustness.json").read_text())
+    assert fresh["seeds"] == [2 * CONFIRMATORY_START, 2 * CONFIRMATORY_START + 1]
+    assert all(not v["post_hoc"] for v in fresh["verdicts"]) and fresh["curves"] != record["curves"]
 
 
 @pytest.mark.parametrize("bad", ["fast", "0"])
