@@ -71,7 +71,11 @@ GATES = {
     "TRAINED_DRIFT over the last fifth of training (from the last log step at or before 80% of the steps); a "
     "contrastive run, which has no labels, has settled when its held-out objective moved over that stretch by at "
     "most TRAINED_LOSS_SHARE of its whole change over training",
+    "robust settled": "every run entering the statistic has settled in robustness too: its robust accuracy at the "
+    "sweep's evaluation radius (eval.taus[0]) moved by at most ROBUST_DRIFT over the last fifth of training, so "
+    "a claim about how robust training makes a network does not read a network still on its way",
 }
+ROBUST_DRIFT = 0.03  # three points: above an attack's log-to-log jitter on a fixed batch, below a claim's ten
 TRAINED_DRIFT = 0.02  # two accuracy points over the last fifth of training: the accuracy has settled
 TRAINED_LOSS_SHARE = 0.1  # the last fifth moved the objective a tenth as much as the whole of training did
 ATTACK_TOLERANCE = 0.01  # the attack gap allowed for a claim whose smallest effect is 0 (attack-audit's rule)

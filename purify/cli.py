@@ -365,9 +365,14 @@ def verdicts_table(records_dir: Path) -> str:
     or the exploratory ones alone where no confirmation has run."""
 
     def why_invalid(reason: str) -> str:
-        gates = [g for g in ("attack converged", "trained") if f"gate '{g}' failed" in reason]
+        names = {
+            "attack converged": "attack gate",
+            "trained": "not settled",
+            "robust settled": "robustness not settled",
+        }
+        gates = [g for g in names if f"gate '{g}' failed" in reason]
         if gates:
-            return ", ".join({"attack converged": "attack gate", "trained": "not settled"}[g] for g in gates)
+            return ", ".join(names[g] for g in gates)
         if "a verdict needs" in reason:
             return "< 4 usable seeds"
         return "runs dropped" if "dropped" in reason else reason[:40]

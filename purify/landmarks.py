@@ -251,6 +251,8 @@ def headroom(cfg: DataConfig, beta: float) -> tuple[float, float]:
             "headroom is exact for data.magnitude='sign', exact_k sparsity, an orthonormal dictionary and "
             f"Rademacher w*; got {cfg.magnitude!r}, {cfg.sparsity!r}, {cfg.dictionary!r}, {cfg.label!r}"
         )
+    if cfg.k % 2 == 0:
+        raise ValueError(f"k={cfg.k} is even: with sign magnitudes a share C(k, k/2)/2^k of the examples has margin 0")
     _, radius = _sign_cases(cfg.k, float(beta), cfg.n_features - cfg.k)
     return 1.0 / math.sqrt(cfg.d), float(radius.min())
 

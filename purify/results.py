@@ -91,6 +91,33 @@ class Results:
         """Runs that never enter a verdict: failed (non-finite or diverged) or at chance."""
         return self.failed() | self.at_chance()
 
+    def _tail_motion(self, metric: str, tail: float):
+        """(moved, whole) per (hparam, seed): how far `metric` (averaged over its other axes)
+        moved over the last `tail` of training (max minus min) and over all of it; None where
+        the log has no such stretch."""
+        steps = np.asarray(self.steps, float)
+        before = np.flatnonzero(steps <= steps[0] + (1 - tail) * (steps[-1] - steps[0]))
+        if len(steps) < 2 or not len(before) or before[-1] == len(steps) - 1:
+            return None
+        dims = list(self.dims[metric])
+        a = np.moveaxis(np.asarray(self[metric], float), dims.index("time"), -1)
+        dims.remove("time")
+        rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
+        window = a[..., before[-1] :]
+        moved, whole = window.max(-1) - window.min(-1), np.abs(a[..., -1] - a[..., 0])
+        return (moved.mean(axis=rest), whole.mean(axis=rest)) if rest else (moved, whole)
+
+    def settled(self, metric: str, drift: float, tail: float = 0.2) -> np.ndarray:
+        """Boolean mask over (hparam, seed): runs whose traced `metric` (e.g. 'robust_acc',
+        averaged over its other axes) moved by at most `drift` (max minus min) over the last
+        `tail` of training, the stretch `trained` reads."""
+        if metric not in self.arrays:
+            raise ValueError(f"metric={metric!r} is not allowed: not traced; traced: {sorted(self.arrays)}")
+        motion = self._tail_motion(metric, tail)
+        if motion is None:
+            return np.zeros(self["failed_step"].shape, bool)
+        return np.isfinite(motion[0]) & (motion[0] <= drift)
+
     def trained(self, drift: float | None = None, tail: float = 0.2) -> np.ndarray:
         """Boolean mask over (hparam, seed): runs whose training had settled over the last `tail`
         of training (from the last log step at or before step (1 - tail) x steps to the end).
@@ -103,28 +130,13 @@ class Results:
         logged only at its end, or with neither trace, is not shown to have settled."""
 
         drift = TRAINED_DRIFT if drift is None else drift
-        shape = self["failed_step"].shape
-        steps = np.asarray(self.steps, float)
-        before = np.flatnonzero(steps <= steps[0] + (1 - tail) * (steps[-1] - steps[0]))
-        if len(steps) < 2 or not len(before) or before[-1] == len(steps) - 1:
-            return np.zeros(shape, bool)
-
-        def tail_of(name):
-            dims = list(self.dims[name])
-            a = np.moveaxis(np.asarray(self[name], float), dims.index("time"), -1)
-            dims.remove("time")
-            rest = tuple(i for i, d in enumerate(dims) if d not in ("hparam", "seed"))
-            window = a[..., before[-1] :]
-            moved, whole = window.max(-1) - window.min(-1), np.abs(a[..., -1] - a[..., 0])
-            return (moved.mean(axis=rest), whole.mean(axis=rest)) if rest else (moved, whole)
-
         if "clean_acc" in self.arrays and np.isfinite(np.asarray(self["clean_acc"], float)).any():
-            moved, _ = tail_of("clean_acc")
-            return moved <= drift
-        if "loss" in self.arrays:
-            moved, whole = tail_of("loss")
-            return moved <= TRAINED_LOSS_SHARE * whole
-        return np.zeros(shape, bool)
+            return self.settled("clean_acc", drift, tail)
+        motion = self._tail_motion("loss", tail) if "loss" in self.arrays else None
+        if motion is None:
+            return np.zeros(self["failed_step"].shape, bool)
+        moved, whole = motion
+        return moved <= TRAINED_LOSS_SHARE * whole
 
     # -- selection and reduction --------------------------------------------------------------
     def _take(self, dim: str, index, drop: bool) -> Results:

@@ -277,6 +277,32 @@ def test_results_trained_measures_the_drift_over_the_last_fifth_of_training():
     assert ended_only.trained().tolist() == [[False, False, False]]
 
 
+def test_results_settled_reads_a_traced_metric_over_its_other_axes():
+    """The 'robust settled' gate: robust accuracy (hparam, seed, time, radius), averaged over
+    radii, moved at most the drift over the last fifth (log steps 700 and 1000 here)."""
+    from purify import Results
+    from purify.claims import GATES, ROBUST_DRIFT
+
+    assert "robust settled" in GATES and ROBUST_DRIFT == 0.03
+    steps = np.array([0, 10, 100, 700, 1000])
+    robust = np.zeros((1, 2, 5, 2))
+    robust[0, 0, :, 0] = [0.1, 0.5, 0.8, 0.90, 0.92]  # radius 0: +0.02
+    robust[0, 0, :, 1] = [0.1, 0.3, 0.5, 0.60, 0.63]  # radius 1: +0.03; mean +0.025: settled
+    robust[0, 1, :, 0] = [0.1, 0.5, 0.8, 0.85, 0.92]  # +0.07
+    robust[0, 1, :, 1] = [0.1, 0.3, 0.5, 0.60, 0.60]  # 0; mean +0.035: still rising
+    res = Results(
+        {"robust_acc": robust, "failed_step": np.full((1, 2), -1)},
+        {"robust_acc": ("hparam", "seed", "time", "radius"), "failed_step": ("hparam", "seed")},
+        {"hparam": np.arange(1), "seed": np.arange(2), "time": steps},
+        {},
+        {},
+    )
+    assert res.settled("robust_acc", ROBUST_DRIFT).tolist() == [[True, False]]
+    assert res.settled("robust_acc", 0.04).tolist() == [[True, True]]
+    with pytest.raises(ValueError, match="metric='purity' is not allowed: not traced"):
+        res.settled("purity", 0.1)
+
+
 def test_results_trained_reads_the_objective_of_a_contrastive_run():
     """No labels (clean accuracy NaN): a run has settled when its held-out objective moved over
     the last fifth by at most a tenth of its whole change; with neither trace, no run has."""

@@ -316,8 +316,9 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     import dataclasses
 
     import purify.experiments.fp_robustness as module
-    from purify.claims import CONFIRMATORY_START
+    from purify.claims import confirmatory_seeds
 
+    now = module.EXPERIMENT.confirmation_round
     args = ["run", "fp-robustness", "--seeds", "2", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), *TEST]
     args += ["--set", "exp.n_taus=3"]
     assert main(args) == 0
@@ -327,11 +328,12 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     assert main([*args, "--confirm"]) == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "fp-robustness.json").read_text())
-    assert record["phase"] == "confirmatory" and record["seeds"] == [CONFIRMATORY_START, CONFIRMATORY_START + 1]
+    assert record["phase"] == "confirmatory" and record["seeds"] == confirmatory_seeds(2, now)
     assert not set(record["seeds"]) & set(explored["seeds"])
     assert record["exploratory"]["seeds"] == [0, 1] and record["exploratory"]["verdicts"] == explored["verdicts"]
     assert all(not v["post_hoc"] for v in record["verdicts"])  # declared before these seeds were drawn
-    assert "confirmatory verdicts (seeds 1000000..1000001)" in out and "exploratory verdicts kept beside" in out
+    first = confirmatory_seeds(2, now)
+    assert f"confirmatory verdicts (seeds {first[0]}..{first[1]})" in out and "exploratory verdicts kept beside" in out
     # the confirmatory seeds give other numbers than the development ones
     assert record["curves"] != explored["curves"]
     # re-declare one claim and confirm again on the same block: that claim is post hoc, the others are not
@@ -340,14 +342,14 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     assert main([*args, "--confirm"]) == 0
     again = json.loads((tmp_path / "fp-robustness.json").read_text())
     flags = {v["claim_id"]: v["post_hoc"] for v in again["verdicts"]}
-    assert flags == {"fgm-beats-clean": True, "clean-beats-linear": False, "attacks-exact-on-linear": False}
+    assert flags == {c.id: c.id == "fgm-beats-clean" for c in module.CLAIMS}
     assert again["exploratory"]["seeds"] == [0, 1]  # still the exploratory verdicts, carried forward
     # the honest way to change a claim: the next confirmation round, a fresh block, nothing post hoc
-    nxt = dataclasses.replace(module.EXPERIMENT, claims=moved, confirmation_round=1)
+    nxt = dataclasses.replace(module.EXPERIMENT, claims=moved, confirmation_round=now + 1)
     monkeypatch.setattr(module, "EXPERIMENT", nxt)
     assert main([*args, "--confirm"]) == 0
     fresh = json.loads((tmp_path / "fp-robustness.json").read_text())
-    assert fresh["seeds"] == [2 * CONFIRMATORY_START, 2 * CONFIRMATORY_START + 1]
+    assert fresh["seeds"] == confirmatory_seeds(2, now + 1)
     assert all(not v["post_hoc"] for v in fresh["verdicts"]) and fresh["curves"] != record["curves"]
 
 

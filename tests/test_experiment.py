@@ -105,6 +105,7 @@ def test_the_library_does_not_import_the_experiments_package():
         ("fp-phase", "ks", 128, "exp.ks=(128,) is not allowed: every k must be <= the smallest d = 64"),
         ("roli-init", "lrs", 0.1, "exp.lrs=0.1 is not allowed: exp.lrs is a table set in a preset"),
         ("fp-dynamics", "n_taus", 3, "exp.n_taus is not allowed: fp-dynamics options are none"),
+        ("fp-robustness", "uniform_k", 65, "exp.uniform_k=65 is not allowed: must be <= data.d=64"),
     ],
 )
 def test_bad_options_fail_before_anything_trains(exp_id, option, value, message, monkeypatch):
@@ -131,6 +132,23 @@ def test_a_single_value_is_a_list_of_one_and_numpy_scalars_are_numbers():
     _, _, options = get("fp-phase").config("cpu", {"exp.ks": 4, "exp.taus": np.float32(0.25)})
     assert options["ks"] == (4,) and options["taus"] == (0.25,)
     assert Option("n", int, 1, "").check(np.int64(3), "") == 3
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"data.k": 4}, "data.k=4 is not allowed: must be odd when data.magnitude='sign'"),
+        ({"data.magnitude": "uniform"}, "data.magnitude='uniform' is not allowed for the headroom regime"),
+        (
+            {"data.d": 16},
+            "data.d=16, data.k=5, hp.beta=0.6 are not allowed for the headroom regime: its window is empty",
+        ),
+    ],
+)
+def test_a_main_regime_without_headroom_is_refused_before_anything_trains(setting, message):
+    with pytest.raises(ConfigError) as err:
+        get("fp-robustness").config("cpu", setting)
+    assert message in str(err.value)
 
 
 def test_the_cli_names_a_bad_option(capsys):

@@ -112,6 +112,23 @@ def test_headroom_is_the_window_between_the_linear_and_the_oracle_edges():
     assert landmarks.linear_robust_accuracy(cfg, lo * 0.999) == 1.0  # below lo the linear classifier holds too
     with pytest.raises(ValueError, match="sign"):
         landmarks.headroom(DataConfig(d=64, k=4), 0.6)
+    with pytest.raises(ValueError, match="k=4 is even"):
+        landmarks.headroom(DataConfig(d=64, k=4, magnitude="sign"), 0.6)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "test"])
+def test_the_main_regime_has_headroom_at_its_verdict_radius(preset):
+    """Issue 24's window at this finite d: at the verdict radius the oracle's exact robust
+    accuracy is >= 0.95 and the best linear classifier's <= 0.6, on every preset."""
+    from purify.experiments._common import headroom_radius
+    from purify.registry import get
+
+    cfg, _, _ = get("fp-robustness").config(preset)
+    tv = headroom_radius(cfg)
+    lo, hi = landmarks.headroom(cfg.data, cfg.hp.beta)
+    assert lo < tv < hi
+    exact = landmarks.exact_robust_accuracies(cfg.data, cfg.hp.beta, [tv])
+    assert exact["oracle_robust_exact"][0] >= 0.95 and exact["linear_robust_exact"][0] <= 0.6
 
 
 def test_uniform_magnitudes_agree_with_the_per_example_radius_of_sign_values():
