@@ -104,7 +104,7 @@ def test_the_library_does_not_import_the_experiments_package():
         ("nrt-transfer", "sizes", 4096, "exp.sizes=(4096,) is not allowed: every size must be <= exp.n_down = 2048"),
         ("fp-phase", "ks", 128, "exp.ks=(128,) is not allowed: every k must be <= the smallest d = 64"),
         ("roli-init", "lrs", 0.1, "exp.lrs=0.1 is not allowed: exp.lrs is a table set in a preset"),
-        ("fp-dynamics", "n_taus", 3, "exp.n_taus is not allowed: fp-dynamics options are none"),
+        ("fp-principle", "n_taus", 3, "exp.n_taus is not allowed: fp-principle options are none"),
         ("fp-robustness", "uniform_k", 65, "exp.uniform_k=65 is not allowed: must be <= data.d=64"),
     ],
 )

@@ -92,15 +92,44 @@ NO_HEADROOM_REGIME = "uniform regime (no headroom)"
 # preset keeps the cpu preset's ratio, unmeasured.
 HEADROOM_SETTINGS = {
     "cpu": {"data.k": 5, "data.magnitude": "sign", "train.steps": 10000, "train.adv_start": 2000},
-    "gpu": {"data.k": 9, "data.magnitude": "sign", "train.steps": 50000, "train.adv_start": 10000},
+    # k = 5 at d = 256: the headroom (0.0625 .. 0.179) reaches into the asymptotic window (0.140 .. 1)
+    "gpu": {"data.k": 5, "data.magnitude": "sign", "train.steps": 50000, "train.adv_start": 10000},
 }
+# FGM's training radius in the regime with headroom: its verdict radius rounded down to two
+# places (0.1519 on the cpu preset, 0.1593 on the gpu one, 0.2039 on the test one).
+HEADROOM_TRAIN_TAU = {"cpu": 0.15, "gpu": 0.15, "test": 0.2}
 # Today's uniform regime, kept as the second row: its k and FGM radius per preset.
-NO_HEADROOM_SETTINGS = {"cpu": {"uniform_k": 4, "uniform_tau": 0.25}, "gpu": {"uniform_k": 8, "uniform_tau": 0.177}}
+UNIFORM_ROW = {
+    "cpu": {"uniform_k": 4, "uniform_tau": 0.25},
+    "gpu": {"uniform_k": 8, "uniform_tau": 0.177},
+    "test": {"uniform_k": 2, "uniform_tau": 0.3},
+}
+# What the second row changes (the main row takes every setting as given): `derives` of both experiments.
+REGIME_DERIVES = {
+    "data.magnitude": "the second row is the uniform regime without headroom ('uniform')",
+    "data.k": "exp.uniform_k in the second row",
+    "hp.tau": "exp.uniform_tau in the second row",
+    "eval.taus": "(exp.uniform_tau,) in the second row",
+}
+REGIME_OPTIONS = (
+    Option(
+        "uniform_k",
+        int,
+        4,
+        "k of the second row, the uniform regime without headroom (none: no second row)",
+        lo=1,
+        optional=True,
+    ),
+    Option("uniform_tau", float, 0.25, "FGM training radius of the second row", lo=0.0, strict_lo=True),
+)
 
 
 def headroom_radius(cfg: Config) -> float:
-    """The verdict radius of the regime with headroom: the middle of `landmarks.headroom`'s
-    window, to 4 decimals. A clear error where the window is empty or the data model has none."""
+    """The verdict radius of the regime with headroom, to 4 decimals: the middle of the part of
+    `landmarks.headroom`'s window (1/sqrt(d) .. the oracle's smallest flip radius) inside the
+    asymptotic window `DataConfig.window` (sqrt(k)/sqrt(d) .. 1 in the units of sign
+    magnitudes) where the two overlap (d > (k / (1 - beta))^2), else the middle of the whole
+    headroom. A clear error where the headroom is empty or the data model has none."""
     try:
         lo, hi = headroom(cfg.data, cfg.hp.beta)
     except ValueError as e:
@@ -112,18 +141,54 @@ def headroom_radius(cfg: Config) -> float:
             f"regime: its window is empty (1/sqrt(d) = {lo:.4g} >= the oracle's smallest flip radius {hi:.4g}); "
             "raise d, lower k or lower beta"
         )
-    return round((lo + hi) / 2, 4)
+    w_lo = cfg.data.window[0]
+    return round(((w_lo if w_lo < hi else lo) + hi) / 2, 4)
 
 
-def headroom_presets(train_tau: dict[str, float]) -> dict:
-    """PURIFICATION_PRESETS in the regime with headroom: HEADROOM_SETTINGS, FGM at
-    `train_tau[preset]`, evaluated at the headroom radius."""
-    out = {}
+def regime_presets(options: dict[str, dict] | None = None) -> dict:
+    """The cpu, gpu and test presets of the purification protocol in the regime with headroom
+    (HEADROOM_SETTINGS, FGM at HEADROOM_TRAIN_TAU, evaluated at the headroom radius), each with
+    its second row's options (UNIFORM_ROW) and `options[preset]`. The test preset's tiny sizes
+    are d = 32, k = 3, which keep a window (1/sqrt(32) = 0.177 < 0.4/sqrt(3) = 0.231)."""
+    options = options or {}
+    presets = {}
     for name, p in PURIFICATION_PRESETS.items():
-        config = {**p["config"], **HEADROOM_SETTINGS[name], "hp.tau": train_tau[name]}
-        tv = headroom_radius(Config().set(**config))
-        out[name] = {**p, "config": {**config, "eval.taus": (tv,)}}
+        config = {**p["config"], **HEADROOM_SETTINGS[name], "hp.tau": HEADROOM_TRAIN_TAU[name]}
+        presets[name] = {**p, "config": config, "options": {**UNIFORM_ROW[name], **options.get(name, {})}}
+    presets = with_test_preset(presets, None, {**UNIFORM_ROW["test"], **options.get("test", {})})
+    presets["test"]["config"] |= {"data.d": 32, "data.k": 3, "hp.tau": HEADROOM_TRAIN_TAU["test"]}
+    for p in presets.values():
+        p["config"]["eval.taus"] = (headroom_radius(Config().set(**p["config"])),)
+    return presets
+
+
+def uniform_row(cfg: Config, options: dict) -> Config | None:
+    """The second row's config: `cfg` in the uniform regime without headroom (k = exp.uniform_k,
+    FGM and evaluation at exp.uniform_tau); None when exp.uniform_k is none."""
+    if options["uniform_k"] is None:
+        return None
+    tau = float(options["uniform_tau"])
+    return cfg.set(**{"data.magnitude": "uniform", "data.k": options["uniform_k"], "hp.tau": tau, "eval.taus": (tau,)})
+
+
+def regime_record(rows: dict) -> dict:
+    """The record's part of an experiment run in several regimes, {name: (config, body)}: each
+    body under `regimes` with its config, the flagged runs of all as [regime, row, seed] (so a
+    figure's note says which regime a run belongs to) and every statistic."""
+    out = {"regimes": {}, "failed_runs": [], "chance_runs": [], "statistics": []}
+    for name, (cfg, body) in rows.items():
+        out["regimes"][name] = {"config": cfg.to_dict(), **{k: v for k, v in body.items() if k != "statistics"}}
+        for key in ("failed_runs", "chance_runs"):
+            out[key] += [[name, *item] for item in body.get(key, [])]
+        out["statistics"] += body["statistics"]
     return out
+
+
+def check_regimes(cfg: Config, options: dict) -> None:
+    """Both rows, validated before anything trains: the main one must have headroom."""
+    headroom_radius(cfg)
+    if options["uniform_k"] is not None and options["uniform_k"] > cfg.data.d:
+        raise ConfigError(f"exp.uniform_k={options['uniform_k']} is not allowed: must be <= data.d={cfg.data.d}")
 
 
 # Backbone pre-training presets for the transfer experiments: the same protocol.

@@ -84,7 +84,11 @@ def _seeds_key(seeds) -> int | list[int]:
     return len(seeds) if seeds == list(range(len(seeds))) else seeds
 
 
-def dynamics(cfg: Config, seeds, ctx: Context) -> dict:
+def dynamics(cfg: Config, seeds, ctx: Context, *, regime: str | None = None) -> dict:
+    """The purification protocol's sweep, its curves over training and the statistics of
+    DYNAMICS_CLAIMS. With `regime` (a name, written into every statistic's `where`) the
+    absolute claim `fgm-reaches-oracle` is added at eval.taus[0], read against the oracle's
+    exact population robust accuracy, and robust accuracy's own settling ('robust settled')."""
     tau = cfg.hp.tau
     res = ctx.sweep(cfg, grid={"tau": [0.0, tau]}, seeds=seeds)
     # named by what it holds, so a run of another config never overwrites it
@@ -104,26 +108,48 @@ def dynamics(cfg: Config, seeds, ctx: Context) -> dict:
     pair = flagged[0] | flagged[1]
     trained = res.trained()
     gates = {"trained": trained[0] & trained[1]}
-    attack_gap = reference_gaps(cfg, res, make_task(cfg.data), (eval_tau,), rows=(0, 1))[..., 0].max(0)
+    gaps = reference_gaps(cfg, res, make_task(cfg.data), (eval_tau,), rows=(0, 1))[..., 0]  # (2, S)
+    attack_gap = gaps.max(0)
+    steady = res.settled("robust_acc", ROBUST_DRIFT)
+    where = {"regime": regime} if regime else {}
     statistics = [
-        statistic("purity-rises", diff("purity_nw"), flagged=pair, gates=gates),
-        statistic("rho-falls", diff("rho_nw"), flagged=pair, gates=gates),
+        statistic("purity-rises", diff("purity_nw"), flagged=pair, gates=gates, **where),
+        statistic("rho-falls", diff("rho_nw"), flagged=pair, gates=gates, **where),
         statistic(
             "robust-rises",
             diff("robust_acc"),
             flagged=pair,
-            gates={**gates, "attack converged": attack_gap},
+            gates={**gates, "robust settled": steady[0] & steady[1], "attack converged": attack_gap},
             norm=cfg.eval.norm,
             tau=eval_tau,
+            **where,
         ),
         statistic(
-            "stays-accurate", final["clean_acc"]["adversarial"] - 0.9, flagged=flagged[1], gates={"trained": trained[1]}
+            "stays-accurate",
+            final["clean_acc"]["adversarial"] - 0.9,
+            flagged=flagged[1],
+            gates={"trained": trained[1]},
+            **where,
         ),
     ]
+    exact = None
+    if regime:
+        exact = exact_robust_accuracies(cfg.data, cfg.hp.beta, [eval_tau])
+        statistics.append(
+            statistic(
+                "fgm-reaches-oracle",
+                exact["oracle_robust_exact"][0] - final["robust_acc"]["adversarial"],
+                flagged=flagged[1],
+                gates={"trained": trained[1], "robust settled": steady[1], "attack converged": gaps[1]},
+                tau=eval_tau,
+                **where,
+            )
+        )
     failed = failed_runs(res)
     chance = chance_runs(res)
     constant = res["constant_predictor"][:, :, -1]
     return {
+        **({"regime": regime, **{k: v[0] for k, v in exact.items()}} if regime else {}),
         "results_file": saved if ctx.runs_dir is not None else None,
         "steps": steps.tolist(),
         "adv_start": cfg.train.adv_start,
@@ -311,7 +337,7 @@ def robustness(
                 "clean-not-robust",
                 nets["robust"][0][:, j] - floor,
                 flagged=flagged[0],
-                gates={"trained": trained[0], "attack converged": gap[0]},
+                gates={"trained": trained[0], "robust settled": steady[0], "attack converged": gap[0]},
                 **where,
             ),
         ]

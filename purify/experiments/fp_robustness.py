@@ -20,25 +20,24 @@ import dataclasses
 
 import numpy as np
 
-from purify.config import Config, ConfigError
-from purify.experiment import Context, Experiment, Option
+from purify.config import Config
+from purify.experiment import Context, Experiment
 from purify.landmarks import headroom
 from purify.plotting import band
 
 from ._common import (
     HEADROOM_REGIME,
     NO_HEADROOM_REGIME,
-    NO_HEADROOM_SETTINGS,
     RADIUS_OPTIONS,
-    headroom_presets,
+    REGIME_DERIVES,
+    REGIME_OPTIONS,
+    check_regimes,
     headroom_radius,
-    with_test_preset,
+    regime_presets,
+    regime_record,
+    uniform_row,
 )
 from ._purification import ABSOLUTE_CLAIMS, ROBUSTNESS_CLAIMS, robustness
-
-# FGM's training radius in the regime with headroom: the verdict radius rounded up (0.1519 on
-# the cpu preset, 0.0979 on the gpu one), so training sees the radius it is judged at.
-TRAIN_TAU = {"cpu": 0.15, "gpu": 0.1}
 
 CLAIMS = ABSOLUTE_CLAIMS + tuple(
     dataclasses.replace(
@@ -56,28 +55,8 @@ OPTIONS = (
         doc="largest radius of both grids (none: three times the headroom's top in the main row, 1.25 times "
         "the window's upper end 1/sqrt(k) in the second)",
     ),
-    Option(
-        "uniform_k",
-        int,
-        4,
-        "k of the second row, the uniform regime without headroom (none: no second row)",
-        lo=1,
-        optional=True,
-    ),
-    Option("uniform_tau", float, 0.25, "FGM training radius of the second row", lo=0.0, strict_lo=True),
+    *REGIME_OPTIONS,
 )
-
-
-def _second_row(cfg: Config, options: dict) -> Config:
-    tau = float(options["uniform_tau"])
-    settings = {"data.magnitude": "uniform", "data.k": options["uniform_k"], "hp.tau": tau, "eval.taus": (tau,)}
-    return cfg.set(**settings)
-
-
-def _check(cfg: Config, options: dict) -> None:
-    headroom_radius(cfg)  # the main regime must have a window
-    if options["uniform_k"] is not None and options["uniform_k"] > cfg.data.d:
-        raise ConfigError(f"exp.uniform_k={options['uniform_k']} is not allowed: must be <= data.d={cfg.data.d}")
 
 
 def run(cfg: Config, seeds, ctx: Context) -> dict:
@@ -88,8 +67,8 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
     main = robustness(cfg, seeds, ctx, taus=taus, verdict_tau=tv, regime=HEADROOM_REGIME)
     main["headroom"] = [lo, hi]
     rows = {HEADROOM_REGIME: (cfg, main)}
-    if ctx.options["uniform_k"] is not None:
-        second = _second_row(cfg, ctx.options)
+    second = uniform_row(cfg, ctx.options)
+    if second is not None:
         rows[NO_HEADROOM_REGIME] = (second, robustness(second, seeds, ctx, regime=NO_HEADROOM_REGIME))
     j = main["taus"].index(main["tau_for_verdicts"])
     return {
@@ -98,12 +77,7 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
         # the two exact landmarks at the main regime's verdict radius (population values)
         "oracle_robust_exact": main["oracle_robust_exact"][j],
         "linear_robust_exact": main["linear_robust_exact"][j],
-        "regimes": {
-            name: {"config": c.to_dict(), **{k: v for k, v in body.items() if k != "statistics"}}
-            for name, (c, body) in rows.items()
-        },
-        "failed_runs": [r for _, body in rows.values() for r in body["failed_runs"]],
-        "statistics": [s for _, body in rows.values() for s in body["statistics"]],
+        **regime_record(rows),
     }
 
 
@@ -158,15 +132,7 @@ def plot(record: dict):
     return fig
 
 
-_PRESETS = headroom_presets(TRAIN_TAU)
-for _name, _settings in NO_HEADROOM_SETTINGS.items():
-    _PRESETS[_name] = {
-        **_PRESETS[_name],
-        "options": {"n_taus": 13 if _name == "cpu" else 17, "tau_max": None, **_settings},
-    }
-_TEST = with_test_preset(_PRESETS, None, {"n_taus": 4, "uniform_k": 2, "uniform_tau": 0.3})
-# the tiny sizes with a window: d = 32, k = 3 (1/sqrt(32) = 0.177 < 0.4/sqrt(3) = 0.231)
-_TEST["test"]["config"] |= {"data.d": 32, "data.k": 3, "hp.tau": 0.2, "eval.taus": (0.2,)}
+_GRIDS = {"cpu": {"n_taus": 13, "tau_max": None}, "gpu": {"n_taus": 17, "tau_max": None}, "test": {"n_taus": 4}}
 
 EXPERIMENT = Experiment(
     id="fp-robustness",
@@ -174,9 +140,10 @@ EXPERIMENT = Experiment(
     title="Robust accuracy vs radius: linear, clean, adversarial, oracle; with and without headroom",
     summary="robust accuracy vs tau for linear (exact + attacked), clean, FGM-trained and oracle (exact + attacked), "
     "in the margin regime with headroom and the uniform one without",
-    presets=_TEST,
+    presets=regime_presets(_GRIDS),
     options=OPTIONS,
-    check=_check,
+    check=check_regimes,
+    derives=REGIME_DERIVES,
     run=run,
     plot=plot,
     claims=CLAIMS,
