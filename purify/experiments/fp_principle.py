@@ -204,7 +204,8 @@ def plot(record: dict):
 
     nr = record["neurons"]
     weight = np.asarray(nr["clean_norm"]).ravel()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    dense = record.get("removed_alignment")
+    fig, axes = plt.subplots(1, 4 if dense else 3, figsize=(18 if dense else 14, 4.2))
     ax = axes[0]
     ratio = np.asarray(nr["log10_along_over_residual"]).ravel()
     ax.hist(ratio, bins=40, weights=weight / weight.sum(), color="tab:red", alpha=0.8)
@@ -258,6 +259,18 @@ def plot(record: dict):
         fontsize=10,
     )
     ax.legend(fontsize=8)
+    if dense:
+        ax = axes[3]
+        for x, (name, label) in enumerate((("label", "M w* (the dense mixture)"), ("random", "a random direction"))):
+            values = np.asarray(dense[name])
+            ax.scatter(np.full(len(values), x), values, color=("tab:red", "0.4")[x], zorder=3)
+            ax.hlines(values.mean(), x - 0.25, x + 0.25, color="k", lw=1.5)
+        ax.set_xticks([0, 1], ["M w* (the dense\nmixture)", "a random\ndirection"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean |cos(v_i, ·)|, weighted by |v_i|")
+        ax.set_title("is the removed part v_i the dense mixture?\none point per seed, line: mean", fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
     c = record["config"]
     by_id = {v.get("claim_id"): v["verdict"] for v in record["verdicts"]}
     clean_init = by_id.get("clean-near-floor", by_id.get("clean-uncorrelated"))
