@@ -337,7 +337,7 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     first = confirmatory_seeds(2, now)
     assert f"confirmatory verdicts (seeds {first[0]}..{first[1]})" in out and "exploratory verdicts kept beside" in out
     # the confirmatory seeds give other numbers than the development ones
-    assert record["curves"] != explored["curves"]
+    assert record["regimes"] != explored["regimes"]
     # re-declare one claim and confirm again on the same block: that claim is post hoc, the others are not
     moved = tuple(dataclasses.replace(c, min_effect=0.01) if c.id == "fgm-beats-clean" else c for c in module.CLAIMS)
     monkeypatch.setattr(module, "EXPERIMENT", dataclasses.replace(module.EXPERIMENT, claims=moved))
@@ -352,7 +352,7 @@ def test_confirm_runs_on_fresh_seeds_and_keeps_the_exploratory_verdicts_beside(t
     assert main([*args, "--confirm"]) == 0
     fresh = json.loads((tmp_path / "fp-robustness.json").read_text())
     assert fresh["seeds"] == confirmatory_seeds(2, now + 1)
-    assert all(not v["post_hoc"] for v in fresh["verdicts"]) and fresh["curves"] != record["curves"]
+    assert all(not v["post_hoc"] for v in fresh["verdicts"]) and fresh["regimes"] != record["regimes"]
 
 
 @pytest.mark.parametrize("bad", ["fast", "0"])
