@@ -21,7 +21,44 @@ from purify.stats import mean_ci
 
 from ._common import ACC_EFFECT, ACC_GAIN_TRAININGS, chance_runs, failed_runs, with_test_preset
 
+# The window's edges as claims: a radius counts as well below the window at or under
+# 1/(EDGE sqrt(d)) and well above it at or over EDGE/sqrt(k); there the theory says FGM training
+# gains nothing over clean training (below: both are robust; above: neither can be). Below, the
+# FGM net is trained at that radius; above, training at it leaves a network at chance (dropped,
+# never evidence), so the FGM net is the one trained at the mid-window radius, evaluated there:
+# the robustness FGM training buys does not reach past the window.
+EDGE = 2.0
+NO_GAIN = 0.02
+NO_GAIN_WHY = (
+    "two accuracy points, the smallest gain the mid-window claim counts: a gain under it is no gain; the claim "
+    "is the bound itself"
+)
+
 CLAIMS = (
+    Claim(
+        "no-gain-below",
+        f"d={{d}}, k={{k}}: FGM training gains less than {NO_GAIN:g} robust accuracy over clean training at "
+        f"tau={{tau:g}}, below the window (tau <= 1/({EDGE:g} sqrt(d)))",
+        "<",
+        NO_GAIN,
+        min_effect=0.0,
+        why=NO_GAIN_WHY,
+        models=("clean-trained net", "FGM-trained net (per k, d and tau)"),
+        resolution="accuracy difference",
+        gates=("above chance", "trained", "attack converged"),
+    ),
+    Claim(
+        "no-gain-above",
+        f"d={{d}}, k={{k}}: the FGM net trained mid-window (tau={{train_tau:g}}) gains less than {NO_GAIN:g} robust "
+        f"accuracy over the clean net at tau={{tau:g}}, above the window (tau >= {EDGE:g}/sqrt(k))",
+        "<",
+        NO_GAIN,
+        min_effect=0.0,
+        why=NO_GAIN_WHY,
+        models=("clean-trained net", "FGM-trained net (per k and d, at the mid-window radius)"),
+        resolution="accuracy difference",
+        gates=("above chance", "trained", "attack converged"),
+    ),
     Claim(
         "gap-mid-window",
         "d={d}, k={k}: FGM training beats clean training in robust accuracy at tau={tau:g} (mid-window)",
@@ -34,12 +71,22 @@ CLAIMS = (
 )
 
 
+def _edges(taus, d: int, k: int) -> tuple[int | None, int | None]:
+    """The grid radii the edge claims read: the largest at or under 1/(EDGE sqrt(d)) and the
+    smallest at or over EDGE/sqrt(k), each None where the grid has none."""
+    taus = np.asarray(taus, float)
+    below = np.flatnonzero(taus <= 1 / (EDGE * np.sqrt(d)))
+    above = np.flatnonzero(taus >= EDGE / np.sqrt(k))
+    return (int(below[-1]) if len(below) else None, int(above[0]) if len(above) else None)
+
+
 def run(cfg: Config, seeds, ctx: Context) -> dict:
     ks, taus = tuple(ctx.options["ks"]), tuple(ctx.options["taus"])
     ds = tuple(ctx.options["ds"] or (cfg.data.d,))  # None: the config's d
     gap = np.full((len(ds), len(ks), len(taus), len(seeds)), np.nan)
     trained = np.zeros(gap.shape, bool)
     attack_gap = np.full((len(ds), len(ks), len(seeds)), np.nan)  # at the mid-window radius
+    edges = {}  # (a, b, claim) -> the statistic's values, gates and where at an edge radius
     flag = np.zeros(gap.shape, bool)  # the pair (clean row, row j) has a failed, diverged or at-chance run
     clean_acc = np.full_like(gap, np.nan)
     rho_sqrt_k = np.full((len(ds), len(ks), len(seeds)), np.nan)
@@ -56,6 +103,18 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
             mid = np.sqrt((1 / np.sqrt(d)) * (1 / np.sqrt(k)))
             jm = int(np.argmin(np.abs(np.log(np.asarray(taus) / mid))))
             attack_gap[a, b] = reference_gaps(c, res, make_task(c.data), (taus[jm],), rows=(0, 1 + jm))[..., 0].max(0)
+            jb, ja = _edges(taus, d, k)
+            for name, j, row in (("no-gain-below", jb, jb), ("no-gain-above", ja, jm)):
+                if j is None:
+                    continue
+                ref = reference_gaps(c, res, make_task(c.data), (taus[j],), rows=(0, 1 + row))[..., 0]
+                where = {"tau": float(taus[j])} | ({"train_tau": float(taus[row])} if name == "no-gain-above" else {})
+                edges[a, b, name] = {
+                    "values": final[1 + row, :, j] - final[0, :, j],
+                    "flagged": flagged[0] | flagged[1 + row],
+                    "gates": {"trained": settled[0] & settled[1 + row], "attack converged": ref.max(0)},
+                    "where": where,
+                }
             for j in range(len(taus)):
                 trained[a, b, j] = settled[0] & settled[1 + j]
                 gap[a, b, j] = final[1 + j, :, j] - final[0, :, j]
@@ -80,6 +139,12 @@ def run(cfg: Config, seeds, ctx: Context) -> dict:
                     tau=float(taus[j]),
                 )
             )
+            for name in ("no-gain-below", "no-gain-above"):
+                e = edges.get((a, b, name))
+                if e is not None:
+                    statistics.append(
+                        statistic(name, e["values"], flagged=e["flagged"], gates=e["gates"], d=d, k=k, **e["where"])
+                    )
     mean = np.nanmean(gap, axis=-1)
     ci = np.asarray(
         [[[mean_ci(gap[a, b, j])[1:] for j in range(len(taus))] for b in range(len(ks))] for a in range(len(ds))]
@@ -127,7 +192,11 @@ def plot(record: dict):
                 mark = "" if ci[a, b, j, 0] > 0 or ci[a, b, j, 1] < 0 else "?"
                 ax.text(j + 0.5, b + 0.5, f"{gap[a, b, j]:+.2f}{mark}", ha="center", va="center", fontsize=8)
             ax.plot([at(1 / np.sqrt(k))] * 2, [b, b + 1], color="k", lw=2.5)
+            ax.plot([at(EDGE / np.sqrt(k))] * 2, [b, b + 1], color="k", lw=1.2, ls=":")
         ax.axvline(at(1 / np.sqrt(d)), color="0.3", ls="--", lw=1.5, label="1/√d")
+        ax.axvline(
+            at(1 / (EDGE * np.sqrt(d))), color="0.3", ls=":", lw=1.2, label=f"1/({EDGE:g}√d), {EDGE:g}/√k: edges"
+        )
         ax.plot([], [], color="k", lw=2.5, label="1/√k (per row)")
         ax.set_xticks(np.arange(len(taus)) + 0.5, [f"{t:g}" for t in taus])
         ax.set_yticks(np.arange(len(ks)) + 0.5, [str(k) for k in ks])
@@ -173,7 +242,7 @@ PRESETS = {
             "train.n_log": 6,
         },
         "seeds": 4,
-        "options": {"ks": (2, 4, 8), "ds": None, "taus": (0.06, 0.125, 0.2, 0.3, 0.45, 0.6)},
+        "options": {"ks": (2, 4, 8), "ds": None, "taus": (0.06, 0.125, 0.2, 0.3, 0.45, 0.6, 0.75, 1.0, 1.45)},
     },
     "gpu": {
         "config": {
@@ -189,7 +258,11 @@ PRESETS = {
             "train.n_log": 12,
         },
         "seeds": 16,
-        "options": {"ks": (2, 4, 8, 16), "ds": (64, 128, 256), "taus": (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)},
+        "options": {
+            "ks": (2, 4, 8, 16),
+            "ds": (64, 128, 256),
+            "taus": (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.75, 1.0, 1.45),
+        },
     },
 }
 
@@ -217,20 +290,23 @@ EXPERIMENT = Experiment(
     claim="FP",
     title="Phase diagram of the adversarial-training gap over k, d and tau",
     summary="robust-accuracy gap (FGM - clean) and rho*sqrt(k) of the clean net over k (and d) and tau",
-    presets=with_test_preset(PRESETS, CONTROLS, {"ks": (2, 4), "taus": (0.125, 0.3, 0.6)}),
+    presets=with_test_preset(PRESETS, CONTROLS, {"ks": (2, 4), "taus": (0.125, 0.3, 1.0)}),
     run=run,
     controls=CONTROLS,
     derives={"model.width": "scaled with d: model.width / data.d is kept at every exp.ds"},
     plot=plot,
     claims=CLAIMS,
+    # round 1: the edge claims were declared after round 0's seeds were seen
+    confirmation_round=1,
     options=(
         Option("ks", int, (2, 4, 8), "sparsities k (one training per k and radius)", lo=1, many=True),
         Option("ds", int, None, "dimensions d (none: the config's data.d)", lo=1, many=True, optional=True),
         Option(
             "taus",
             float,
-            (0.06, 0.125, 0.2, 0.3, 0.45, 0.6),
-            "training and evaluation radii",
+            (0.06, 0.125, 0.2, 0.3, 0.45, 0.6, 0.75, 1.0, 1.45),
+            "training and evaluation radii (edge claims need one at or under 1/(2 sqrt(d)) and one at or over "
+            "2/sqrt(k))",
             lo=0.0,
             strict_lo=True,
             many=True,
