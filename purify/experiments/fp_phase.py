@@ -178,7 +178,14 @@ def plot(record: dict):
 
     ks, ds, taus = record["ks"], record["ds"], np.asarray(record["taus"])
     gap, ci = np.asarray(record["gap_mean"]), np.asarray(record["gap_ci95"])
-    fig, axes = plt.subplots(1, len(ds) + 1, figsize=(5.5 * len(ds) + 5, 4.4), squeeze=False)
+    map_width = max(5.5, 0.85 * len(taus))
+    fig, axes = plt.subplots(
+        1,
+        len(ds) + 1,
+        figsize=(map_width * len(ds) + 4.5, 4.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [map_width] * len(ds) + [4.5]},
+    )
     vmax = max(0.05, float(np.nanmax(np.abs(gap))))
 
     def at(tau):  # position of a radius on the equal-width cell axis (log-interpolated)
@@ -190,7 +197,7 @@ def plot(record: dict):
         for b, k in enumerate(ks):
             for j in range(len(taus)):
                 mark = "" if ci[a, b, j, 0] > 0 or ci[a, b, j, 1] < 0 else "?"
-                ax.text(j + 0.5, b + 0.5, f"{gap[a, b, j]:+.2f}{mark}", ha="center", va="center", fontsize=8)
+                ax.text(j + 0.5, b + 0.5, f"{gap[a, b, j]:+.2f}{mark}", ha="center", va="center", fontsize=7.5)
             ax.plot([at(1 / np.sqrt(k))] * 2, [b, b + 1], color="k", lw=2.5)
             ax.plot([at(EDGE / np.sqrt(k))] * 2, [b, b + 1], color="k", lw=1.2, ls=":")
         ax.axvline(at(1 / np.sqrt(d)), color="0.3", ls="--", lw=1.5, label="1/√d")
@@ -202,7 +209,11 @@ def plot(record: dict):
         ax.set_yticks(np.arange(len(ks)) + 0.5, [str(k) for k in ks])
         ax.set_ylabel("active features k")
         ax.set_xlabel("ℓ2 radius τ, training = evaluation (cells equal width)")
-        ax.set_title(f"robust-accuracy gap, FGM − clean (d={d}); ? = 95% CI spans 0", fontsize=9)
+        ax.set_title(
+            f"robust-accuracy gap, FGM − clean (d={d}); ? = 95% CI spans 0\n"
+            "each cell: FGM trained at its τ (the claim past 2/√k reads the mid-window FGM net)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
         fig.colorbar(im, ax=ax, label="gap in robust accuracy")
     ax = axes[0, -1]
