@@ -209,8 +209,9 @@ ROBUSTNESS_CLAIMS = (
 )
 
 
-# The claims as the paper states them, absolute (fp-robustness): adversarial training reaches
-# the oracle's robustness; clean training stays where a classifier without a defence is.
+# The claims as the paper states them, absolute (fp-dynamics, fp-robustness): adversarial
+# training reaches the oracle's robustness; clean training stays where a classifier without a
+# defence is.
 ABSOLUTE_GAP = 0.1
 ABSOLUTE_WHY = (
     "the paper's robust accuracy 1 - o(1) (and clean training's o(1)) read at this finite d as ten accuracy "
