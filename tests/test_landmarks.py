@@ -190,3 +190,27 @@ def test_attacks_on_the_oracle_never_beat_its_exact_robustness_and_the_reference
         # rounding of the examples whose radius lies within 1e-6 of tau)
         assert exact - 2 / n <= float(strong[i]) <= exact + 2 / n, (t, float(strong[i]), exact)
         assert float(strong[i]) <= float(default[i]) <= exact + 0.02, (t, float(default[i]), exact)
+
+
+def test_the_headroom_radius_sits_inside_the_asymptotic_window_where_the_two_overlap():
+    """d > (k/(1 - beta))^2: the verdict radius is the middle of the headroom's part inside
+    DataConfig.window; below that d, the middle of the whole headroom."""
+    from purify import Config
+    from purify.experiments._common import headroom_radius
+
+    wide = Config().set(**{"data.d": 256, "data.k": 5, "data.magnitude": "sign"})
+    lo, hi = math.sqrt(5) / 16, 0.4 / math.sqrt(5)
+    assert wide.data.window[0] == pytest.approx(lo) and headroom_radius(wide) == round((lo + hi) / 2, 4)
+    narrow = Config().set(**{"data.d": 64, "data.k": 5, "data.magnitude": "sign"})
+    assert narrow.data.window[0] > hi and headroom_radius(narrow) == round((1 / 8 + hi) / 2, 4)
+
+
+def test_a_regime_record_names_the_regime_of_each_flagged_run():
+    from purify import Config
+    from purify.experiments._common import regime_record
+
+    body = {"failed_runs": [[1, 3]], "chance_runs": [], "statistics": [{"claim": "x"}], "taus": [0.1]}
+    out = regime_record({"a": (Config(), body), "b": (Config(), {**body, "failed_runs": []})})
+    assert out["failed_runs"] == [["a", 1, 3]] and out["statistics"] == [{"claim": "x"}] * 2
+    assert set(out["regimes"]) == {"a", "b"} and "statistics" not in out["regimes"]["a"]
+    assert out["regimes"]["a"]["taus"] == [0.1] and out["regimes"]["a"]["config"] == Config().to_dict()
