@@ -42,7 +42,9 @@ RUN = [
             "--set",
             "data.d=32",
             "--set",
-            "data.k=2",
+            "data.k=3",  # odd: the regime with headroom has sign magnitudes
+            "--set",
+            "exp.uniform_k=none",  # the main row only: one sweep
             "--set",
             "model.width=64",
             "--set",

@@ -113,9 +113,11 @@ def test_cli_slice_and_merge(tmp_path, capsys):
         "--out",
         str(tmp_path / "fig"),
         "--set",
-        "data.d=16",
+        "data.d=32",
         "--set",
-        "data.k=2",
+        "data.k=3",  # the regime with headroom: sign magnitudes, k odd, a window at d = 32
+        "--set",
+        "exp.uniform_k=none",
         "--set",
         "model.width=32",
         "--set",
