@@ -21,6 +21,13 @@ from purify.store import fingerprint
 
 from ._common import ACC_DIFFERENCE, ACC_EFFECT, ACC_GAIN_TRAININGS, NETS, chance_runs, failed_runs, radius_grid
 
+
+def robust_settled_gates(gates: tuple[str, ...]) -> tuple[str, ...]:
+    """A robust-accuracy claim's gates (those with 'attack converged', last) with 'robust
+    settled' before the attack gate; other gates unchanged."""
+    return gates[:-1] + ("robust settled", gates[-1]) if "attack converged" in gates else gates
+
+
 # -- dynamics: clean training, then FGM from the clean weights ----------------------------------
 
 DYNAMICS_CLAIMS = (

@@ -31,13 +31,13 @@ from ._common import (
     regime_record,
     uniform_row,
 )
-from ._purification import ABSOLUTE_CLAIMS, DYNAMICS_CLAIMS, METRICS, dynamics
+from ._purification import ABSOLUTE_CLAIMS, DYNAMICS_CLAIMS, METRICS, dynamics, robust_settled_gates
 
 CLAIMS = (ABSOLUTE_CLAIMS[0],) + tuple(
     dataclasses.replace(
         c,
         text="{regime}: " + c.text,
-        gates=c.gates[:-1] + ("robust settled", c.gates[-1]) if "attack converged" in c.gates else c.gates,
+        gates=robust_settled_gates(c.gates),
     )
     for c in DYNAMICS_CLAIMS
 )

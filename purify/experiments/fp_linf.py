@@ -18,7 +18,7 @@ from purify.plotting import band
 
 from ._common import PURIFICATION_PRESETS as DYNAMICS_PRESETS
 from ._common import RADIUS_OPTIONS, with_test_preset
-from ._purification import DYNAMICS_CLAIMS, ROBUSTNESS_CLAIMS, dynamics, linf_settings, robustness
+from ._purification import DYNAMICS_CLAIMS, ROBUSTNESS_CLAIMS, dynamics, linf_settings, robust_settled_gates, robustness
 
 PARTS = ("fp-dynamics", "fp-robustness")
 
@@ -29,8 +29,9 @@ def _claims():
     out = []
     for part in PARTS:
         for c in {"fp-dynamics": DYNAMICS_CLAIMS, "fp-robustness": ROBUSTNESS_CLAIMS}[part]:
-            gates = c.gates[:-1] + ("robust settled", c.gates[-1]) if "attack converged" in c.gates else c.gates
-            out.append(dataclasses.replace(c, id=f"{part.removeprefix('fp-')}/{c.id}", gates=gates))
+            out.append(
+                dataclasses.replace(c, id=f"{part.removeprefix('fp-')}/{c.id}", gates=robust_settled_gates(c.gates))
+            )
     return tuple(out)
 
 

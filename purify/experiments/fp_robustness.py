@@ -37,13 +37,13 @@ from ._common import (
     regime_record,
     uniform_row,
 )
-from ._purification import ABSOLUTE_CLAIMS, ROBUSTNESS_CLAIMS, robustness
+from ._purification import ABSOLUTE_CLAIMS, ROBUSTNESS_CLAIMS, robust_settled_gates, robustness
 
 CLAIMS = ABSOLUTE_CLAIMS + tuple(
     dataclasses.replace(
         c,
         text="{regime}: " + c.text.replace(" (inside the window)", ""),
-        gates=c.gates[:-1] + ("robust settled", c.gates[-1]) if "trained" in c.gates else c.gates,
+        gates=robust_settled_gates(c.gates),
     )
     for c in ROBUSTNESS_CLAIMS
 )
